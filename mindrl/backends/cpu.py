@@ -1,0 +1,68 @@
+"""The cpu backend: real megatron-core code paths on the CPU with gloo. Used by every test here."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from mindrl.backends.base import BackendBase
+
+
+@dataclass
+class CpuBackend(BackendBase):
+    def __post_init__(self) -> None:
+        self.name = "cpu"
+        self.device_type = "cpu"
+        self.dist_backend = "gloo"
+        self.visible_devices_env = None
+        self.ray_resource = "CPU"
+        self.attention_impl = "sdpa"
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return True
+
+    def device(self, local_rank: int = 0) -> torch.device:
+        return torch.device("cpu")
+
+    def device_count(self) -> int:
+        return 1
+
+    def setup_process(self, local_rank: int = 0) -> None:
+        from mindrl.backends import cpu_megatron
+
+        # Each rank of a multi-process run shares 2 cores here: more threads only thrash.
+        threads = int(os.environ.get("MINDRL_CPU_THREADS", "0")) or max(1, (os.cpu_count() or 1) // max(
+            1, int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))))
+        torch.set_num_threads(threads)
+        cpu_megatron.apply()
+
+    def core_attention_cls(self) -> type:
+        from mindrl.backends.attention import SDPACoreAttention
+
+        return SDPACoreAttention
+
+    def memory_stats(self) -> dict[str, float]:
+        try:
+            import resource
+
+            peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        except ImportError:  # pragma: no cover - non-POSIX
+            peak_kb = 0
+        return {"max_rss_gb": peak_kb / 2**20}
+
+    def empty_cache(self) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def get_rng_state(self) -> torch.Tensor:
+        return torch.get_rng_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        torch.set_rng_state(state)
+
+    def manual_seed(self, seed: int) -> None:
+        torch.manual_seed(seed)

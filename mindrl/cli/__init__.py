@@ -1,0 +1,1 @@
+"""Command-line entry points. May import any mindrl subsystem; nothing imports cli."""

@@ -1,0 +1,134 @@
+"""Typed configuration, in MindSpeed-RL's sections so its users feel at home.
+
+    backend: auto | cuda | npu | cpu
+    model: <name>                      # configs/model/<name>.yaml, merged into `model`
+    megatron_training: {...}           # data, tokenizer, batch, schedule, save/load
+    actor_config: {...}                # the policy's parallel layout and optimizer
+    rl_config: {...}                   # GRPO: samples, KL, clipping, scorers, resources
+    generate_config: {...}             # rollout engine and sampling
+
+Every field has a type and a default; YAML keys not declared here are errors (with a
+"did you mean"), caught by `mindrl.config.loader` before anything starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class ModelConfig:
+    """Which model: an HF config.json (a path) or the HF fields inline (`hf_config`)."""
+
+    name: str = ""
+    # Path to an HF model directory or its config.json. Wins over `hf_config` when set.
+    hf_config_path: Optional[str] = None
+    # The HF config.json fields inline (model_type, hidden_size, ...), for configs/model/*.yaml.
+    hf_config: dict[str, Any] = field(default_factory=dict)
+    # Shrink the model for tests and demos: keys of mindrl.models.scale_down (num_layers, ...).
+    scale_down: dict[str, Any] = field(default_factory=dict)
+    make_vocab_size_divisible_by: int = 128
+    mtp_num_layers: int = 0
+
+
+@dataclass
+class MegatronTrainingConfig:
+    tokenizer_name_or_path: Optional[str] = None
+    data_path: Optional[str] = None  # output_prefix of `examples/data/preprocess_data.sh`
+    global_batch_size: int = 8  # prompts per GRPO step
+    seq_length: int = 1024
+    train_iters: int = 100
+    save_interval: int = 50
+    seed: int = 1234
+    bf16: bool = False
+    use_distributed_optimizer: bool = False
+    sequence_parallel: bool = False
+    recompute: bool = False
+    dataset_additional_keys: list[str] = field(default_factory=list)
+    no_shuffle: bool = False
+    output_dir: str = "output/run"
+
+
+@dataclass
+class ActorConfig:
+    load: Optional[str] = None  # megatron checkpoint to start from (tools/convert_ckpt.py output)
+    save: Optional[str] = None
+    micro_batch_size: int = 1
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    expert_model_parallel_size: int = 1
+    num_layer_list: Optional[list[int]] = None
+    num_layers_per_virtual_pipeline_stage: Optional[int] = None
+    lr: float = 1e-6
+    min_lr: float = 0.0
+    lr_decay_style: str = "constant"
+    lr_warmup_fraction: float = 0.0
+    weight_decay: float = 0.0
+    clip_grad: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+
+
+@dataclass
+class ResourceConfig:
+    num_npus: int = 1  # MindSpeed-RL's name; means accelerators (or CPU ranks) on any backend
+
+
+@dataclass
+class RLConfig:
+    n_samples_per_prompt: int = 8
+    mini_batch_size: Optional[int] = None  # prompts per policy update; None = global batch
+    epochs: int = 1
+    adv_estimator: str = "group_norm"
+    norm_adv_by_std: bool = True
+    kl_penalty: str = "low_var_kl"
+    use_kl_loss: bool = True
+    kl_coef: float = 0.001
+    clip_ratio: float = 0.2
+    clip_ratio_low: Optional[float] = None
+    clip_ratio_high: Optional[float] = None
+    entropy_coeff: float = 0.0
+    loss_agg_mode: str = "token-mean"
+    max_prompt_length: int = 1024
+    verifier_function: list[str] = field(default_factory=lambda: ["base_acc"])
+    verifier_weight: list[float] = field(default_factory=lambda: [1.0])
+    verifier_timeout: float = 1.0
+    verifier_parallel: int = 2
+    actor_resource: ResourceConfig = field(default_factory=ResourceConfig)
+    use_tensorboard: bool = False
+    use_swanlab: bool = False
+
+
+@dataclass
+class SamplingConfig:
+    max_tokens: int = 1024
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    stop: list[str] = field(default_factory=list)
+    logprobs: int = 1
+    detokenize: bool = False
+
+
+@dataclass
+class GenerateConfig:
+    engine: str = "builtin"  # builtin | vllm
+    infer_tensor_parallel_size: int = 1
+    infer_pipeline_parallel_size: int = 1
+    infer_expert_parallel_size: int = 1
+    max_num_seqs: int = 256
+    max_model_len: int = 2048
+    dtype: str = "bfloat16"
+    gpu_memory_utilization: float = 0.9
+    sampling_config: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class MindRLConfig:
+    backend: str = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    megatron_training: MegatronTrainingConfig = field(default_factory=MegatronTrainingConfig)
+    actor_config: ActorConfig = field(default_factory=ActorConfig)
+    rl_config: RLConfig = field(default_factory=RLConfig)
+    generate_config: GenerateConfig = field(default_factory=GenerateConfig)

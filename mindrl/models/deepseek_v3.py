@@ -1,0 +1,94 @@
+"""DeepSeek-V3 / R1: multi-latent attention (MLA) with YaRN rope, and DeepSeekMoE — sigmoid router
+with expert bias (aux-loss-free balancing), group-limited routing, shared experts, first-k dense.
+
+Multi-token prediction (MTP) is not built: the HF config's `num_nextn_predict_layers` describes
+extra weights that HF transformers ignores too; asking for MTP (`mtp_num_layers > 0`) fails.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from mindrl.models.args import COMMON_CONFIG, MegatronArgs
+from mindrl.models.hf_config import require, rope_scaling, rope_theta
+
+
+def to_megatron(hf: Mapping[str, Any], mtp_num_layers: int = 0) -> MegatronArgs:
+    if mtp_num_layers:
+        raise NotImplementedError("deepseek_v3: multi-token prediction (mtp_num_layers > 0) is not "
+                                  "supported yet; set mtp_num_layers: 0 (MTP is not used by GRPO)")
+    if hf.get("scoring_func", "sigmoid") != "sigmoid" or not hf.get("norm_topk_prob", True):
+        raise ValueError("deepseek_v3: only scoring_func=sigmoid with norm_topk_prob=true is supported "
+                         "(megatron's sigmoid router normalises the top-k scores)")
+    if hf.get("topk_method", "noaux_tc") not in ("noaux_tc", "greedy", "group_limited_greedy"):
+        raise ValueError(f"deepseek_v3: topk_method={hf.get('topk_method')!r} not supported")
+    num_layers = int(require(hf, "num_hidden_layers"))
+    first_dense = int(hf.get("first_k_dense_replace", 0))
+    if not 0 <= first_dense <= num_layers:
+        raise ValueError(f"deepseek_v3: first_k_dense_replace={first_dense} outside [0, {num_layers}]")
+    num_experts = int(require(hf, "n_routed_experts"))
+    moe_ffn = int(require(hf, "moe_intermediate_size"))
+    n_group = hf.get("n_group")
+    scaling = rope_scaling(hf)
+    config = dict(
+        COMMON_CONFIG,
+        num_layers=num_layers,
+        hidden_size=int(require(hf, "hidden_size")),
+        ffn_hidden_size=int(require(hf, "intermediate_size")),
+        num_attention_heads=int(require(hf, "num_attention_heads")),
+        layernorm_epsilon=float(hf.get("rms_norm_eps", 1e-6)),
+        add_qkv_bias=bool(hf.get("attention_bias", False)),
+        init_method_std=float(hf.get("initializer_range", 0.02)),
+        # MLA
+        multi_latent_attention=True,
+        q_lora_rank=hf.get("q_lora_rank"),
+        kv_lora_rank=int(require(hf, "kv_lora_rank")),
+        qk_head_dim=int(require(hf, "qk_nope_head_dim")),
+        qk_pos_emb_head_dim=int(require(hf, "qk_rope_head_dim")),
+        v_head_dim=int(require(hf, "v_head_dim")),
+        qk_layernorm=True,  # HF q_a_layernorm / kv_a_layernorm on the compressed q and kv
+        rotary_base=rope_theta(hf),
+        rope_type="rope" if scaling is None else "yarn",
+        # MoE
+        num_moe_experts=num_experts,
+        moe_router_topk=int(require(hf, "num_experts_per_tok")),
+        moe_ffn_hidden_size=moe_ffn,
+        moe_shared_expert_intermediate_size=int(hf.get("n_shared_experts") or 0) * moe_ffn or None,
+        moe_layer_freq=[0] * first_dense + [1] * (num_layers - first_dense),
+        moe_router_score_function="sigmoid",
+        moe_router_enable_expert_bias=hf.get("topk_method", "noaux_tc") == "noaux_tc",
+        moe_router_num_groups=int(n_group) if n_group and int(n_group) > 1 else None,
+        moe_router_group_topk=int(hf["topk_group"]) if n_group and int(n_group) > 1 else None,
+        moe_router_topk_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
+        moe_router_dtype="fp32",
+        # RL fine-tuning keeps the balance through the expert bias, not an auxiliary loss.
+        moe_router_load_balancing_type="none",
+        moe_aux_loss_coeff=0.0,
+        moe_grouped_gemm=False,
+        moe_token_dispatcher_type="alltoall",
+    )
+    if scaling is None:
+        # MLATransformerConfig defaults to DeepSeek-V3's yarn numbers (factor 40, mscale 0.707) and
+        # scales the softmax by them even with plain rope; HF uses 1/sqrt(head_dim) then.
+        config.update(rotary_scaling_factor=1.0, mscale=1.0, mscale_all_dim=0.0)
+    else:
+        if scaling["rope_type"] != "yarn":
+            raise ValueError(f"deepseek_v3: rope_scaling type {scaling['rope_type']!r} not supported (only yarn)")
+        config.update(
+            rotary_scaling_factor=float(scaling["factor"]),
+            original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
+            beta_fast=float(scaling.get("beta_fast", 32)),
+            beta_slow=float(scaling.get("beta_slow", 1)),
+            mscale=float(scaling.get("mscale", 1.0)),
+            mscale_all_dim=float(scaling.get("mscale_all_dim", 0.0)),
+        )
+    model = dict(
+        max_sequence_length=int(hf.get("max_position_embeddings", 4096)),
+        position_embedding_type="rope",  # MLA applies its own (yarn) rope inside attention
+        share_embeddings_and_output_weights=bool(hf.get("tie_word_embeddings", False)),
+    )
+    notes = []
+    if hf.get("num_nextn_predict_layers"):
+        notes.append(f"num_nextn_predict_layers={hf['num_nextn_predict_layers']}: MTP weights not built")
+    return MegatronArgs(config=config, model=model, mla=True, num_experts=num_experts, qk_layernorm=True,
+                        vocab_size=int(require(hf, "vocab_size")),
+                        tie_word_embeddings=model["share_embeddings_and_output_weights"], notes=notes)

@@ -1,0 +1,125 @@
+"""The megatron-core training plumbing every worker shares: model + DDP + optimizer, and one
+forward/backward over micro-batches with megatron's pipeline schedules.
+
+Deliberately thin: megatron does the work (DDP grad buffers, finalize_model_grads, distributed
+optimizer, 1F1B / interleaved schedules); this module only wires it for our models.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from megatron.core import parallel_state as ps
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer.module import Float16Module
+
+from mindrl.models.builder import ModelPlan, build_model
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    use_distributed_optimizer: bool = False
+
+
+@dataclass
+class MegatronModel:
+    """A built model on this rank: chunks (one per virtual stage), wrapped for training or not."""
+
+    plan: ModelPlan
+    chunks: list[torch.nn.Module]
+    optimizer: Any = None
+
+    @property
+    def unwrapped(self) -> list[torch.nn.Module]:
+        out = []
+        for chunk in self.chunks:
+            while hasattr(chunk, "module"):
+                chunk = chunk.module
+            out.append(chunk)
+        return out
+
+
+def setup_model(plan: ModelPlan, core_attention: type, *, train: bool = True,
+                optim: OptimConfig | None = None) -> MegatronModel:
+    """Build this rank's chunks; for training wrap them in megatron DDP and make the optimizer."""
+    chunks: list[torch.nn.Module] = build_model(plan, core_attention)
+    config = plan.config
+    if config.bf16 or config.fp16:
+        chunks = [Float16Module(config, c) for c in chunks]
+    if not train:
+        for c in chunks:
+            c.eval()
+            c.requires_grad_(False)
+        return MegatronModel(plan, chunks)
+    optim = optim or OptimConfig()
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                               use_distributed_optimizer=optim.use_distributed_optimizer)
+    chunks = [DistributedDataParallel(config=config, ddp_config=ddp_config, module=c,
+                                      disable_bucketing=i > 0) for i, c in enumerate(chunks)]
+    config.no_sync_func = [c.no_sync for c in chunks] if len(chunks) > 1 else chunks[0].no_sync
+    config.finalize_model_grads_func = finalize_model_grads
+    optimizer = get_megatron_optimizer(OptimizerConfig(
+        optimizer="adam", lr=optim.lr, weight_decay=optim.weight_decay, adam_beta1=optim.adam_beta1,
+        adam_beta2=optim.adam_beta2, adam_eps=optim.adam_eps, clip_grad=optim.clip_grad,
+        bf16=config.bf16, fp16=config.fp16, params_dtype=config.params_dtype,
+        use_distributed_optimizer=optim.use_distributed_optimizer), chunks)
+    return MegatronModel(plan, chunks, optimizer)
+
+
+# A forward step gets (model chunk, micro-batch dict) and returns (output, loss_fn(output)).
+LossFn = Callable[[torch.Tensor], tuple]
+
+
+def forward_backward(model: MegatronModel, micro_batches: list[dict[str, torch.Tensor]],
+                     forward: Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, LossFn]],
+                     *, forward_only: bool = False) -> list[Any]:
+    """Run megatron's schedule (no-pipelining, 1F1B or interleaved) over the micro-batches.
+
+    Returns the loss functions' reported values from the last pipeline stage ([] elsewhere).
+    Every micro-batch must have the same [batch, seq] shape within a call (megatron's p2p
+    buffers are sized once per call), which the callers guarantee by padding.
+    """
+    batch, seq = micro_batches[0]["tokens"].shape
+    num_chunks = len(model.chunks)
+
+    def step(data_iterator: Iterator, chunk: torch.nn.Module) -> tuple:
+        output, loss_fn = forward(chunk, next(data_iterator))
+        return output, loss_fn
+
+    iterators: Any = iter(micro_batches) if num_chunks == 1 else [iter(micro_batches) for _ in range(num_chunks)]
+    if not forward_only:
+        for chunk in model.chunks:
+            chunk.zero_grad_buffer()
+        model.optimizer.zero_grad()
+    return get_forward_backward_func()(
+        forward_step_func=step, data_iterator=iterators, model=model.chunks, num_microbatches=len(micro_batches),
+        seq_length=seq, micro_batch_size=batch, forward_only=forward_only)
+
+
+def gpt_forward(chunk: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits [b, s, vocab/TP] on the last stage, hidden states elsewhere."""
+    tokens = batch["tokens"]
+    positions = batch.get("position_ids")
+    if positions is None:
+        positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
+    return chunk(tokens, positions, batch.get("attention_mask"))
+
+
+def data_parallel_slice(tensor: torch.Tensor) -> torch.Tensor:
+    """This data-parallel rank's rows of a global batch (equal split)."""
+    dp, rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    if tensor.shape[0] % dp:
+        raise ValueError(f"batch of {tensor.shape[0]} rows does not split over {dp} data-parallel ranks")
+    return tensor.chunk(dp)[rank]
+
+
+__all__ = ["MegatronModel", "OptimConfig", "data_parallel_slice", "forward_backward", "gpt_forward", "setup_model"]

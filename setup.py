@@ -1,0 +1,45 @@
+"""mindrl: GRPO post-training (DeepSeek-R1-Zero style) on megatron-core, for CUDA, Ascend NPU and CPU."""
+from setuptools import find_packages, setup
+
+# Tested pins for the CPU backend (see docs/hardware.md). megatron-core 0.16.1 is the newest
+# release for Python 3.11; the cpu adaptations in mindrl/backends/cpu_megatron.py target it.
+INSTALL_REQUIRES = [
+    "torch>=2.6",  # install the build for your hardware first (README); we never pull one here
+    "megatron-core==0.16.1",
+    "einops>=0.8",  # megatron-core inference needs it (rearrange is None without it)
+    "tqdm>=4.66",  # megatron-core StaticInferenceEngine raises without it
+    "transformers>=4.51",
+    "tokenizers>=0.21",
+    "safetensors>=0.4",
+    "datasets>=3.0",
+    "hydra-core>=1.3",
+    "omegaconf>=2.3",
+    "numpy>=1.26",
+    "pyyaml>=6.0",
+    "rich>=13.0",
+    "math-verify>=0.7",
+    "matplotlib>=3.8",
+    "ray>=2.40",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8.0", "pytest-timeout>=2.3"],
+    "gpu": ["vllm", "flash-attn"],
+    "npu": ["torch-npu", "vllm-ascend"],
+    "tracking": ["swanlab>=0.6", "tensorboard>=2.15"],
+}
+
+setup(
+    name="mindrl",
+    version="0.1.0",
+    description=__doc__,
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mindrl", "mindrl.*"]),
+    include_package_data=True,
+    package_data={"mindrl": ["py.typed"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["mindrl-sanity=mindrl.cli.sanity:main"]},
+)

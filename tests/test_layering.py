@@ -1,0 +1,54 @@
+"""Dependencies point one way: each subsystem imports only what docs/architecture.md allows."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mindrl"
+
+ALLOWED = {
+    "backends": set(),
+    "models": set(),
+    "algorithms": set(),
+    "rewards": set(),
+    "data": {"utils"},
+    "utils": {"backends"},  # launch.free_port
+    "config": {"models"},
+    "checkpoint": {"models", "backends", "utils"},
+    "rollout": {"backends", "models", "checkpoint", "utils"},
+    "workers": {"backends", "models", "algorithms", "rewards", "data", "checkpoint", "rollout", "utils"},
+}
+
+
+def mindrl_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "mindrl" and len(parts) > 1:
+                found.add(parts[1])
+    return found
+
+
+def test_subsystems_import_only_what_they_may():
+    problems = []
+    for sub, allowed in ALLOWED.items():
+        for path in sorted((PACKAGE / sub).rglob("*.py")):
+            bad = mindrl_imports(path) - allowed - {sub}
+            if bad:
+                problems.append(f"{path.relative_to(PACKAGE)} imports mindrl.{', mindrl.'.join(sorted(bad))}")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_subsystem_says_what_it_owns():
+    for sub in ALLOWED:
+        init = PACKAGE / sub / "__init__.py"
+        assert init.is_file(), f"mindrl/{sub}/__init__.py missing"
+        doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
+        assert doc and len(doc) > 40, f"mindrl/{sub}/__init__.py needs a docstring saying what it owns"
