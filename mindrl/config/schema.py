@@ -92,11 +92,17 @@ class RLConfig:
     max_prompt_length: int = 1024
     verifier_function: list[str] = field(default_factory=lambda: ["base_acc"])
     verifier_weight: list[float] = field(default_factory=lambda: [1.0])
+    # Per-scorer options, e.g. {format: {prefix: "<think>"}, think_len: {min_chars: 1000}}.
+    verifier_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     verifier_timeout: float = 1.0
     verifier_parallel: int = 2
+    verifier_fallback: float = 0.0
     actor_resource: ResourceConfig = field(default_factory=ResourceConfig)
     use_tensorboard: bool = False
     use_swanlab: bool = False
+    keep_last_checkpoints: int = 2
+    max_bad_steps_in_a_row: int = 3  # NaN/inf losses: skip the step; stop after this many in a row
+    log_samples_interval: int = 10  # write a few completions to completion_samples.jsonl every N steps
 
 
 @dataclass

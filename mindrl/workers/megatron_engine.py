@@ -22,6 +22,10 @@ from mindrl.models.builder import ModelPlan, build_model
 @dataclass
 class OptimConfig:
     lr: float = 1e-6
+    min_lr: float = 0.0
+    lr_decay_style: str = "constant"  # constant | linear | cosine (megatron's names)
+    lr_warmup_steps: int = 0
+    lr_decay_steps: int = 1
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -37,6 +41,7 @@ class MegatronModel:
     plan: ModelPlan
     chunks: list[torch.nn.Module]
     optimizer: Any = None
+    scheduler: Any = None  # megatron OptimizerParamScheduler
 
     @property
     def unwrapped(self) -> list[torch.nn.Module]:
@@ -72,7 +77,14 @@ def setup_model(plan: ModelPlan, core_attention: type, *, train: bool = True,
         adam_beta2=optim.adam_beta2, adam_eps=optim.adam_eps, clip_grad=optim.clip_grad,
         bf16=config.bf16, fp16=config.fp16, params_dtype=config.params_dtype,
         use_distributed_optimizer=optim.use_distributed_optimizer), chunks)
-    return MegatronModel(plan, chunks, optimizer)
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0 if optim.lr_warmup_steps else optim.lr, max_lr=optim.lr, min_lr=optim.min_lr,
+        lr_warmup_steps=optim.lr_warmup_steps, lr_decay_steps=max(optim.lr_decay_steps, optim.lr_warmup_steps + 1),
+        lr_decay_style=optim.lr_decay_style, start_wd=optim.weight_decay, end_wd=optim.weight_decay,
+        wd_incr_steps=1, wd_incr_style="constant")
+    return MegatronModel(plan, chunks, optimizer, scheduler)
 
 
 # A forward step gets (model chunk, micro-batch dict) and returns (output, loss_fn(output)).

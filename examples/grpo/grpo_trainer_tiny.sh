@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The embedded default: a tiny R1-Zero GRPO run on CPU with nothing downloaded (~6 min on 2 cores).
+#   bash examples/grpo/grpo_trainer_tiny.sh                 # writes into output/tiny
+#   OUTPUT_DIR=/tmp/run bash examples/grpo/grpo_trainer_tiny.sh
+# Rerunning the same command resumes from the last checkpoint in $OUTPUT_DIR.
+# Steps: prepare (tokenizer, tasks, prompt set, warm start as an HF checkpoint) -> convert HF to
+# megatron (the same tool as for real models) -> GRPO -> curves.png. Extra arguments are Hydra
+# overrides for the trainer, e.g. megatron_training.train_iters=50.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUTPUT_DIR=${OUTPUT_DIR:-output/tiny}
+export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
+
+if [ ! -f "$OUTPUT_DIR/warm_start/model.safetensors" ] || [ ! -f "$OUTPUT_DIR/data/tiny_meta.json" ]; then
+  python -m mindrl.cli.prepare_tiny_demo --out "$OUTPUT_DIR" megatron_training.tokenizer_name_or_path="$OUTPUT_DIR/tokenizer"
+fi
+if [ ! -f "$OUTPUT_DIR/warm_start_mg/mindrl_layout.json" ]; then
+  python tools/convert_ckpt.py --model-type-hf qwen2 --load-model-type hf --save-model-type mg \
+    --load-dir "$OUTPUT_DIR/warm_start" --save-dir "$OUTPUT_DIR/warm_start_mg" --target-tensor-parallel-size 1 --overwrite
+fi
+python -m mindrl.cli.train_grpo --config-name grpo_tiny_cpu \
+  megatron_training.output_dir="$OUTPUT_DIR" \
+  megatron_training.tokenizer_name_or_path="$OUTPUT_DIR/tokenizer" \
+  megatron_training.data_path="$OUTPUT_DIR/data/tiny" \
+  actor_config.load="$OUTPUT_DIR/warm_start_mg" "$@"
+python -m mindrl.plot "$OUTPUT_DIR"
+python -m mindrl.cli.summarize "$OUTPUT_DIR"

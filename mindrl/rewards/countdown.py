@@ -1,0 +1,76 @@
+"""Countdown (TinyZero): build ``target`` from ``nums`` with + - * / and parentheses, each number once.
+
+The equation is the content of the last ``<answer>…</answer>``. It must contain only ASCII digits,
+``+ - * / ( ) .`` and spaces/newlines, use exactly the multiset ``nums``, and evaluate within 1e-5 of
+``target``. It is evaluated by walking the Python AST over those operators only (never ``eval``):
+``**`` parses as ``Pow`` and is rejected, names/calls/attributes cannot pass the character check,
+and length and magnitude limits keep every evaluation to microseconds.
+"""
+from __future__ import annotations
+
+import ast
+import math
+import re
+from typing import Any, Mapping
+
+from mindrl.rewards.extract import last_tag_content
+
+_ALLOWED = re.compile(r"[0-9+\-*/(). \t\r\n]+")  # ASCII only: "\d" and "\s" would admit unicode digits/spaces
+_NUMBERS = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+
+_BINOPS = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+}
+
+
+class _Reject(Exception):
+    """The expression is outside the allowed grammar or limits."""
+
+
+def safe_eval(expr: str, *, max_chars: int = 256, max_abs: float = 1e12) -> float | None:
+    """Value of an arithmetic expression over + - * / and unary +/-, or None if it is not one.
+
+    None for: anything longer than ``max_chars``, any syntax outside the grammar, division by zero,
+    any literal or intermediate result with magnitude above ``max_abs`` (so no evaluation can grow).
+    """
+    if len(expr) > max_chars:
+        return None
+    try:
+        tree = ast.parse(" ".join(expr.split()), mode="eval")  # newlines outside () are a syntax error
+        return _eval(tree.body, max_abs)
+    except (_Reject, SyntaxError, ValueError, ZeroDivisionError, RecursionError, MemoryError, OverflowError):
+        return None
+
+
+def _eval(node: ast.AST, max_abs: float) -> float:
+    kind = type(node)
+    if kind is ast.BinOp and type(node.op) in _BINOPS:
+        value = _BINOPS[type(node.op)](_eval(node.left, max_abs), _eval(node.right, max_abs))
+    elif kind is ast.UnaryOp and type(node.op) in (ast.USub, ast.UAdd):
+        value = _eval(node.operand, max_abs)
+        value = -value if type(node.op) is ast.USub else value
+    elif kind is ast.Constant and type(node.value) in (int, float):  # not bool, str, complex, None
+        value = float(node.value)
+    else:
+        raise _Reject(kind.__name__)
+    if not math.isfinite(value) or abs(value) > max_abs:
+        raise _Reject("magnitude")
+    return value
+
+
+def countdown_reward(completion: str, labels: Mapping[str, Any], *, tolerance: float = 1e-5,
+                     max_chars: int = 256, max_abs: float = 1e12) -> float:
+    """1.0 iff the last ``<answer>`` equation uses each of ``nums`` once and equals ``target``."""
+    nums, target = labels["nums"], labels["target"]
+    expr = last_tag_content(completion, "answer")
+    if expr is None or len(expr) > max_chars or not _ALLOWED.fullmatch(expr):
+        return 0.0
+    # Each given number exactly once, as a multiset of literal values. Literals are read whole, so
+    # "2.5" is 2.5 (not given), not a use of 2 and 5, as TinyZero's "\d+" count would have it.
+    if sorted(map(float, _NUMBERS.findall(expr))) != sorted(map(float, nums)):
+        return 0.0
+    value = safe_eval(expr, max_chars=max_chars, max_abs=max_abs)
+    return 1.0 if value is not None and abs(value - float(target)) < tolerance else 0.0

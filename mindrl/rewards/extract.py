@@ -1,0 +1,107 @@
+"""Answer extraction shared by the scorers: last ``\\boxed{}``, last ``<answer>`` block, plain numbers.
+
+Everything here is linear-time string scanning (no backtracking regexes over the whole completion),
+because completions can be tens of thousands of characters and a scorer runs on every rollout.
+"""
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Any, Mapping
+
+# Label keys tried, in order, for the gold answer: ``label`` is ours; the others are what the raw
+# datasets call it (MATH-500/GSM8K ``answer``, Math23K ``ans``, verl ``ground_truth``).
+GOLD_KEYS = ("label", "answer", "ans", "ground_truth")
+
+_BOXED_COMMANDS = ("\\boxed", "\\fbox")
+
+
+def gold_answer(labels: Mapping[str, Any], keys: tuple[str, ...] = GOLD_KEYS) -> Any:
+    """The gold answer from a row's labels; KeyError (counted as a scorer error) when there is none."""
+    for key in keys:
+        if key in labels and labels[key] is not None:
+            return labels[key]
+    raise KeyError(f"no gold answer in labels: expected one of {list(keys)}, got keys {sorted(labels)}")
+
+
+def _braced(text: str, open_pos: int) -> str | None:
+    """Content of the brace group opening at text[open_pos] == '{', or None if it never closes."""
+    depth = 0
+    for i in range(open_pos, len(text)):
+        ch = text[i]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_pos + 1:i]
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``, or ``\\boxed 5``), nested braces allowed.
+
+    Like MATH's ``last_boxed_only_string``: only the last occurrence counts, and if it never closes
+    (a truncated completion) there is no boxed answer.
+    """
+    start = max(text.rfind(cmd) for cmd in _BOXED_COMMANDS)
+    if start < 0:
+        return None
+    cmd = next(c for c in _BOXED_COMMANDS if text.startswith(c, start))
+    after = start + len(cmd)
+    i = after
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i < len(text) and text[i] == "{":
+        return _braced(text, i)
+    if i > after:  # "\boxed 5": the token up to the next space or $
+        m = re.compile(r"[^\s$]+").match(text, i)
+        return m.group(0) if m else None
+    return None
+
+
+def last_tag_content(text: str, tag: str = "answer") -> str | None:
+    """Content of the last *closed* ``<tag>...</tag>`` pair, or None.
+
+    Found from the end: the last ``</tag>``, then the nearest ``<tag>`` before it. This ignores an
+    unclosed trailing ``<tag>`` and, for ``<tag> <tag>x</tag>``, returns the innermost ``x``.
+    """
+    close = text.rfind(f"</{tag}>")
+    if close < 0:
+        return None
+    open_ = text.rfind(f"<{tag}>", 0, close)
+    if open_ < 0:
+        return None
+    return text[open_ + len(tag) + 2:close]
+
+
+# A plain number: optional sign, digits with optional thousands commas, optional decimals.
+# A sign counts only when it does not follow a word or ")", so "10-3" is 10 and 3, not 10 and -3.
+_SIGN = r"(?:(?<![\w).])[-+])?"
+_NUMBER = re.compile(_SIGN + r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
+_NUMBER_FULL = re.compile(r"\s*\$?\s*(" + _NUMBER.pattern + r")\s*\.?\s*")
+
+
+def parse_plain_number(text: str) -> Fraction | None:
+    """``'1,000'``, ``'-3.50'``, ``'$18'``, ``'72.'`` -> exact Fraction; anything else -> None."""
+    m = _NUMBER_FULL.fullmatch(text)
+    if m is None:
+        return None
+    return Fraction(m.group(1).replace(",", ""))
+
+
+def last_number(text: str) -> Fraction | None:
+    """The last plain number anywhere in ``text`` (GSM8K-style flexible extraction)."""
+    last = None
+    for last in _NUMBER.finditer(text):
+        pass
+    return None if last is None else Fraction(last.group(0).replace(",", ""))
+
+
+def strip_math_delimiters(text: str) -> str:
+    """Remove surrounding ``$...$``, ``\\(...\\)``, ``\\[...\\]`` and whitespace from an answer string."""
+    s = text.strip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
+            s = s[len(left):len(s) - len(right)].strip()
+    return s

@@ -1,0 +1,177 @@
+"""Set up a GRPO run on this rank and loop over steps: resume, step, log, checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+
+from mindrl.backends import get_backend
+from mindrl.backends.distributed import destroy_distributed, init_distributed
+from mindrl.config import MindRLConfig, actor_layout, resolve_hf_config
+from mindrl.models import plan_model
+from mindrl.models.sharding import load_canonical, local_shards, merge_shards
+from mindrl.rollout import BuiltinRolloutEngine
+from mindrl.trainer.checkpointing import latest_step, load_checkpoint, save_checkpoint
+from mindrl.trainer.grpo import Run, TrainingError, grpo_step
+from mindrl.trainer.tracking import Tracker
+from mindrl.workers.actor import PolicyWorker
+from mindrl.workers.megatron_engine import OptimConfig, setup_model
+
+log = logging.getLogger("mindrl")
+
+
+def _optim_config(cfg: MindRLConfig) -> OptimConfig:
+    a, mt = cfg.actor_config, cfg.megatron_training
+    updates_per_step = cfg.rl_config.epochs * (mt.global_batch_size // (cfg.rl_config.mini_batch_size
+                                                                         or mt.global_batch_size))
+    total = mt.train_iters * updates_per_step
+    return OptimConfig(lr=a.lr, min_lr=a.min_lr, lr_decay_style=a.lr_decay_style,
+                       lr_warmup_steps=int(a.lr_warmup_fraction * total), lr_decay_steps=total,
+                       weight_decay=a.weight_decay, adam_beta1=a.adam_beta1, adam_beta2=a.adam_beta2,
+                       clip_grad=a.clip_grad, use_distributed_optimizer=mt.use_distributed_optimizer)
+
+
+def _load_initial_weights(cfg: MindRLConfig, chunks: list[torch.nn.Module], plan: Any) -> None:
+    """`actor_config.load`: a megatron checkpoint from tools/convert_ckpt.py, in this layout."""
+    if not cfg.actor_config.load:
+        return
+    from mindrl.checkpoint.live import load_megatron_checkpoint
+
+    load_megatron_checkpoint(chunks, cfg.actor_config.load)
+
+
+def setup(cfg: MindRLConfig) -> Run:
+    from transformers import AutoTokenizer
+
+    from mindrl.data import PromptDataset
+
+    backend = get_backend(cfg.backend)
+    layout = actor_layout(cfg)
+    mt, rl = cfg.megatron_training, cfg.rl_config
+    plan = plan_model(resolve_hf_config(cfg), layout, dtype="bf16" if mt.bf16 else "fp32",
+                      use_cpu_initialization=backend.device_type == "cpu",
+                      make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by, recompute=mt.recompute)
+    init_distributed(backend, tp=layout.tp, pp=layout.pp, ep=layout.ep,
+                     vpp=plan.config.virtual_pipeline_model_parallel_size, seed=mt.seed)
+    if mt.global_batch_size % ps.get_data_parallel_world_size():
+        raise TrainingError(f"global_batch_size={mt.global_batch_size} must split over "
+                            f"{ps.get_data_parallel_world_size()} data-parallel ranks")
+    actor_model = setup_model(plan, backend.core_attention_cls(), optim=_optim_config(cfg))
+    _load_initial_weights(cfg, actor_model.unwrapped, plan)
+    reference = None
+    if rl.use_kl_loss or rl.kl_coef:
+        # The reference is the frozen initial policy: the same weights, copied before any update.
+        ref_model = setup_model(plan, backend.core_attention_cls(), train=False)
+        canonical = merge_shards(_all_gather_shards(actor_model.unwrapped, plan), plan.vocab_size)
+        load_canonical(ref_model.unwrapped, canonical, plan.args.num_experts)
+        del canonical
+        reference = PolicyWorker(ref_model, micro_batch_size=cfg.actor_config.micro_batch_size,
+                                 temperature=cfg.generate_config.sampling_config.temperature)
+    actor = PolicyWorker(actor_model, micro_batch_size=cfg.actor_config.micro_batch_size,
+                         temperature=cfg.generate_config.sampling_config.temperature)
+    tokenizer = AutoTokenizer.from_pretrained(mt.tokenizer_name_or_path)
+    engine = BuiltinRolloutEngine.from_plan(plan, actor_model.chunks, tokenizer=tokenizer,
+                                            eos_token_id=tokenizer.eos_token_id, seed=mt.seed,
+                                            max_batch_size=cfg.generate_config.max_num_seqs)
+    output_dir = Path(mt.output_dir)
+    ckpt_root = output_dir / "checkpoints"
+    expected = {"architecture": plan.hf.get("model_type"), "world_size": dist.get_world_size(),
+                "layout": {"tp": layout.tp, "pp": layout.pp, "ep": layout.ep, "num_layer_list": layout.num_layer_list,
+                           "vpp": plan.config.virtual_pipeline_model_parallel_size}}
+    start_step, consumed = 0, 0
+    resume = latest_step(ckpt_root)
+    if resume is not None:
+        state = load_checkpoint(ckpt_root, resume, actor_model, expected)
+        start_step, consumed = state["step"], state["consumed_samples"]
+    dataset = PromptDataset(mt.data_path, consumed_samples=consumed, shuffle=not mt.no_shuffle, seed=mt.seed)
+    dataset.check_tokenizer(tokenizer)
+    reward_fn = None
+    if dist.get_rank() == dist.get_process_group_ranks(ps.get_model_parallel_group())[0]:
+        from mindrl.rewards import build_reward_fn
+
+        reward_fn = build_reward_fn(rl.verifier_function, rl.verifier_weight, rl.verifier_options,
+                                    timeout=rl.verifier_timeout, num_workers=rl.verifier_parallel,
+                                    fallback=rl.verifier_fallback)
+    tracker = None
+    if dist.get_rank() == 0:
+        tracker = Tracker(output_dir, resume_step=start_step, use_tensorboard=rl.use_tensorboard,
+                          use_swanlab=rl.use_swanlab, config=dataclasses.asdict(cfg))
+    return Run(cfg=cfg, actor=actor, reference=reference, engine=engine, tokenizer=tokenizer, dataset=dataset,
+               reward_fn=reward_fn, tracker=tracker, output_dir=output_dir, start_step=start_step, expected=expected)
+
+
+def _all_gather_shards(chunks: list[torch.nn.Module], plan: Any) -> list:
+    pieces = local_shards(chunks, plan.args.num_experts)
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, pieces)
+    return [p for rank_pieces in gathered for p in rank_pieces]
+
+
+def train(cfg: MindRLConfig) -> dict[str, Any]:
+    """Run (or resume) the whole training on this rank. Returns the last step's metrics."""
+    run = setup(cfg)
+    mt, rl = cfg.megatron_training, cfg.rl_config
+    ckpt_root = run.output_dir / "checkpoints"
+    progress = _progress(run, mt.train_iters)
+    metrics: dict[str, Any] = {}
+    for step in range(run.start_step + 1, mt.train_iters + 1):
+        metrics = grpo_step(run, step)
+        if metrics.get("actor/skipped", 0.0) > 0:
+            run.bad_steps_in_a_row += 1
+            metrics["bad_step"] = 1.0
+            if run.bad_steps_in_a_row >= rl.max_bad_steps_in_a_row:
+                raise TrainingError(f"step {step}: non-finite loss {run.bad_steps_in_a_row} steps in a row; "
+                                    f"lower actor_config.lr or check the data (last metrics: {metrics})")
+        else:
+            run.bad_steps_in_a_row = 0
+        if run.tracker is not None:
+            run.tracker.log(step, metrics)
+        if progress is not None:
+            progress.update(step, metrics)
+        if mt.save_interval and (step % mt.save_interval == 0 or step == mt.train_iters):
+            save_checkpoint(ckpt_root, step, run.actor.model,
+                            {**run.expected, "step": step, "consumed_samples": run.dataset.consumed_samples},
+                            keep_last=rl.keep_last_checkpoints)
+    if progress is not None:
+        progress.close()
+    if run.tracker is not None:
+        run.tracker.close()
+    if run.reward_fn is not None:
+        run.reward_fn.close()
+    destroy_distributed()
+    return metrics
+
+
+class _Progress:
+    """A rich progress bar with ETA and the headline metrics (rank 0 only)."""
+
+    def __init__(self, total: int, start: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("[bold]GRPO"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            TextColumn("{task.fields[info]}"), refresh_per_second=2)
+        self.bar.start()
+        self.task = self.bar.add_task("grpo", total=total, completed=start, info="")
+        self.plain = not self.bar.console.is_terminal
+
+    def update(self, step: int, m: dict[str, Any]) -> None:
+        info = (f"reward {m.get('reward/mean', 0):.3f}  len {m.get('response_length/mean', 0):.0f}  "
+                f"kl {m.get('kl', 0):.4f}  {m.get('time/step', 0):.1f}s/step")
+        self.bar.update(self.task, completed=step, info=info)
+        if self.plain:  # logs and CI: one concise line per step instead of a redrawn bar
+            self.bar.console.print(f"step {step}: {info}")
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+def _progress(run: Run, total: int) -> _Progress | None:
+    return _Progress(total, run.start_step) if dist.get_rank() == 0 else None

@@ -1,0 +1,179 @@
+"""The policy on this rank: log-probs of given sequences (forward only) and GRPO updates.
+
+Works on a `SequenceBatch` (this data-parallel rank's sequences, right-padded). The reference
+model is the same class built with `train=False`. Loss math comes from mindrl.algorithms; this
+module only feeds it megatron's micro-batches and undoes megatron's own loss scaling.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+
+from mindrl.algorithms import compute_actor_loss, loss_normaliser
+from mindrl.models.logprobs import token_log_probs, vocab_parallel_entropy
+from mindrl.workers.megatron_engine import MegatronModel, forward_backward, gpt_forward
+
+
+@dataclass
+class SequenceBatch:
+    """N sequences of prompt + response, right-padded to one length L.
+
+    Per-token tensors are in *label* space [N, L-1]: position t predicts tokens[:, t+1].
+    """
+
+    tokens: torch.Tensor  # [N, L] int64
+    response_mask: torch.Tensor  # [N, L-1] bool: labels that are response tokens
+    advantages: torch.Tensor  # [N] fp32
+    old_log_probs: torch.Tensor | None = None  # [N, L-1]
+    ref_log_probs: torch.Tensor | None = None  # [N, L-1]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def select(self, rows: torch.Tensor | slice) -> "SequenceBatch":
+        pick = lambda t: None if t is None else t[rows]  # noqa: E731
+        return SequenceBatch(self.tokens[rows], self.response_mask[rows], self.advantages[rows],
+                             pick(self.old_log_probs), pick(self.ref_log_probs))
+
+
+def build_sequence_batch(prompts: list[list[int]], responses: list[list[int]], advantages: torch.Tensor,
+                         pad_id: int = 0) -> SequenceBatch:
+    """Concatenate each prompt with its response and right-pad; mark response labels."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    length = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    tokens = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), length - 1, dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        tokens[i, :len(p) + len(r)] = torch.tensor(list(p) + list(r), dtype=torch.long)
+        mask[i, len(p) - 1:len(p) - 1 + len(r)] = True
+    return SequenceBatch(tokens, mask, advantages.float())
+
+
+def _last_stage_broadcast(tensor: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
+    """Give every pipeline stage the last stage's tensor (forward-only results live there)."""
+    if ps.get_pipeline_model_parallel_world_size() == 1:
+        assert tensor is not None
+        return tensor
+    buf = tensor.contiguous() if tensor is not None else torch.empty(shape, dtype=torch.float32)
+    dist.broadcast(buf, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group())
+    return buf
+
+
+class PolicyWorker:
+    """A megatron model (actor or frozen reference) on this rank."""
+
+    def __init__(self, model: MegatronModel, *, micro_batch_size: int, temperature: float = 1.0) -> None:
+        self.model = model
+        self.micro_batch_size = micro_batch_size
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.vocab_size = model.plan.vocab_size
+
+    def _micro_batches(self, batch: SequenceBatch) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for start in range(0, len(batch), self.micro_batch_size):
+            rows = slice(start, start + self.micro_batch_size)
+            mb = {"tokens": batch.tokens[rows, :-1], "labels": batch.tokens[rows, 1:],
+                  "response_mask": batch.response_mask[rows], "advantages": batch.advantages[rows]}
+            for name in ("old_log_probs", "ref_log_probs"):
+                value = getattr(batch, name)
+                if value is not None:
+                    mb[name] = value[rows]
+            out.append(mb)
+        return out
+
+    def _scaled_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        # The rollout engine samples from softmax(logits / T); log-probs must be of that same distribution.
+        return logits.float() / self.temperature if self.temperature != 1.0 else logits.float()
+
+    @torch.no_grad()
+    def log_probs(self, batch: SequenceBatch) -> torch.Tensor:
+        """[N, L-1] fp32 log-probs of every label under this model (on every rank)."""
+        for chunk in self.model.chunks:
+            chunk.eval()
+
+        def forward(chunk: torch.nn.Module, mb: dict[str, torch.Tensor]):
+            output = gpt_forward(chunk, mb)
+
+            def collect(logits: torch.Tensor):
+                logp = token_log_probs(self._scaled_logits(logits), mb["labels"], self.vocab_size)
+                return logp.sum() * 0.0, {"log_probs": logp}
+            return output, collect
+
+        reported = forward_backward(self.model, self._micro_batches(batch), forward, forward_only=True)
+        local = torch.cat([r["log_probs"] for r in reported]) if reported else None
+        return _last_stage_broadcast(local, (len(batch), batch.tokens.shape[1] - 1))
+
+    def update(self, batch: SequenceBatch, rl: Any) -> dict[str, float]:
+        """One optimizer step on this mini-batch (all its micro-batches; gradients accumulated)."""
+        for chunk in self.model.chunks:
+            chunk.train()
+        micro = self._micro_batches(batch)
+        # Aggregation over the whole mini-batch on every DP rank, not per micro-batch.
+        normaliser = sum(loss_normaliser(mb["response_mask"], rl.loss_agg_mode) for mb in micro)
+        normaliser = torch.as_tensor(normaliser, dtype=torch.float32).clone()
+        dist.all_reduce(normaliser, group=ps.get_data_parallel_group())
+        # megatron divides the returned loss by the number of micro-batches and DDP averages grads
+        # over DP; the normaliser above already accounts for both, so undo them.
+        undo = len(micro) * ps.get_data_parallel_world_size()
+
+        def forward(chunk: torch.nn.Module, mb: dict[str, torch.Tensor]):
+            output = gpt_forward(chunk, mb)
+
+            def loss_fn(logits: torch.Tensor):
+                scaled = self._scaled_logits(logits)
+                logp = token_log_probs(scaled, mb["labels"], self.vocab_size)
+                entropy = vocab_parallel_entropy(scaled, self.vocab_size, grad=rl.entropy_coeff != 0)
+                adv = mb["advantages"].unsqueeze(1).expand_as(logp)
+                old = mb.get("old_log_probs", logp.detach())
+                loss, metrics = compute_actor_loss(
+                    logp, old, adv, mb["response_mask"], ref_log_prob=mb.get("ref_log_probs"), entropy=entropy,
+                    clip_ratio=rl.clip_ratio, clip_ratio_low=rl.clip_ratio_low, clip_ratio_high=rl.clip_ratio_high,
+                    entropy_coeff=rl.entropy_coeff, use_kl_loss=rl.use_kl_loss and mb.get("ref_log_probs") is not None,
+                    kl_loss_coef=rl.kl_coef, kl_loss_type=rl.kl_penalty, loss_agg_mode=rl.loss_agg_mode,
+                    global_normaliser=normaliser)
+                tokens = mb["response_mask"].sum().float()
+                metrics = {k: v.float() * tokens for k, v in metrics.items()}  # token-weighted for averaging
+                metrics["_tokens"] = tokens
+                return loss * undo, metrics
+            return output, loss_fn
+
+        reported = forward_backward(self.model, micro, forward)
+        # A non-finite loss on any rank skips the update everywhere (the trainer counts and stops).
+        bad = torch.tensor([float(any(not torch.isfinite(r["pg_loss"]).all() for r in reported))])
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item():
+            self.model.optimizer.zero_grad()
+            metrics = self._reduce_metrics(reported, False, float("nan"))
+            metrics["actor/skipped"] = 1.0
+            return metrics
+        ok, grad_norm, _ = self.model.optimizer.step()
+        if self.model.scheduler is not None:
+            self.model.scheduler.step(increment=1)
+        metrics = self._reduce_metrics(reported, ok, grad_norm)
+        metrics["actor/skipped"] = 0.0
+        return metrics
+
+    @staticmethod
+    def _reduce_metrics(reported: list[dict[str, torch.Tensor]], ok: bool, grad_norm: Any) -> dict[str, float]:
+        """Token-weighted means of the loss metrics over micro-batches and DP ranks."""
+        # Every rank must enter the collective with the same layout: the metric names are fixed.
+        keys = ["_tokens", "pg_loss", "pg_clipfrac", "ppo_kl", "entropy", "kl_loss"]
+        values = torch.zeros(len(keys))
+        for r in reported:
+            for i, k in enumerate(keys):
+                if k in r:
+                    values[i] += r[k].float()
+        dist.all_reduce(values)  # last-stage ranks hold them; others add zeros
+        tp = ps.get_tensor_model_parallel_world_size()
+        values /= tp  # every TP rank of the last stage reported the same numbers
+        tokens = values[0].clamp(min=1.0)
+        out = {f"actor/{k}": (values[i] / tokens).item() for i, k in enumerate(keys) if i > 0}
+        out["actor/grad_norm"] = float(grad_norm) if grad_norm is not None else 0.0
+        out["actor/update_ok"] = float(bool(ok))
+        return out

@@ -1,0 +1,142 @@
+"""The GRPO trainer end to end on the tiny CPU demo: first-step gates, layouts, resume, bad input.
+
+A module fixture prepares the demo once (character tokenizer, prompt set, a short warm start
+saved as HF and converted to megatron with tools/convert_ckpt.py); each test runs
+`python -m mindrl.cli.train_grpo` in a subprocess, as a user would.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.megatron
+
+
+def run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tiny_demo")
+    proc = run([sys.executable, "-m", "mindrl.cli.prepare_tiny_demo", "--out", str(d), "--num-tasks", "200",
+                "--warm-steps", "20", f"megatron_training.tokenizer_name_or_path={d / 'tokenizer'}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run([sys.executable, "tools/convert_ckpt.py", "--model-type-hf", "qwen2", "--load-model-type", "hf",
+                "--save-model-type", "mg", "--load-dir", str(d / "warm_start"), "--save-dir", str(d / "mg"),
+                "--target-tensor-parallel-size", "1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return d
+
+
+def train_cmd(demo: Path, out: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "mindrl.cli.train_grpo", "--config-name", "grpo_tiny_cpu",
+            f"megatron_training.output_dir={out}", f"megatron_training.tokenizer_name_or_path={demo / 'tokenizer'}",
+            f"megatron_training.data_path={demo / 'data' / 'tiny'}", f"actor_config.load={demo / 'mg'}",
+            "megatron_training.global_batch_size=4", "rl_config.n_samples_per_prompt=4", "actor_config.micro_batch_size=8",
+            "rl_config.actor_resource.num_npus=1", "generate_config.sampling_config.max_tokens=24",
+            "megatron_training.save_interval=2", *overrides]
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def first_run(demo, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run1")
+    proc = run(train_cmd(demo, out, "megatron_training.train_iters=2"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return out
+
+
+def test_first_step_ratio_is_one_and_kl_is_zero(first_run):
+    step1 = metrics(first_run)[0]
+    assert step1["step"] == 1
+    # The rollout's log-probs are the policy's: ratio exactly 1, nothing clipped, KL to the reference 0.
+    assert step1["actor/pg_clipfrac"] == 0.0 and step1["actor/ppo_kl"] == 0.0
+    assert step1["actor/kl_loss"] == 0.0 and abs(step1["kl"]) < 1e-6
+    for key in ("reward/mean", "reward/format/mean", "reward/acc/mean", "accuracy", "response_length/mean",
+                "response_length/max", "response_length/clip_ratio", "actor/entropy", "actor/grad_norm", "actor/lr",
+                "time/rollout", "time/update", "throughput/tokens_per_s"):
+        assert key in step1, key
+
+
+def test_outputs_written(first_run):
+    assert [m["step"] for m in metrics(first_run)] == [1, 2]
+    ckpts = first_run / "checkpoints"
+    assert (ckpts / "latest_checkpointed_iteration.txt").read_text() == "2"
+    assert (ckpts / "iter_0000002" / "mp_rank_00_000" / "model_optim_rng.pt").is_file()
+    assert not list(ckpts.glob("*.tmp"))
+    samples = [json.loads(x) for x in (first_run / "completion_samples.jsonl").read_text().splitlines()]
+    assert samples and {"prompt", "completion", "reward", "step"} <= set(samples[0])
+
+
+def test_rerun_resumes_and_matches_an_uninterrupted_run(demo, first_run, tmp_path):
+    """Rerunning with more steps resumes at step 2; steps 1-3 equal a fresh 3-step run exactly."""
+    resumed = run(train_cmd(demo, first_run, "megatron_training.train_iters=3"))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    fresh_dir = tmp_path / "fresh"
+    fresh = run(train_cmd(demo, fresh_dir, "megatron_training.train_iters=3"))
+    assert fresh.returncode == 0, fresh.stderr[-4000:]
+    a, b = metrics(first_run), metrics(fresh_dir)
+    assert [m["step"] for m in a] == [1, 2, 3]
+    for x, y in zip(a, b):
+        for key in ("reward/mean", "actor/pg_loss", "response_length/mean", "kl", "actor/grad_norm"):
+            assert x[key] == y[key], (x["step"], key, x[key], y[key])
+
+
+def test_checkpoint_of_another_layout_is_refused(demo, first_run):
+    proc = run(train_cmd(demo, first_run, "megatron_training.train_iters=5", "rl_config.actor_resource.num_npus=2",
+                         "actor_config.tensor_model_parallel_size=2"))
+    assert proc.returncode != 0
+    assert "was written with" in proc.stderr and "layout" in proc.stderr
+
+
+def test_tp2_first_step_equals_single_rank(demo, first_run, tmp_path):
+    proc = run(train_cmd(demo, tmp_path, "megatron_training.train_iters=1", "rl_config.actor_resource.num_npus=2",
+                         "actor_config.tensor_model_parallel_size=2"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    single, tp2 = metrics(first_run)[0], metrics(tmp_path)[0]
+    assert single["reward/mean"] == tp2["reward/mean"]  # the same completions were sampled
+    assert abs(single["actor/pg_loss"] - tp2["actor/pg_loss"]) <= 1e-5
+    assert abs(single["actor/entropy"] - tp2["actor/entropy"]) <= 1e-5
+
+
+def test_bad_config_fails_before_starting(demo, tmp_path):
+    proc = run(train_cmd(demo, tmp_path, "rl_config.n_samples_per_prompt=1", "megatron_training.data_path=/nope"))
+    assert proc.returncode == 2
+    assert "n_samples_per_prompt=1" in proc.stderr and "megatron_training.data_path: path '/nope' does not exist" in proc.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_and_rerun_reproduces_every_step(demo, tmp_path):
+    """Kill -9 mid-run, rerun the same command: every step equals an uninterrupted run."""
+    full = tmp_path / "full"
+    assert run(train_cmd(demo, full, "megatron_training.train_iters=6")).returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(demo, killed, "megatron_training.train_iters=6"), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 500
+    while time.time() < deadline:
+        if (killed / "metrics.jsonl").exists() and len(metrics(killed)) >= 3:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(metrics(killed)) < 6
+    assert run(train_cmd(demo, killed, "megatron_training.train_iters=6")).returncode == 0
+    a, b = metrics(full), metrics(killed)
+    assert [m["step"] for m in b] == list(range(1, 7))
+    for x, y in zip(a, b):
+        for key in ("reward/mean", "actor/pg_loss", "response_length/mean", "kl"):
+            assert x[key] == y[key], (x["step"], key)
