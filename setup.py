@@ -23,7 +23,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8.0", "pytest-timeout>=2.3"],
+    # The tracking packages are in `test` too, so CI checks SwanLab (offline) and TensorBoard output.
+    "test": ["pytest>=8.0", "pytest-timeout>=2.3", "swanlab>=0.6", "tensorboard>=2.15"],
     "gpu": ["vllm", "flash-attn"],
     "npu": ["torch-npu", "vllm-ascend"],
     "tracking": ["swanlab>=0.6", "tensorboard>=2.15"],
@@ -41,5 +42,6 @@ setup(
     package_data={"mindrl": ["py.typed"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["mindrl-sanity=mindrl.cli.sanity:main"]},
+    entry_points={"console_scripts": ["mindrl-sanity=mindrl.cli.sanity:main",
+                                      "mindrl-train-grpo=mindrl.cli.train_grpo:main"]},
 )

@@ -258,6 +258,44 @@ class _DoneWork:
         return True
 
 
+def gloo_uneven_collectives() -> None:
+    """Uneven `all_gather` and `reduce_scatter` on gloo. megatron's MoE dispatch with expert-TP
+    gathers and reduce-scatters token blocks of different sizes per rank (`output_split_sizes`);
+    gloo requires equal sizes for all_gather and has no list reduce_scatter. Emulate both by
+    padding every block to the largest, using the equal-size collective, and trimming."""
+    if getattr(dist.all_gather, "_mindrl_uneven", False):
+        return
+    original_all_gather = dist.all_gather
+    original_reduce_scatter = dist.reduce_scatter
+
+    def all_gather(tensor_list, tensor, group=None, async_op=False):  # noqa: ANN001
+        if dist.get_backend(group) != "gloo" or all(t.shape == tensor.shape for t in tensor_list):
+            return original_all_gather(tensor_list, tensor, group=group, async_op=async_op)
+        rows = max(t.shape[0] for t in tensor_list)
+        padded = tensor.new_zeros((rows, *tensor.shape[1:]))
+        padded[:tensor.shape[0]] = tensor
+        bufs = [torch.empty_like(padded) for _ in tensor_list]
+        original_all_gather(bufs, padded, group=group)
+        for out, buf in zip(tensor_list, bufs):
+            out.copy_(buf[:out.shape[0]])
+        return _DoneWork() if async_op else None
+
+    def reduce_scatter(output, input_list, op=dist.ReduceOp.SUM, group=None, async_op=False):  # noqa: ANN001
+        if dist.get_backend(group) != "gloo":
+            return original_reduce_scatter(output, input_list, op=op, group=group, async_op=async_op)
+        rows = max(t.shape[0] for t in input_list)
+        stacked = input_list[0].new_zeros((len(input_list), rows, *input_list[0].shape[1:]))
+        for i, t in enumerate(input_list):
+            stacked[i, :t.shape[0]] = t
+        dist.all_reduce(stacked, op=op, group=group)  # the AVG-aware wrapper when installed
+        output.copy_(stacked[dist.get_rank(group), :output.shape[0]])
+        return _DoneWork() if async_op else None
+
+    all_gather._mindrl_uneven = True  # type: ignore[attr-defined]
+    dist.all_gather = all_gather
+    dist.reduce_scatter = reduce_scatter
+
+
 ADAPTATIONS: dict[str, Callable[[], None]] = {
     "rng_tracker_on_cpu_generator": rng_tracker_on_cpu_generator,
     "current_device_is_cpu": current_device_is_cpu,
@@ -265,6 +303,7 @@ ADAPTATIONS: dict[str, Callable[[], None]] = {
     "null_streams_events_sync": null_streams_events_sync,
     "moe_without_transformer_engine": moe_without_transformer_engine,
     "gloo_average_reduce": gloo_average_reduce,
+    "gloo_uneven_collectives": gloo_uneven_collectives,
 }
 
 

@@ -89,10 +89,29 @@ def load_config(config_name: str, overrides: list[str] | None = None,
         close = difflib.get_close_matches(config_name, available, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"config '{config_name}' not found in {config_dir}{hint}; available: {', '.join(available)}")
+    groups = {p.name for p in config_dir.iterdir() if p.is_dir() and any(p.glob("*.yaml"))}
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-        composed = compose(config_name=config_name, overrides=list(overrides or []))
+        composed = compose(config_name=config_name, overrides=_force_overrides(overrides or [], groups))
     data = OmegaConf.to_container(composed, resolve=True)
     return config_from_dict(data)  # type: ignore[arg-type]
+
+
+def _force_overrides(overrides: list[str], groups: set[str]) -> list[str]:
+    """`section.key=value` for any schema key, even one the recipe YAML leaves at its default.
+
+    Hydra only overrides keys present in the composed YAML (others need `+`/`++`). Our schema is
+    the authority on which keys exist — unknown ones are rejected with a "did you mean" right after
+    composing — so plain overrides are passed as `++` (set or add). Config-group choices such as
+    `model=qwen25_7b` stay as they are.
+    """
+    forced = []
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if "=" not in item or item[0] in "+~" or key in groups:
+            forced.append(item)
+        else:
+            forced.append("++" + item)
+    return forced
 
 
 def config_from_dict(data: Mapping[str, Any]) -> MindRLConfig:

@@ -94,7 +94,7 @@ class RLConfig:
     verifier_weight: list[float] = field(default_factory=lambda: [1.0])
     # Per-scorer options, e.g. {format: {prefix: "<think>"}, think_len: {min_chars: 1000}}.
     verifier_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    verifier_timeout: float = 1.0
+    verifier_timeout: float = 1.0  # CPU seconds per item and scorer (the sandbox kills a stuck worker)
     verifier_parallel: int = 2
     verifier_fallback: float = 0.0
     actor_resource: ResourceConfig = field(default_factory=ResourceConfig)

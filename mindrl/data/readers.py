@@ -11,8 +11,6 @@ import csv
 import json
 import re
 from pathlib import Path
-from typing import Any
-
 from mindrl.data.errors import DataError, preview
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")

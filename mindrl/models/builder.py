@@ -17,6 +17,14 @@ from mindrl.models.spec import decoder_block_spec
 
 log = logging.getLogger(__name__)
 
+
+def _warn_once(msg: str, *args: object) -> None:
+    """Every rank plans the same model: only the first says so."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        log.warning(msg, *args)
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
           "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -64,11 +72,11 @@ def plan_model(hf: Mapping[str, Any], layout: ParallelLayout, *, dtype: str | to
     sequence_parallel = layout.sequence_parallel and layout.tp > 1
     if args.num_experts and layout.tp > 1 and not sequence_parallel:
         # megatron refuses MoE + TP without SP (its expert-TP path scatters along the sequence).
-        log.warning("MoE with tensor_model_parallel_size=%d: turning on sequence_parallel "
+        _warn_once("MoE with tensor_model_parallel_size=%d: turning on sequence_parallel "
                     "(megatron-core requires it)", layout.tp)
         sequence_parallel = True
     if args.mla and layout.tp > 1 and not sequence_parallel:
-        log.warning("multi-latent attention with tensor_model_parallel_size=%d: turning on sequence_parallel "
+        _warn_once("multi-latent attention with tensor_model_parallel_size=%d: turning on sequence_parallel "
                     "(its TP-duplicated KV down-projection needs it)", layout.tp)
         sequence_parallel = True
     layout.sequence_parallel = sequence_parallel

@@ -184,7 +184,8 @@ class BuiltinRolloutEngine:
         if isinstance(model, Sequence):
             if len(model) != 1:
                 raise ValueError(f"the built-in rollout engine needs one model chunk, got {len(model)} "
-                                 "(virtual pipeline stages): build a PP=1 inference model")
+                                 "(virtual pipeline stages are not supported): "
+                                 "use num_layers_per_virtual_pipeline_stage=None")
             model = model[0]
         self.model = model
         inner = _unwrap(model)

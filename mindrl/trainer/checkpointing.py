@@ -6,7 +6,7 @@ the model part directly):
     <output_dir>/checkpoints/
         latest_checkpointed_iteration.txt
         iter_0000010/
-            mp_rank_00_000[_000]/model_optim_rng.pt   # written by data-parallel rank 0 of each model shard
+            mp_rank_00[_000][_000]/model_optim_rng.pt # written by data-parallel rank 0 of each model shard
             rng/rank_00000.pt                          # every rank: its RNG states
             trainer_state.json                         # step, data position, layout, architecture
 
@@ -36,7 +36,8 @@ class CheckpointMismatch(ValueError):
 
 def rank_dir_name(tp_rank: int, pp_rank: int, ep_rank: int | None = None, pp_size: int = 1,
                   ep_size: int = 1) -> str:
-    name = f"mp_rank_{tp_rank:02d}" + (f"_{pp_rank:03d}" if pp_size > 1 else "_000")
+    """megatron's legacy names: mp_rank_TT, plus _PPP with pipeline parallelism, plus _EEE with experts."""
+    name = f"mp_rank_{tp_rank:02d}" + (f"_{pp_rank:03d}" if pp_size > 1 else "")
     return name + (f"_{ep_rank:03d}" if ep_size > 1 else "")
 
 
@@ -58,7 +59,28 @@ def _rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "tracker": get_cuda_rng_tracker().get_states()}
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model: Any, trainer_state: dict[str, Any], keep_last: int = 2) -> Path:
+def write_export_meta(ckpt_root: Path, step: int, plan: Any, layout: Any, tokenizer_dir: str | None) -> None:
+    """What tools/convert_ckpt.py needs to read `ckpt_root` as a megatron checkpoint (mg -> hf):
+    `mindrl_layout.json` (layout, iteration) and `hf/` (config.json and the tokenizer files)."""
+    hf_dir = ckpt_root / "hf"
+    hf_dir.mkdir(parents=True, exist_ok=True)
+    if tokenizer_dir and Path(tokenizer_dir).is_dir():
+        for f in Path(tokenizer_dir).iterdir():
+            if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".pt")) and f.name != "config.json":
+                shutil.copy2(f, hf_dir / f.name)
+    atomic_write_text(hf_dir / "config.json", json.dumps(plan.hf, indent=2) + "\n")
+    meta = dict(format="megatron-core legacy (mp_rank_XX[_YYY][_ZZZ]/model_optim_rng.pt)", iteration=step,
+                model_type=plan.hf.get("model_type"), vocab_size=plan.vocab_size,
+                padded_vocab_size=plan.padded_vocab_size,
+                layout=dict(tp=layout.tp, pp=layout.pp, ep=layout.ep, num_layer_list=layout.num_layer_list,
+                            num_layers_per_virtual_pipeline_stage=layout.num_layers_per_virtual_pipeline_stage),
+                vpp_chunks_as="model0, model1, ..." if plan.config.virtual_pipeline_model_parallel_size else "model",
+                written_by="mindrl trainer")
+    atomic_write_text(ckpt_root / "mindrl_layout.json", json.dumps(meta, indent=2) + "\n")
+
+
+def save_checkpoint(ckpt_root: Path, step: int, model: Any, trainer_state: dict[str, Any], keep_last: int = 2,
+                    tokenizer_dir: str | None = None) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint directory."""
     final = ckpt_root / f"iter_{step:07d}"
     tmp = ckpt_root / f"iter_{step:07d}.tmp"
@@ -86,6 +108,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model: Any, trainer_state: dict[
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         atomic_write_text(ckpt_root / LATEST, str(step))
+        write_export_meta(ckpt_root, step, model.plan, model.plan.layout, tokenizer_dir)
         old = sorted(p for p in ckpt_root.glob("iter_*") if p.is_dir() and not p.name.endswith(".tmp"))
         for stale in old[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(stale, ignore_errors=True)

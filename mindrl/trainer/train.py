@@ -139,7 +139,7 @@ def train(cfg: MindRLConfig) -> dict[str, Any]:
         if mt.save_interval and (step % mt.save_interval == 0 or step == mt.train_iters):
             save_checkpoint(ckpt_root, step, run.actor.model,
                             {**run.expected, "step": step, "consumed_samples": run.dataset.consumed_samples},
-                            keep_last=rl.keep_last_checkpoints)
+                            keep_last=rl.keep_last_checkpoints, tokenizer_dir=mt.tokenizer_name_or_path)
     if progress is not None:
         progress.close()
     if run.tracker is not None:

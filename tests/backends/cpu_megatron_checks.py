@@ -100,6 +100,17 @@ def checks_patched() -> dict:
         # rank r contributes (r+1) * [1, 2]: the average is [1.5, 3.0]; each rank keeps its half
         assert got == ["1.5 1.5 3.0", "1.5 3.0 3.0"], got
     check(results, "gloo_average_reduce", gloo_avg)
+
+    def uneven():
+        import tempfile
+        from pathlib import Path
+        from mindrl.utils.launch import spawn
+        with tempfile.TemporaryDirectory() as tmp:
+            spawn(_uneven_rank, 2, tmp)
+            got = [Path(tmp, f).read_text() for f in ("0", "1")]
+        gathered = "[0.0, 1.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0]"
+        assert got == [f"{gathered} [3.0, 3.0]", f"{gathered} [3.0, 3.0, 3.0, 3.0, 3.0, 3.0]"], got
+    check(results, "gloo_uneven_collectives", uneven)
     results["idempotent"] = "ok" if cpu_megatron.apply() == applied else "apply() changed on second call"
     return results
 
@@ -118,6 +129,26 @@ def _avg_rank(tmp: str) -> None:
     dist.reduce_scatter_tensor(out, torch.tensor([1.0, 2.0]) * (rank + 1), op=dist.ReduceOp.AVG)
     with open(f"{tmp}/{rank}", "w") as f:
         f.write(" ".join(str(x) for x in sorted(t.tolist() + out.tolist())))
+    dist.destroy_process_group()
+
+
+def _uneven_rank(tmp: str) -> None:
+    """One of two ranks: all_gather / reduce_scatter with blocks of 1 and 3 rows."""
+    import torch.distributed as dist
+    from mindrl.backends import cpu_megatron
+    cpu_megatron.apply()
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    sizes = [1, 3]
+    mine = torch.arange(sizes[rank] * 2, dtype=torch.float32).view(sizes[rank], 2) + 10 * rank
+    out = [torch.empty(n, 2) for n in sizes]
+    dist.all_gather(out, mine)
+    gathered = torch.cat(out).flatten().tolist()
+    inputs = [torch.full((n, 2), float(rank + 1)) for n in sizes]  # rank r sends (r+1) to every block
+    result = torch.empty(sizes[rank], 2)
+    dist.reduce_scatter(result, inputs)
+    with open(f"{tmp}/{rank}", "w") as f:
+        f.write(f"{gathered} {result.flatten().tolist()}")
     dist.destroy_process_group()
 
 

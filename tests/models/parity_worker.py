@@ -36,22 +36,19 @@ def tiny_hf(arch: str) -> dict:
 
 
 def parse_layout(name: str):
+    """'ref', or parts like tp2, pp2, ep2, vpp1, joined (tp2ep2), with 'sp' and ':a-b' (uneven PP)."""
     from mindrl.models import ParallelLayout
 
     if name == "ref":
         return ParallelLayout()
-    m = re.fullmatch(r"(tp|pp|ep|vpp)(\d+)(sp)?(?::(\d+)-(\d+))?", name)
+    m = re.fullmatch(r"((?:(?:tp|pp|ep|vpp)\d+)+)(sp)?(?::(\d+)-(\d+))?", name)
     if not m:
         raise ValueError(f"bad layout name {name!r}")
-    kind, size = m.group(1), int(m.group(2))
-    if kind == "tp":
-        return ParallelLayout(tp=size, sequence_parallel=bool(m.group(3)))
-    if kind == "ep":
-        return ParallelLayout(ep=size)
-    if kind == "vpp":
-        return ParallelLayout(pp=2, num_layers_per_virtual_pipeline_stage=size)
-    layers = [int(m.group(4)), int(m.group(5))] if m.group(4) else None
-    return ParallelLayout(pp=size, num_layer_list=layers)
+    sizes = {k: int(v) for k, v in re.findall(r"(tp|pp|ep|vpp)(\d+)", m.group(1))}
+    pp = 2 if "vpp" in sizes else sizes.get("pp", 1)
+    return ParallelLayout(tp=sizes.get("tp", 1), pp=pp, ep=sizes.get("ep", 1), sequence_parallel=bool(m.group(2)),
+                          num_layer_list=[int(m.group(3)), int(m.group(4))] if m.group(3) else None,
+                          num_layers_per_virtual_pipeline_stage=sizes.get("vpp"))
 
 
 def run_layout(arch: str, name: str, out: Path, weights: Path | None) -> None:

@@ -33,8 +33,11 @@ LAYOUTS = {
 SLOW_LAYOUTS = {"qwen2": ["tp2sp", "pp2"], "llama": ["tp2sp", "vpp1"], "deepseek_v3": ["pp2", "vpp1"]}
 
 
-def run_worker(out: Path, arch: str, layouts: list[str]) -> dict[str, dict]:
-    proc = subprocess.run([sys.executable, str(WORKER), "--arch", arch, "--out", str(out),
+FOUR_RANK_LAYOUTS = {"deepseek_v3": ["tp2ep2", "tp2pp2"], "qwen2": ["tp2pp2:1-3"]}
+
+
+def run_worker(out: Path, arch: str, layouts: list[str], nproc: int = 2) -> dict[str, dict]:
+    proc = subprocess.run([sys.executable, str(WORKER), "--arch", arch, "--out", str(out), "--nproc", str(nproc),
                            "--layouts", ",".join(layouts)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"worker {arch} {layouts} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return {name: torch.load(out / f"{name}.pt") for name in ["ref", *layouts]}
@@ -66,4 +69,14 @@ def test_more_layouts_match_single_rank(tmp_path, arch):
     shared_path("models")
     results = run_worker(tmp_path, arch, SLOW_LAYOUTS[arch])
     for name in SLOW_LAYOUTS[arch]:
+        assert_same(results["ref"], results[name], f"{arch} {name}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(FOUR_RANK_LAYOUTS))
+def test_four_rank_layouts_match_single_rank(tmp_path, arch):
+    """TP2 x EP2 (expert-TP MoE dispatch: uneven gathers on gloo) and TP2 x PP2, on 4 processes."""
+    shared_path("models")
+    results = run_worker(tmp_path, arch, FOUR_RANK_LAYOUTS[arch], nproc=4)
+    for name in FOUR_RANK_LAYOUTS[arch]:
         assert_same(results["ref"], results[name], f"{arch} {name}")

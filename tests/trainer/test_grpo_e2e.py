@@ -75,10 +75,28 @@ def test_outputs_written(first_run):
     assert [m["step"] for m in metrics(first_run)] == [1, 2]
     ckpts = first_run / "checkpoints"
     assert (ckpts / "latest_checkpointed_iteration.txt").read_text() == "2"
-    assert (ckpts / "iter_0000002" / "mp_rank_00_000" / "model_optim_rng.pt").is_file()
+    assert (ckpts / "iter_0000002" / "mp_rank_00" / "model_optim_rng.pt").is_file()
     assert not list(ckpts.glob("*.tmp"))
     samples = [json.loads(x) for x in (first_run / "completion_samples.jsonl").read_text().splitlines()]
     assert samples and {"prompt", "completion", "reward", "step"} <= set(samples[0])
+
+
+def test_training_checkpoint_converts_back_to_hf(first_run, tmp_path):
+    """The trainer's checkpoints are megatron checkpoints: tools/convert_ckpt.py turns them into HF."""
+    out = tmp_path / "hf"
+    proc = run([sys.executable, "tools/convert_ckpt.py", "--model-type-hf", "qwen2", "--load-model-type", "mg",
+                "--save-model-type", "hf", "--load-dir", str(first_run / "checkpoints"), "--save-dir", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    tensors = load_file(out / "model.safetensors")
+    assert "model.embed_tokens.weight" in tensors and "lm_head.weight" not in tensors  # tied embeddings
+    state = torch.load(first_run / "checkpoints" / "iter_0000002" / "mp_rank_00" / "model_optim_rng.pt",
+                       weights_only=False)
+    assert torch.equal(tensors["model.embed_tokens.weight"], state["model"]["embedding.word_embeddings.weight"][:64])
+    assert AutoTokenizer.from_pretrained(out).decode([3, 4]) == "01"
 
 
 def test_rerun_resumes_and_matches_an_uninterrupted_run(demo, first_run, tmp_path):
@@ -102,9 +120,11 @@ def test_checkpoint_of_another_layout_is_refused(demo, first_run):
     assert "was written with" in proc.stderr and "layout" in proc.stderr
 
 
-def test_tp2_first_step_equals_single_rank(demo, first_run, tmp_path):
+@pytest.mark.parametrize("layout", ["actor_config.tensor_model_parallel_size=2",
+                                    "actor_config.pipeline_model_parallel_size=2"], ids=["tp2", "pp2"])
+def test_first_step_at_tp2_and_pp2_equals_single_rank(demo, first_run, tmp_path, layout):
     proc = run(train_cmd(demo, tmp_path, "megatron_training.train_iters=1", "rl_config.actor_resource.num_npus=2",
-                         "actor_config.tensor_model_parallel_size=2"))
+                         layout))
     assert proc.returncode == 0, proc.stderr[-4000:]
     single, tp2 = metrics(first_run)[0], metrics(tmp_path)[0]
     assert single["reward/mean"] == tp2["reward/mean"]  # the same completions were sampled
