@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     from mindrl.eval.plan import EvalError, build_plan
 
     nproc = args.nproc or args.pp * math.lcm(args.tp, args.ep)

@@ -17,6 +17,7 @@ ALLOWED = {
     "checkpoint": {"models", "backends", "utils"},
     "rollout": {"backends", "models", "checkpoint", "utils"},
     "workers": {"backends", "models", "algorithms", "rewards", "data", "checkpoint", "rollout", "utils"},
+    "eval": {"backends", "models", "checkpoint", "rollout", "rewards", "data", "workers", "utils"},
 }
 
 

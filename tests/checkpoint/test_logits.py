@@ -85,8 +85,6 @@ def test_four_rank_logits(fp32_models, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="cpu backend: megatron's MoE token dispatch with TP2+EP2 all-gathers uneven token counts, "
-                          "which gloo's all_gather rejects ('invalid tensor size'); the conversion itself is "
-                          "checked bit-exact in test_convert", strict=False)
 def test_four_rank_logits_tp2ep2(fp32_models, tmp_path):
+    """MoE dispatch with expert-TP gathers uneven token blocks: cpu_megatron.gloo_uneven_collectives."""
     run_jobs(fp32_models, tmp_path, 4, [{"name": "ds-tp2ep2", "arch": "deepseek_v3", "tp": 2, "ep": 2}])
