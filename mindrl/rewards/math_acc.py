@@ -108,12 +108,30 @@ def _is_prose(text: str) -> bool:
     return bool(_WORD.search(bare))
 
 
+_TAIL_CHARS = 600
+
+
+def text_tail(text: str, keep: int = _TAIL_CHARS) -> str:
+    """The last ~`keep` characters, cut at a line or sentence boundary (never inside a formula line).
+
+    The free-text extraction wants the *last* expression or number; parsing a long completion whole
+    costs math-verify's pure-Python LaTeX parser tens of milliseconds, mostly on text before it."""
+    if len(text) <= keep:
+        return text
+    start = len(text) - keep
+    cut = max(text.find("\n", start), -1)
+    if cut == -1:
+        sentence = text.find(". ", start)
+        cut = sentence + 1 if sentence != -1 else -1
+    return text[cut + 1:] if 0 <= cut < len(text) - 1 else text
+
+
 def parse_prediction(answer: str, source: str) -> list:
     """Parse an extracted answer. A boxed answer, or an ``<answer>`` block holding just an expression,
     is parsed as one expression: math-verify's free-text extraction would read ``2 \\sqrt{3}`` as 2
     and ``\\left( 3, \\frac{\\pi}{2} \\right)`` as 3. Prose (and the whole completion) goes to the
     free-text extraction, which finds the answer in it."""
-    text = strip_math_delimiters(answer) if source != "text" else answer
+    text = strip_math_delimiters(answer) if source != "text" else text_tail(answer)
     short = len(text) <= _CACHE_MAX_CHARS
     if source == "boxed" or (source == "answer" and "$" not in text and not _is_prose(text)):
         return _parse_expression_cached(text) if short else _parse_expression(text)

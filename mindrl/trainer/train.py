@@ -127,13 +127,13 @@ def train(cfg: MindRLConfig) -> dict[str, Any]:
         if metrics.get("actor/skipped", 0.0) > 0:
             run.bad_steps_in_a_row += 1
             metrics["bad_step"] = 1.0
-            if run.bad_steps_in_a_row >= rl.max_bad_steps_in_a_row:
-                raise TrainingError(f"step {step}: non-finite loss {run.bad_steps_in_a_row} steps in a row; "
-                                    f"lower actor_config.lr or check the data (last metrics: {metrics})")
         else:
             run.bad_steps_in_a_row = 0
         if run.tracker is not None:
             run.tracker.log(step, metrics)
+        if run.bad_steps_in_a_row >= rl.max_bad_steps_in_a_row:
+            raise TrainingError(f"step {step}: non-finite loss {run.bad_steps_in_a_row} steps in a row (those updates "
+                                f"were skipped); lower actor_config.lr or check the data and rewards")
         if progress is not None:
             progress.update(step, metrics)
         if mt.save_interval and (step % mt.save_interval == 0 or step == mt.train_iters):

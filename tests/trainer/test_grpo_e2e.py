@@ -138,6 +138,23 @@ def test_bad_config_fails_before_starting(demo, tmp_path):
     assert "n_samples_per_prompt=1" in proc.stderr and "megatron_training.data_path: path '/nope' does not exist" in proc.stderr
 
 
+def test_prompt_longer_than_max_prompt_length_is_a_clear_error(demo, tmp_path):
+    proc = run(train_cmd(demo, tmp_path, "megatron_training.train_iters=1", "rl_config.max_prompt_length=5"))
+    assert proc.returncode != 0
+    assert "tokens > rl_config.max_prompt_length=5" in proc.stderr
+
+
+def test_non_finite_loss_skips_steps_then_stops(demo, tmp_path):
+    """An infinite learning rate turns the weights to NaN: later steps are skipped and counted, then it stops."""
+    proc = run(train_cmd(demo, tmp_path, "megatron_training.train_iters=6", "actor_config.lr=inf",
+                         "actor_config.clip_grad=0.0", "rl_config.max_bad_steps_in_a_row=2",
+                         "megatron_training.save_interval=0"))
+    assert proc.returncode != 0
+    assert "non-finite loss 2 steps in a row" in proc.stderr
+    rows = metrics(tmp_path)
+    assert rows[0].get("bad_step") is None and [r.get("bad_step") for r in rows[-2:]] == [1.0, 1.0]
+
+
 @pytest.mark.slow
 def test_sigkill_and_rerun_reproduces_every_step(demo, tmp_path):
     """Kill -9 mid-run, rerun the same command: every step equals an uninterrupted run."""

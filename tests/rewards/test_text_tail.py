@@ -1,0 +1,21 @@
+"""The free-text fallback parses only the completion's tail: same verdicts, bounded cost."""
+from __future__ import annotations
+
+from mindrl.rewards import get_scorer
+from mindrl.rewards.math_acc import text_tail
+
+
+def test_tail_is_cut_at_a_line_boundary():
+    text = "x" * 1000 + "\nline two $\\frac{1}{2}$\nso the answer is 7/2"
+    tail = text_tail(text, keep=60)
+    assert tail == "line two $\\frac{1}{2}$\nso the answer is 7/2"
+    assert text_tail("short", keep=60) == "short"
+
+
+def test_long_unformatted_completion_still_scored_on_its_last_answer():
+    acc = get_scorer("acc")
+    thought = "Let me think. " * 200  # ~2,800 characters of prose with no numbers
+    assert acc(thought + "\nSo the answer is 7/2.", {"label": "\\frac{7}{2}"}) == 1.0
+    assert acc(thought + "\nSo the answer is 5/2.", {"label": "\\frac{7}{2}"}) == 0.0
+    # a number only far back in a truncated thought is not taken as the answer
+    assert acc("The value is 42. " + thought, {"label": "42"}) == 0.0
