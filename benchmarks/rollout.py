@@ -56,7 +56,7 @@ def main() -> None:
     same = all(o.token_ids == tokens[i, args.prompt:].tolist() for i, o in enumerate(outs))
 
     n = args.batch * args.new
-    print(f"| path | seconds | generated tokens/s | ratio |\n|---|---:|---:|---:|")
+    print("| path | seconds | generated tokens/s | ratio |\n|---|---:|---:|---:|")
     print(f"| full recompute (no KV cache) | {t_naive:.2f} | {n / t_naive:,.0f} | 1.00x |")
     print(f"| built-in engine (KV cache) | {t_engine:.2f} | {n / t_engine:,.0f} | {t_naive / t_engine:.2f}x |")
     print(f"\nbatch {args.batch}, prompt {args.prompt}, new {args.new}, hidden {args.hidden}, layers {args.layers}; "

@@ -9,7 +9,7 @@ mmap: mapped file pages count towards the process's resident memory, and a conve
 from __future__ import annotations
 
 import json
-import os
+
 import pickle
 import struct
 from collections import OrderedDict
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
+
+from mindrl.utils.io import fsync_path
 
 ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -288,8 +290,4 @@ class TorchFileWriter:
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path)

@@ -19,11 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+from mindrl.utils.io import fsync_path
 
 FORMAT_VERSION = 1
 PARTS = ("bin", "idx", "labels", "meta")
@@ -53,11 +56,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path)
 
 
 def write_prompt_set(prefix: str | os.PathLike, sequences: Iterable[np.ndarray], label_lines: Iterable[str],

@@ -41,3 +41,21 @@ class MegatronArgs:
     vocab_size: int = 0  # the HF vocab size (unpadded)
     tie_word_embeddings: bool = False
     notes: list[str] = field(default_factory=list)
+
+
+def gqa_decoder_config(hf: Any, *, add_qkv_bias: bool, default_eps: float) -> dict[str, Any]:
+    """TransformerConfig fields of a GQA, RMSNorm, SwiGLU decoder (Qwen2, Llama)."""
+    from mindrl.models.hf_config import head_dim, require
+
+    return dict(
+        COMMON_CONFIG,
+        num_layers=int(require(hf, "num_hidden_layers")),
+        hidden_size=int(require(hf, "hidden_size")),
+        ffn_hidden_size=int(require(hf, "intermediate_size")),
+        num_attention_heads=int(require(hf, "num_attention_heads")),
+        num_query_groups=int(hf.get("num_key_value_heads") or hf["num_attention_heads"]),
+        kv_channels=head_dim(hf),
+        layernorm_epsilon=float(hf.get("rms_norm_eps", default_eps)),
+        add_qkv_bias=add_qkv_bias,
+        init_method_std=float(hf.get("initializer_range", 0.02)),
+    )

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from mindrl.models.args import COMMON_CONFIG, MegatronArgs
-from mindrl.models.hf_config import head_dim, require, rope_scaling, rope_theta
+from mindrl.models.args import MegatronArgs, gqa_decoder_config
+from mindrl.models.hf_config import require, rope_scaling, rope_theta
 
 # megatron-core's RotaryEmbedding applies llama3 scaling with these constants fixed; only the
 # factor is an argument. A config with other constants would silently get different frequencies.
@@ -30,17 +30,6 @@ def to_megatron(hf: Mapping[str, Any]) -> MegatronArgs:
             if float(scaling.get(key, fixed)) != fixed:
                 raise ValueError(f"llama: rope_scaling.{key}={scaling[key]} but megatron-core fixes it at {fixed}")
         model.update(rope_scaling=True, rope_scaling_factor=float(scaling["factor"]))
-    config = dict(
-        COMMON_CONFIG,
-        num_layers=int(require(hf, "num_hidden_layers")),
-        hidden_size=int(require(hf, "hidden_size")),
-        ffn_hidden_size=int(require(hf, "intermediate_size")),
-        num_attention_heads=int(require(hf, "num_attention_heads")),
-        num_query_groups=int(hf.get("num_key_value_heads") or hf["num_attention_heads"]),
-        kv_channels=head_dim(hf),
-        layernorm_epsilon=float(hf.get("rms_norm_eps", 1e-5)),
-        add_qkv_bias=bool(hf.get("attention_bias", False)),
-        init_method_std=float(hf.get("initializer_range", 0.02)),
-    )
+    config = gqa_decoder_config(hf, add_qkv_bias=bool(hf.get("attention_bias", False)), default_eps=1e-5)
     return MegatronArgs(config=config, model=model, vocab_size=int(require(hf, "vocab_size")),
                         tie_word_embeddings=model["share_embeddings_and_output_weights"])

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from mindrl.models.args import COMMON_CONFIG, MegatronArgs
-from mindrl.models.hf_config import head_dim, require, rope_scaling, rope_theta
+from mindrl.models.args import MegatronArgs, gqa_decoder_config
+from mindrl.models.hf_config import require, rope_scaling, rope_theta
 
 
 def to_megatron(hf: Mapping[str, Any]) -> MegatronArgs:
@@ -14,18 +14,7 @@ def to_megatron(hf: Mapping[str, Any]) -> MegatronArgs:
         raise ValueError(f"qwen2: rope_scaling {rope_scaling(hf)} is not supported (YaRN for long context)")
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"qwen2: hidden_act={hf.get('hidden_act')!r}, expected 'silu'")
-    config = dict(
-        COMMON_CONFIG,
-        num_layers=int(require(hf, "num_hidden_layers")),
-        hidden_size=int(require(hf, "hidden_size")),
-        ffn_hidden_size=int(require(hf, "intermediate_size")),
-        num_attention_heads=int(require(hf, "num_attention_heads")),
-        num_query_groups=int(hf.get("num_key_value_heads") or hf["num_attention_heads"]),
-        kv_channels=head_dim(hf),
-        layernorm_epsilon=float(hf.get("rms_norm_eps", 1e-6)),
-        add_qkv_bias=True,
-        init_method_std=float(hf.get("initializer_range", 0.02)),
-    )
+    config = gqa_decoder_config(hf, add_qkv_bias=True, default_eps=1e-6)
     model = dict(
         max_sequence_length=int(hf.get("max_position_embeddings", 32768)),
         position_embedding_type="rope",

@@ -6,8 +6,8 @@ crash- and hang-proof worker pool (``sandbox.RewardSandbox``), config-driven wei
 (``combine.build_reward_fn``) and the offline CLI (``python -m mindrl.rewards.score``).
 
 Rewards are pure functions on strings: modules here may import only the standard library,
-math-verify (and what it pulls in: sympy, latex2sympy2_extended) and numpy. Never torch, never the
-rest of mindrl, so reward workers start fast and a scorer can be tested without a model.
+math-verify (and what it pulls in: sympy, latex2sympy2_extended), numpy and `mindrl.utils.io` (atomic
+writes). Never torch, never the rest of mindrl, so reward workers start fast and a scorer can be tested without a model.
 """
 from mindrl.rewards.combine import (RewardFunction, RewardOutput, ScorerPlan, build_reward_fn,
                                     build_reward_fn_from_config, resolve_scorers)

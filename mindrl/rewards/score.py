@@ -6,16 +6,16 @@
 """
 from __future__ import annotations
 
+
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from mindrl.rewards.registry import describe
+from mindrl.utils.io import atomic_write_text
 
 PROG = "python -m mindrl.rewards.score"
 
@@ -113,17 +113,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 def write_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write to a temp file in the same directory, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def run(args: argparse.Namespace) -> int:

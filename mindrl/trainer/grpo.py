@@ -7,10 +7,9 @@ group-relative advantages never need other ranks' samples; only metrics are all-
 from __future__ import annotations
 
 import logging
-import os
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,16 +18,10 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from mindrl.algorithms import estimate_kl, group_norm_advantages, masked_mean
-from mindrl.backends import get_backend
-from mindrl.backends.distributed import destroy_distributed, init_distributed
-from mindrl.config import MindRLConfig, actor_layout, resolve_hf_config
-from mindrl.models import plan_model
-from mindrl.models.sharding import load_canonical, local_shards, merge_shards
+from mindrl.config import MindRLConfig
 from mindrl.rollout import BuiltinRolloutEngine, SamplingParams
-from mindrl.trainer.checkpointing import latest_step, load_checkpoint, save_checkpoint
 from mindrl.trainer.tracking import Tracker
 from mindrl.workers.actor import PolicyWorker, SequenceBatch, build_sequence_batch
-from mindrl.workers.megatron_engine import OptimConfig, setup_model
 
 log = logging.getLogger("mindrl")
 

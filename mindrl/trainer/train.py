@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import os
-import time
 from pathlib import Path
 from typing import Any
 

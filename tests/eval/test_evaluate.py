@@ -7,14 +7,13 @@ call `main()` in-process: they must fail before any model is loaded.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import shared_path
+from tests.conftest import run_cli, shared_path
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.megatron
@@ -23,21 +22,12 @@ ROW_FIELDS = {"dataset", "index", "row", "sample", "prompt", "completion", "labe
 
 
 def run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    return run_cli(cmd, timeout)
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("tiny_demo")
-    proc = run([sys.executable, "-m", "mindrl.cli.prepare_tiny_demo", "--out", str(d), "--num-tasks", "100",
-                "--warm-steps", "10", f"megatron_training.tokenizer_name_or_path={d / 'tokenizer'}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run([sys.executable, "tools/convert_ckpt.py", "--model-type-hf", "qwen2", "--load-model-type", "hf",
-                "--save-model-type", "mg", "--load-dir", str(d / "warm_start"), "--save-dir", str(d / "mg"),
-                "--target-tensor-parallel-size", "1"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return d
+def demo(tiny_demo: Path) -> Path:
+    return tiny_demo  # prepared once per session in tests/conftest.py
 
 
 def evaluate(demo: Path, model: str, out: Path, *args: str) -> subprocess.CompletedProcess:

@@ -16,26 +16,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_cli
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.megatron
 
 
 def run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    return run_cli(cmd, timeout)
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("tiny_demo")
-    proc = run([sys.executable, "-m", "mindrl.cli.prepare_tiny_demo", "--out", str(d), "--num-tasks", "200",
-                "--warm-steps", "20", f"megatron_training.tokenizer_name_or_path={d / 'tokenizer'}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run([sys.executable, "tools/convert_ckpt.py", "--model-type-hf", "qwen2", "--load-model-type", "hf",
-                "--save-model-type", "mg", "--load-dir", str(d / "warm_start"), "--save-dir", str(d / "mg"),
-                "--target-tensor-parallel-size", "1"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return d
+def demo(tiny_demo: Path) -> Path:
+    return tiny_demo  # prepared once per session in tests/conftest.py
 
 
 def train_cmd(demo: Path, out: Path, *overrides: str) -> list[str]:
