@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The embedded default: a tiny R1-Zero GRPO run on CPU with nothing downloaded (~6 min on 2 cores).
+# The embedded default: a tiny R1-Zero GRPO run on CPU with nothing downloaded (~2 min on 2 idle cores).
 #   bash examples/grpo/grpo_trainer_tiny.sh                 # writes into output/tiny
 #   OUTPUT_DIR=/tmp/run bash examples/grpo/grpo_trainer_tiny.sh
 # Rerunning the same command resumes from the last checkpoint in $OUTPUT_DIR.

@@ -6,8 +6,9 @@ generator (``python -m mindrl.data.countdown``) and PromptDataset, which reads t
 See docs/data.md.
 
 May import: the standard library, numpy, transformers/tokenizers, datasets (and its pyarrow, for
-parquet), omegaconf, tqdm, megatron.core.datasets. Nothing else from mindrl. transformers and
-megatron are imported lazily, inside the functions that need them, because each costs seconds.
+parquet), omegaconf, tqdm, megatron.core.datasets, and mindrl.utils.io (atomic writes); nothing
+else from mindrl. transformers and megatron are imported lazily, inside the functions that need
+them, because each costs seconds.
 """
 from mindrl.data.config import DatasetConfig, load_config
 from mindrl.data.errors import DataError

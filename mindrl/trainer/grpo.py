@@ -150,7 +150,11 @@ def _step_metrics(run: Run, batch: SequenceBatch, outputs: list, scored: Any, re
             for i, o in enumerate(outputs):
                 logp[i, batch.response_mask[i]] = torch.tensor(o.logprobs, dtype=torch.float32)
         kl = masked_mean(estimate_kl(logp, batch.ref_log_probs, run.cfg.rl_config.kl_penalty), batch.response_mask)
+    n = run.cfg.rl_config.n_samples_per_prompt
+    groups = rewards.view(-1, n)
+    flat_groups = (groups.max(dim=1).values == groups.min(dim=1).values).sum().float()  # no learning signal
     sums = {"reward": rewards.sum(), "reward_sq": (rewards ** 2).sum(), "count": torch.tensor(float(len(rewards))),
+            "groups": torch.tensor(float(groups.shape[0])), "flat_groups": flat_groups,
             "length": lengths.sum(), "clipped": clipped.sum(), "kl": kl * len(rewards),
             "timeouts": torch.tensor(float(scored.metrics.get("reward/timeouts", 0))),
             "errors": torch.tensor(float(scored.metrics.get("reward/errors", 0)))}
@@ -175,6 +179,9 @@ def _step_metrics(run: Run, batch: SequenceBatch, outputs: list, scored: Any, re
         "kl": total["kl"] / count,
         "reward/timeouts": total["timeouts"],
         "reward/errors": total["errors"],
+        # Groups whose samples all scored the same get zero advantage: a high fraction means the
+        # task is too easy or too hard for the policy (DAPO's dynamic sampling filters them).
+        "reward/flat_group_fraction": total["flat_groups"] / max(total["groups"], 1.0),
     }
     for key in keys:
         if key.startswith("part/"):

@@ -131,6 +131,18 @@ def test_bad_config_fails_before_starting(demo, tmp_path):
     assert "n_samples_per_prompt=1" in proc.stderr and "megatron_training.data_path: path '/nope' does not exist" in proc.stderr
 
 
+def test_two_epochs_over_minibatches_with_data_parallelism(demo, tmp_path):
+    """More than one update per rollout: old log-probs are computed, the ratio moves off 1."""
+    proc = run(train_cmd(demo, tmp_path, "megatron_training.train_iters=1", "rl_config.actor_resource.num_npus=2",
+                         "rl_config.epochs=2", "rl_config.mini_batch_size=2", "actor_config.micro_batch_size=4",
+                         "rl_config.entropy_coeff=0.01",  # a gradient even if every reward is equal
+                         "megatron_training.save_interval=0"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    step = metrics(tmp_path)[0]
+    assert step["time/old_log_probs"] > 0 and step["actor/ppo_kl"] != 0.0  # later updates see a moved policy
+    assert 0.0 <= step["reward/flat_group_fraction"] <= 1.0
+
+
 def test_prompt_longer_than_max_prompt_length_is_a_clear_error(demo, tmp_path):
     proc = run(train_cmd(demo, tmp_path, "megatron_training.train_iters=1", "rl_config.max_prompt_length=5"))
     assert proc.returncode != 0
