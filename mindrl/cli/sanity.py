@@ -1,13 +1,14 @@
 """A short training run of a tiny model through the real stack, to check an install.
 
-    python -m mindrl.cli.sanity                          # configs/grpo_tiny_cpu.yaml: tiny Qwen2, TP=2 on 2 CPU ranks
-    python -m mindrl.cli.sanity model=tiny_deepseekv3 actor_config.expert_model_parallel_size=2
+    python -m mindrl.cli.sanity                          # grpo_tiny_cpu's model: tiny Qwen2, TP=2 on 2 CPU ranks
+    python -m mindrl.cli.sanity model=tiny_deepseekv3 actor_config.tensor_model_parallel_size=1 actor_config.expert_model_parallel_size=2
 
 Backend -> process groups -> megatron-core GPTModel from an HF config -> megatron DDP and
 optimizer -> megatron's pipeline schedule, for `megatron_training.train_iters` steps of
 next-token prediction on a synthetic "count upwards" sequence that any working model learns
 within a few steps. It passes when the loss falls by 30%; it prints a table and writes
-`<output_dir>/sanity_metrics.jsonl`. (Until the GRPO trainer lands this is the main command.)
+`output/sanity/sanity_metrics.jsonl`. A quick install check; the main job is
+`bash examples/grpo/grpo_trainer_tiny.sh`.
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from pathlib import Path
 from mindrl.config import MindRLConfig, actor_layout, check_config, load_config, resolve_hf_config
 from mindrl.utils.io import atomic_write_text
 
-PATTERN_VOCAB = 64  # the synthetic sequences use token ids [1, 65)
+PATTERN_VOCAB = 60  # the synthetic sequences use token ids [1, 61): inside every tiny model's vocab
+SANITY_DEFAULTS = ["megatron_training.train_iters=20", "actor_config.lr=1e-2", "actor_config.tensor_model_parallel_size=2",
+                   "megatron_training.output_dir=output/sanity"]
 
 
 def synthetic_batch(step: int, rows: int, seq: int, seed: int):
@@ -46,9 +49,8 @@ def rank_main(cfg: MindRLConfig, result_path: str) -> None:
     from mindrl.backends import get_backend
     from mindrl.backends.distributed import destroy_distributed, init_distributed
     from mindrl.models import plan_model
-    from mindrl.models.logprobs import token_log_probs
-    from mindrl.workers.megatron_engine import (OptimConfig, data_parallel_slice, forward_backward, gpt_forward,
-                                                setup_model)
+    from mindrl.workers.megatron_engine import (OptimConfig, data_parallel_slice, forward_backward,
+                                                next_token_loss_forward, setup_model)
 
     backend = get_backend(cfg.backend)
     layout = actor_layout(cfg)
@@ -76,15 +78,7 @@ def rank_main(cfg: MindRLConfig, result_path: str) -> None:
         tokens = data_parallel_slice(synthetic_batch(step, rows, seq, mt.seed)).to(device)
         micro_batches = [{"tokens": t[:, :-1], "labels": t[:, 1:]} for t in tokens.split(micro)]
 
-        def forward(chunk, batch):
-            output = gpt_forward(chunk, batch)
-
-            def loss_fn(logits):
-                loss = -token_log_probs(logits, batch["labels"], plan.vocab_size).mean()
-                return loss, {"loss": loss.detach().clone()}  # megatron scales `loss` in place
-            return output, loss_fn
-
-        reported = forward_backward(model, micro_batches, forward)
+        reported = forward_backward(model, micro_batches, next_token_loss_forward(plan.vocab_size))
         ok, grad_norm, _ = model.optimizer.step()
         loss = torch.stack([r["loss"] for r in reported]).mean() if reported else torch.zeros(())
         # The last pipeline stage has the loss; average it over data-parallel ranks onto rank 0.
@@ -114,7 +108,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = check_config(load_config(args.config_name, args.overrides, args.config_dir))
+    # Its own step count and learning rate (the recipe's are for GRPO); the user's overrides win.
+    # No paths are checked: this run needs no tokenizer, data or checkpoint.
+    cfg = check_config(load_config(args.config_name, SANITY_DEFAULTS + args.overrides, args.config_dir),
+                       check_paths=False)
     out_dir = Path(cfg.megatron_training.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = out_dir / "sanity_metrics.jsonl"
