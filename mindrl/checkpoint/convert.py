@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from mindrl.checkpoint.hf_mapping import FP32_TENSORS, Mapping, ignored_hf_tensor
-from mindrl.checkpoint.layout_plan import RankPlan, plan_ranks
+from mindrl.checkpoint.layout_plan import RankPlan, layout_meta, plan_ranks
 from mindrl.checkpoint.tensor_io import (CheckpointError, LazyTensor, SafetensorsDir, SafetensorsWriter, TorchFile,
                                          TorchFileWriter, flatten)
 from mindrl.models import DTYPES, ParallelLayout, load_hf_config, plan_model
@@ -181,12 +181,9 @@ class MegatronSink:
             for key, lt in keys:
                 self.consumers.setdefault(lt.spec.global_name, []).append((writer, key, lt))
         (out / "latest_checkpointed_iteration.txt").write_text(str(ITERATION))
-        layout_d = dict(tp=layout.tp, pp=layout.pp, ep=layout.ep, num_layer_list=layout.num_layer_list,
-                        num_layers_per_virtual_pipeline_stage=layout.num_layers_per_virtual_pipeline_stage)
-        (out / LAYOUT_FILE).write_text(json.dumps(dict(
-            format="megatron-core legacy (mp_rank_XX[_YYY][_ZZZ]/model_optim_rng.pt)", iteration=ITERATION,
-            model_type=m.model_type, layout=layout_d, vocab_size=m.vocab_size, padded_vocab_size=padded_vocab,
-            vpp_chunks_as=("model0, model1, ..." if multi else "model"),
+        (out / LAYOUT_FILE).write_text(json.dumps(layout_meta(
+            iteration=ITERATION, model_type=m.model_type, layout=layout, vocab_size=m.vocab_size,
+            padded_vocab_size=padded_vocab, vpp_chunks=multi,
             params_dtype=str(params_dtype) if params_dtype else "as in the source"), indent=2) + "\n")
         copy_hf_files(hf_files_from, out / "hf")
 

@@ -8,7 +8,7 @@ check it against `shard_specs` of real models at TP/PP/EP/VPP layouts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 from mindrl.checkpoint.hf_mapping import Mapping
 from mindrl.models.layout import ParallelLayout
@@ -49,10 +49,7 @@ class RankPlan:
 
     def rel_path(self, layout: ParallelLayout) -> str:
         """megatron's legacy `get_checkpoint_name` directory for this rank."""
-        name = f"mp_rank_{self.tp:02d}" if layout.pp == 1 else f"mp_rank_{self.tp:02d}_{self.pp:03d}"
-        if layout.ep > 1:
-            name += f"_{self.ep:03d}"
-        return f"{name}/model_optim_rng.pt"
+        return f"{rank_dir_name(self.tp, self.pp, self.ep, layout.pp, layout.ep)}/model_optim_rng.pt"
 
     def tensors(self) -> Iterator[tuple[int, LocalTensor]]:
         for v, chunk in enumerate(self.chunks):
@@ -148,3 +145,20 @@ def plan_ranks(m: Mapping, layout: ParallelLayout, padded_vocab: int) -> list[Ra
                     chunks.append(items)
                 plans.append(RankPlan(t, p, e, chunks))
     return plans
+
+
+def rank_dir_name(tp_rank: int, pp_rank: int, ep_rank: int, pp_size: int, ep_size: int) -> str:
+    """megatron's legacy names: mp_rank_TT, plus _PPP with pipeline parallelism, plus _EEE with experts."""
+    name = f"mp_rank_{tp_rank:02d}" + (f"_{pp_rank:03d}" if pp_size > 1 else "")
+    return name + (f"_{ep_rank:03d}" if ep_size > 1 else "")
+
+
+def layout_meta(*, iteration: int, model_type: str, layout: ParallelLayout, vocab_size: int, padded_vocab_size: int,
+                vpp_chunks: bool, **extra: Any) -> dict[str, Any]:
+    """The contents of `mindrl_layout.json`: what a reader needs to find and re-slice every rank file."""
+    return dict(format="megatron-core legacy (mp_rank_XX[_YYY][_ZZZ]/model_optim_rng.pt)", iteration=iteration,
+                model_type=model_type,
+                layout=dict(tp=layout.tp, pp=layout.pp, ep=layout.ep, num_layer_list=layout.num_layer_list,
+                            num_layers_per_virtual_pipeline_stage=layout.num_layers_per_virtual_pipeline_stage),
+                vocab_size=vocab_size, padded_vocab_size=padded_vocab_size,
+                vpp_chunks_as="model0, model1, ..." if vpp_chunks else "model", **extra)

@@ -12,7 +12,7 @@ import random
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 
 def warm_start(config_name: str, overrides: list[str], tasks: list[dict], completion_fn: Callable[[dict, random.Random], str],
@@ -27,8 +27,7 @@ def warm_start(config_name: str, overrides: list[str], tasks: list[dict], comple
     from mindrl.checkpoint.live import iter_hf_buckets
     from mindrl.config import load_config, resolve_hf_config
     from mindrl.models import ParallelLayout, plan_model
-    from mindrl.models.logprobs import token_log_probs
-    from mindrl.workers.megatron_engine import OptimConfig, forward_backward, gpt_forward, setup_model
+    from mindrl.workers.megatron_engine import OptimConfig, forward_backward, next_token_loss_forward, setup_model
 
     cfg = load_config(config_name, overrides)
     tokenizer = AutoTokenizer.from_pretrained(cfg.megatron_training.tokenizer_name_or_path)
@@ -52,17 +51,8 @@ def warm_start(config_name: str, overrides: list[str], tasks: list[dict], comple
         tokens = torch.tensor([s + [tokenizer.pad_token_id] * (length - len(s)) for s in seqs])
         loss_mask = torch.tensor([m + [0] * (length - 1 - len(m)) for m in masks], dtype=torch.float32)
 
-        def forward(chunk: Any, mb: dict) -> Any:
-            out = gpt_forward(chunk, mb)
-
-            def loss_fn(logits: Any) -> Any:
-                logp = token_log_probs(logits, mb["labels"], plan.vocab_size)
-                loss = -(logp * mb["mask"]).sum() / mb["mask"].sum()
-                return loss, {"loss": loss.detach().clone()}
-            return out, loss_fn
-
-        reported = forward_backward(model, [{"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "mask": loss_mask}],
-                                    forward)
+        reported = forward_backward(model, [{"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "loss_mask": loss_mask}],
+                                    next_token_loss_forward(plan.vocab_size))
         model.optimizer.step()
         if step % 20 == 0 or step == steps - 1:
             print(f"[warm start] step {step + 1}/{steps} loss {reported[0]['loss'].item():.3f}", flush=True)

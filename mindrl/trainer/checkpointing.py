@@ -25,6 +25,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
+from mindrl.checkpoint.convert import LAYOUT_FILE
+from mindrl.checkpoint.layout_plan import layout_meta, rank_dir_name
 from mindrl.utils.io import atomic_write_text
 
 LATEST = "latest_checkpointed_iteration.txt"
@@ -32,13 +34,6 @@ LATEST = "latest_checkpointed_iteration.txt"
 
 class CheckpointMismatch(ValueError):
     """A checkpoint written for another architecture or parallel layout."""
-
-
-def rank_dir_name(tp_rank: int, pp_rank: int, ep_rank: int | None = None, pp_size: int = 1,
-                  ep_size: int = 1) -> str:
-    """megatron's legacy names: mp_rank_TT, plus _PPP with pipeline parallelism, plus _EEE with experts."""
-    name = f"mp_rank_{tp_rank:02d}" + (f"_{pp_rank:03d}" if pp_size > 1 else "")
-    return name + (f"_{ep_rank:03d}" if ep_size > 1 else "")
 
 
 def _my_rank_dir() -> str:
@@ -69,14 +64,10 @@ def write_export_meta(ckpt_root: Path, step: int, plan: Any, layout: Any, tokeni
             if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".pt")) and f.name != "config.json":
                 shutil.copy2(f, hf_dir / f.name)
     atomic_write_text(hf_dir / "config.json", json.dumps(plan.hf, indent=2) + "\n")
-    meta = dict(format="megatron-core legacy (mp_rank_XX[_YYY][_ZZZ]/model_optim_rng.pt)", iteration=step,
-                model_type=plan.hf.get("model_type"), vocab_size=plan.vocab_size,
-                padded_vocab_size=plan.padded_vocab_size,
-                layout=dict(tp=layout.tp, pp=layout.pp, ep=layout.ep, num_layer_list=layout.num_layer_list,
-                            num_layers_per_virtual_pipeline_stage=layout.num_layers_per_virtual_pipeline_stage),
-                vpp_chunks_as="model0, model1, ..." if plan.config.virtual_pipeline_model_parallel_size else "model",
-                written_by="mindrl trainer")
-    atomic_write_text(ckpt_root / "mindrl_layout.json", json.dumps(meta, indent=2) + "\n")
+    meta = layout_meta(iteration=step, model_type=plan.hf.get("model_type"), layout=layout,
+                       vocab_size=plan.vocab_size, padded_vocab_size=plan.padded_vocab_size,
+                       vpp_chunks=bool(plan.config.virtual_pipeline_model_parallel_size), written_by="mindrl trainer")
+    atomic_write_text(ckpt_root / LAYOUT_FILE, json.dumps(meta, indent=2) + "\n")
 
 
 def save_checkpoint(ckpt_root: Path, step: int, model: Any, trainer_state: dict[str, Any], keep_last: int = 2,

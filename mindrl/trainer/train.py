@@ -14,7 +14,6 @@ from mindrl.backends import get_backend
 from mindrl.backends.distributed import destroy_distributed, init_distributed
 from mindrl.config import MindRLConfig, actor_layout, resolve_hf_config
 from mindrl.models import plan_model
-from mindrl.models.sharding import load_canonical, local_shards, merge_shards
 from mindrl.rollout import BuiltinRolloutEngine
 from mindrl.trainer.checkpointing import latest_step, load_checkpoint, save_checkpoint
 from mindrl.trainer.grpo import Run, TrainingError, grpo_step
@@ -66,10 +65,10 @@ def setup(cfg: MindRLConfig) -> Run:
     reference = None
     if rl.use_kl_loss or rl.kl_coef:
         # The reference is the frozen initial policy: the same weights, copied before any update.
+        # Same plan, same rank: its local tensors are exactly the actor's, so no gather is needed.
         ref_model = setup_model(plan, backend.core_attention_cls(), train=False)
-        canonical = merge_shards(_all_gather_shards(actor_model.unwrapped, plan), plan.vocab_size)
-        load_canonical(ref_model.unwrapped, canonical, plan.args.num_experts)
-        del canonical
+        for ref_chunk, actor_chunk in zip(ref_model.unwrapped, actor_model.unwrapped):
+            ref_chunk.load_state_dict(actor_chunk.state_dict())
         reference = PolicyWorker(ref_model, micro_batch_size=cfg.actor_config.micro_batch_size,
                                  temperature=cfg.generate_config.sampling_config.temperature)
     actor = PolicyWorker(actor_model, micro_batch_size=cfg.actor_config.micro_batch_size,
@@ -103,13 +102,6 @@ def setup(cfg: MindRLConfig) -> Run:
                           use_swanlab=rl.use_swanlab, config=dataclasses.asdict(cfg))
     return Run(cfg=cfg, actor=actor, reference=reference, engine=engine, tokenizer=tokenizer, dataset=dataset,
                reward_fn=reward_fn, tracker=tracker, output_dir=output_dir, start_step=start_step, expected=expected)
-
-
-def _all_gather_shards(chunks: list[torch.nn.Module], plan: Any) -> list:
-    pieces = local_shards(chunks, plan.args.num_experts)
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, pieces)
-    return [p for rank_pieces in gathered for p in rank_pieces]
 
 
 def train(cfg: MindRLConfig) -> dict[str, Any]:

@@ -126,6 +126,23 @@ def gpt_forward(chunk: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
     return chunk(tokens, positions, batch.get("attention_mask"))
 
 
+def next_token_loss_forward(vocab_size: int) -> Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple]:
+    """A `forward` for `forward_backward`: mean -log p(labels) over the micro-batch (over `loss_mask`
+    where the batch has one). Reports `{"loss": ...}` per micro-batch. Used for SFT-style steps."""
+    from mindrl.models.logprobs import token_log_probs
+
+    def forward(chunk: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, LossFn]:
+        output = gpt_forward(chunk, batch)
+
+        def loss_fn(logits: torch.Tensor) -> tuple:
+            logp = token_log_probs(logits, batch["labels"], vocab_size)
+            mask = batch.get("loss_mask")
+            loss = -logp.mean() if mask is None else -(logp * mask).sum() / mask.sum()
+            return loss, {"loss": loss.detach().clone()}  # megatron scales `loss` in place
+        return output, loss_fn
+    return forward
+
+
 def data_parallel_slice(tensor: torch.Tensor) -> torch.Tensor:
     """This data-parallel rank's rows of a global batch (equal split)."""
     dp, rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
@@ -134,4 +151,5 @@ def data_parallel_slice(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.chunk(dp)[rank]
 
 
-__all__ = ["MegatronModel", "OptimConfig", "data_parallel_slice", "forward_backward", "gpt_forward", "setup_model"]
+__all__ = ["MegatronModel", "OptimConfig", "data_parallel_slice", "forward_backward", "gpt_forward",
+           "next_token_loss_forward", "setup_model"]

@@ -58,10 +58,9 @@ def run_layout(arch: str, name: str, out: Path, weights: Path | None) -> None:
     from mindrl.backends import get_backend
     from mindrl.backends.distributed import init_distributed
     from mindrl.models import plan_model
-    from mindrl.models.logprobs import token_log_probs
     from mindrl.models.sharding import load_canonical, local_shards, merge_shards
-    from mindrl.workers.megatron_engine import (OptimConfig, data_parallel_slice, forward_backward, gpt_forward,
-                                                setup_model)
+    from mindrl.workers.megatron_engine import (OptimConfig, data_parallel_slice, forward_backward,
+                                                next_token_loss_forward, setup_model)
 
     backend = get_backend("cpu")
     layout = parse_layout(name)
@@ -79,15 +78,7 @@ def run_layout(arch: str, name: str, out: Path, weights: Path | None) -> None:
     tokens = torch.randint(0, plan.vocab_size, (MICRO_BATCHES, BATCH, SEQ + 1), generator=g)
     micro = [{"tokens": data_parallel_slice(t[:, :-1]), "labels": data_parallel_slice(t[:, 1:])} for t in tokens]
 
-    def forward(chunk, batch):
-        output = gpt_forward(chunk, batch)
-
-        def loss_fn(logits):
-            loss = -token_log_probs(logits, batch["labels"], plan.vocab_size).mean()
-            return loss, {"loss": loss.detach().clone()}  # megatron scales `loss` in place
-        return output, loss_fn
-
-    reported = forward_backward(model, micro, forward)
+    reported = forward_backward(model, micro, next_token_loss_forward(plan.vocab_size))
     pieces = local_shards(model.unwrapped, plan.args.num_experts, what="grad")
     loss = torch.stack([r["loss"] for r in reported]).mean() if reported else None
     gathered = [None] * torch.distributed.get_world_size()

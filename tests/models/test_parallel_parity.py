@@ -53,30 +53,19 @@ def assert_same(ref: dict, got: dict, what: str) -> None:
     assert max(ref["grads"][n].abs().max().item() for n in ref["grads"]) > 1e-3
 
 
-@pytest.mark.parametrize("arch", sorted(LAYOUTS))
-def test_parallel_layouts_match_single_rank(tmp_path, arch):
+CASES = ([pytest.param(arch, layouts, 2, id=arch) for arch, layouts in sorted(LAYOUTS.items())]
+         + [pytest.param(arch, layouts, 2, id=f"{arch}-more", marks=pytest.mark.slow)
+            for arch, layouts in sorted(SLOW_LAYOUTS.items())]
+         # TP2 x EP2 (expert-TP MoE dispatch: uneven gathers on gloo) and TP2 x PP2, on 4 processes
+         + [pytest.param(arch, layouts, 4, id=f"{arch}-4ranks", marks=pytest.mark.slow)
+            for arch, layouts in sorted(FOUR_RANK_LAYOUTS.items())])
+
+
+@pytest.mark.parametrize("arch,layouts,nproc", CASES)
+def test_parallel_layouts_match_single_rank(tmp_path, arch, layouts, nproc):
     shared_path("models")
-    results = run_worker(tmp_path, arch, LAYOUTS[arch])
-    for name in LAYOUTS[arch]:
+    results = run_worker(tmp_path, arch, layouts, nproc=nproc)
+    for name in layouts:
         assert_same(results["ref"], results[name], f"{arch} {name}")
-    if arch == "deepseek_v3":
+    if "tp2" in layouts and arch == "deepseek_v3":
         assert results["tp2"]["sequence_parallel"], "MoE with TP>1 must turn sequence parallelism on"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", sorted(SLOW_LAYOUTS))
-def test_more_layouts_match_single_rank(tmp_path, arch):
-    shared_path("models")
-    results = run_worker(tmp_path, arch, SLOW_LAYOUTS[arch])
-    for name in SLOW_LAYOUTS[arch]:
-        assert_same(results["ref"], results[name], f"{arch} {name}")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", sorted(FOUR_RANK_LAYOUTS))
-def test_four_rank_layouts_match_single_rank(tmp_path, arch):
-    """TP2 x EP2 (expert-TP MoE dispatch: uneven gathers on gloo) and TP2 x PP2, on 4 processes."""
-    shared_path("models")
-    results = run_worker(tmp_path, arch, FOUR_RANK_LAYOUTS[arch], nproc=4)
-    for name in FOUR_RANK_LAYOUTS[arch]:
-        assert_same(results["ref"], results[name], f"{arch} {name}")
