@@ -26,18 +26,16 @@ def main() -> None:
     import torch
 
     from mindrl.backends import get_backend
-    from mindrl.backends.distributed import init_distributed
-    from mindrl.models import ParallelLayout, plan_model
     from mindrl.rollout import BuiltinRolloutEngine, SamplingParams
-    from mindrl.workers.megatron_engine import gpt_forward, setup_model
+    from mindrl.workers.bringup import PolicySpec, build_policy
+    from mindrl.workers.megatron_engine import gpt_forward
 
     hf = {"model_type": "qwen2", "hidden_size": args.hidden, "intermediate_size": 4 * args.hidden,
           "num_attention_heads": 8, "num_key_value_heads": 2, "num_hidden_layers": args.layers, "vocab_size": 32768,
           "rope_theta": 1e6, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 4096}
     backend = get_backend("cpu")
-    plan = plan_model(hf, ParallelLayout(), init_method_std=0.2)
-    init_distributed(backend)
-    model = setup_model(plan, backend.core_attention_cls(), train=False)
+    model = build_policy(PolicySpec(hf, dtype="fp32", overrides={"init_method_std": 0.2}), backend, train=False)
+    plan = model.plan
     prompts = torch.randint(0, 32768, (args.batch, args.prompt), generator=torch.Generator().manual_seed(0))
     engine = BuiltinRolloutEngine.from_plan(plan, model.chunks, eos_token_id=[])
     params = SamplingParams(temperature=0.0, max_tokens=args.new, ignore_eos=True)

@@ -16,7 +16,8 @@ ALLOWED = {
     "config": {"models"},
     "checkpoint": {"models", "backends", "utils"},
     "rollout": {"backends", "models", "checkpoint", "utils"},
-    "workers": {"backends", "models", "algorithms", "rewards", "data", "checkpoint", "rollout", "utils"},
+    # config: `PolicySpec.from_config` / `optim_config` read a MindRLConfig in one place (bringup.py).
+    "workers": {"backends", "models", "algorithms", "rewards", "data", "checkpoint", "rollout", "utils", "config"},
     "eval": {"backends", "models", "checkpoint", "rollout", "rewards", "data", "workers", "utils"},
 }
 

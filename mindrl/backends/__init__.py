@@ -1,8 +1,9 @@
 """Hardware backends: the only place that knows whether we run on CUDA, Ascend NPU or CPU.
 
-Owns: device type and `torch.device`, collective backend (nccl / hccl / gloo), visible-devices
-variable, Ray resource name, attention kernel, memory stats, empty_cache, RNG state, synchronize,
-and the adaptations that let megatron-core run on the CPU (`cpu_megatron`).
+Owns: device type and `torch.device`, collective backend (nccl / hccl / gloo), process-group
+setup (`distributed`), visible-devices variable and Ray resource name, attention kernel, the
+hardware's answers to "which params dtype for `auto`" and "initialise on the host?", seeding, and
+the adaptations that let megatron-core run on the CPU (`cpu_megatron`).
 May import: torch, megatron-core. Nothing else in mindrl.
 
     backend = get_backend("auto")   # or "cuda" / "npu" / "cpu", from config `backend:`

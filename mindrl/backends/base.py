@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -18,16 +18,17 @@ class Backend(Protocol):
     name: str  # "cuda" | "npu" | "cpu"
     device_type: str  # the torch device type string
     dist_backend: str  # torch.distributed backend: nccl | hccl | gloo
+    # For the Ray launch path (issue 9): which device variable a rank sees and which Ray resource
+    # a rank asks for. Nothing in this tree reads them yet.
     visible_devices_env: str | None  # CUDA_VISIBLE_DEVICES | ASCEND_RT_VISIBLE_DEVICES | None
-    ray_resource: str  # Ray resource name a worker asks for: GPU | NPU | CPU
-    attention_impl: str  # flash_attn | npu_fusion_attention | sdpa
+    ray_resource: str  # GPU | NPU | CPU
+    # megatron's `use_cpu_initialization`: initialise parameters on the host (then move them).
+    use_cpu_initialization: bool
 
     @classmethod
     def is_available(cls) -> bool: ...
 
     def device(self, local_rank: int = 0) -> torch.device: ...
-
-    def device_count(self) -> int: ...
 
     def setup_process(self, local_rank: int = 0) -> None:
         """Once per process, before any model is built: bind the device, apply adaptations."""
@@ -35,15 +36,8 @@ class Backend(Protocol):
     def core_attention_cls(self) -> type:
         """megatron-core `core_attention` submodule class for this hardware."""
 
-    def memory_stats(self) -> dict[str, float]: ...
-
-    def empty_cache(self) -> None: ...
-
-    def synchronize(self) -> None: ...
-
-    def get_rng_state(self) -> torch.Tensor: ...
-
-    def set_rng_state(self, state: torch.Tensor) -> None: ...
+    def model_dtype(self, requested: str, checkpoint_dtype: str | None = None) -> str:
+        """The params dtype to build a model in ("fp32" | "bf16" | "fp16"); `requested` "auto" decides here."""
 
     def manual_seed(self, seed: int) -> None: ...
 
@@ -57,11 +51,19 @@ class BackendBase:
     dist_backend: str = field(default="", init=False)
     visible_devices_env: str | None = field(default=None, init=False)
     ray_resource: str = field(default="CPU", init=False)
-    attention_impl: str = field(default="sdpa", init=False)
+    use_cpu_initialization: bool = field(default=False, init=False)
 
     def device(self, local_rank: int = 0) -> torch.device:
         return torch.device(self.device_type, local_rank)
 
+    def model_dtype(self, requested: str, checkpoint_dtype: str | None = None) -> str:
+        """`requested` unless it is "auto"; on an accelerator "auto" keeps a half-precision checkpoint
+        (HF `torch_dtype` bfloat16/float16) in bf16 and anything else in fp32."""
+        if requested != "auto":
+            return requested
+        return "bf16" if checkpoint_dtype in ("bfloat16", "float16") else "fp32"
+
+    # The two below serve the Ray launch path (issue 9), like `visible_devices_env`.
     def visible_devices(self) -> list[str] | None:
         """The devices this process may see, from the visible-devices variable (None: all)."""
         if not self.visible_devices_env:
@@ -77,18 +79,3 @@ class BackendBase:
         if self.visible_devices_env:
             env[self.visible_devices_env] = ",".join(str(i) for i in ids)
         return env
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "backend": self.name,
-            "device_type": self.device_type,
-            "dist_backend": self.dist_backend,
-            "visible_devices_env": self.visible_devices_env,
-            "ray_resource": self.ray_resource,
-            "attention": self.attention_impl,
-            "device_count": self.device_count(),
-        }
-
-    # Subclasses override the rest.
-    def device_count(self) -> int:  # pragma: no cover - overridden
-        raise NotImplementedError

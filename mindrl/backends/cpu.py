@@ -17,7 +17,8 @@ class CpuBackend(BackendBase):
         self.dist_backend = "gloo"
         self.visible_devices_env = None
         self.ray_resource = "CPU"
-        self.attention_impl = "sdpa"
+        # No device to initialise on: parameters are created where they live.
+        self.use_cpu_initialization = True
 
     @classmethod
     def is_available(cls) -> bool:
@@ -25,9 +26,6 @@ class CpuBackend(BackendBase):
 
     def device(self, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
-
-    def device_count(self) -> int:
-        return 1
 
     def setup_process(self, local_rank: int = 0) -> None:
         from mindrl.backends import cpu_megatron
@@ -43,26 +41,10 @@ class CpuBackend(BackendBase):
 
         return SDPACoreAttention
 
-    def memory_stats(self) -> dict[str, float]:
-        try:
-            import resource
-
-            peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        except ImportError:  # pragma: no cover - non-POSIX
-            peak_kb = 0
-        return {"max_rss_gb": peak_kb / 2**20}
-
-    def empty_cache(self) -> None:
-        pass
-
-    def synchronize(self) -> None:
-        pass
-
-    def get_rng_state(self) -> torch.Tensor:
-        return torch.get_rng_state()
-
-    def set_rng_state(self, state: torch.Tensor) -> None:
-        torch.set_rng_state(state)
+    def model_dtype(self, requested: str, checkpoint_dtype: str | None = None) -> str:
+        """"auto" is fp32 here whatever the checkpoint: CPUs have no fast bf16 matmuls, and fp32 is the
+        numerical reference every test compares against."""
+        return "fp32" if requested == "auto" else requested
 
     def manual_seed(self, seed: int) -> None:
         torch.manual_seed(seed)

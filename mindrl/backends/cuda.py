@@ -20,14 +20,10 @@ class CudaBackend(BackendBase):
         self.dist_backend = "nccl"
         self.visible_devices_env = "CUDA_VISIBLE_DEVICES"
         self.ray_resource = "GPU"
-        self.attention_impl = "flash_attn" if importlib.util.find_spec("flash_attn") else "sdpa"
 
     @classmethod
     def is_available(cls) -> bool:
         return torch.cuda.is_available()
-
-    def device_count(self) -> int:
-        return torch.cuda.device_count()
 
     def setup_process(self, local_rank: int = 0) -> None:
         if not torch.cuda.is_available():
@@ -38,27 +34,7 @@ class CudaBackend(BackendBase):
     def core_attention_cls(self) -> type:
         from mindrl.backends.attention import FlashAttnCoreAttention, SDPACoreAttention
 
-        return FlashAttnCoreAttention if self.attention_impl == "flash_attn" else SDPACoreAttention
-
-    def memory_stats(self) -> dict[str, float]:
-        gb = 2**30
-        return {
-            "allocated_gb": torch.cuda.memory_allocated() / gb,
-            "reserved_gb": torch.cuda.memory_reserved() / gb,
-            "max_allocated_gb": torch.cuda.max_memory_allocated() / gb,
-        }
-
-    def empty_cache(self) -> None:
-        torch.cuda.empty_cache()
-
-    def synchronize(self) -> None:
-        torch.cuda.synchronize()
-
-    def get_rng_state(self) -> torch.Tensor:
-        return torch.cuda.get_rng_state()
-
-    def set_rng_state(self, state: torch.Tensor) -> None:
-        torch.cuda.set_rng_state(state)
+        return FlashAttnCoreAttention if importlib.util.find_spec("flash_attn") else SDPACoreAttention
 
     def manual_seed(self, seed: int) -> None:
         torch.manual_seed(seed)

@@ -35,7 +35,6 @@ class NpuBackend(BackendBase):
         self.dist_backend = "hccl"
         self.visible_devices_env = "ASCEND_RT_VISIBLE_DEVICES"
         self.ray_resource = "NPU"
-        self.attention_impl = "npu_fusion_attention"
 
     @classmethod
     def is_available(cls) -> bool:
@@ -51,9 +50,6 @@ class NpuBackend(BackendBase):
         import_torch_npu()
         return torch.npu  # type: ignore[attr-defined]
 
-    def device_count(self) -> int:
-        return int(self._npu().device_count())
-
     def setup_process(self, local_rank: int = 0) -> None:
         import_torch_npu()
         # Redirects megatron's torch.cuda calls to the NPU (torch_npu's own adaptation layer).
@@ -64,23 +60,6 @@ class NpuBackend(BackendBase):
         from mindrl.backends.attention import NpuFusionCoreAttention
 
         return NpuFusionCoreAttention
-
-    def memory_stats(self) -> dict[str, float]:
-        npu, gb = self._npu(), 2**30
-        return {"allocated_gb": npu.memory_allocated() / gb, "reserved_gb": npu.memory_reserved() / gb,
-                "max_allocated_gb": npu.max_memory_allocated() / gb}
-
-    def empty_cache(self) -> None:
-        self._npu().empty_cache()
-
-    def synchronize(self) -> None:
-        self._npu().synchronize()
-
-    def get_rng_state(self) -> torch.Tensor:
-        return self._npu().get_rng_state()
-
-    def set_rng_state(self, state: torch.Tensor) -> None:
-        self._npu().set_rng_state(state)
 
     def manual_seed(self, seed: int) -> None:
         torch.manual_seed(seed)

@@ -20,7 +20,7 @@ import time
 import warnings
 from pathlib import Path
 
-from mindrl.config import MindRLConfig, actor_layout, check_config, load_config, resolve_hf_config
+from mindrl.config import MindRLConfig, actor_layout, check_config, load_config
 from mindrl.utils.io import atomic_write_text
 
 PATTERN_VOCAB = 60  # the synthetic sequences use token ids [1, 61): inside every tiny model's vocab
@@ -47,21 +47,16 @@ def rank_main(cfg: MindRLConfig, result_path: str) -> None:
     from megatron.core import parallel_state as ps
 
     from mindrl.backends import get_backend
-    from mindrl.backends.distributed import destroy_distributed, init_distributed
-    from mindrl.models import plan_model
-    from mindrl.workers.megatron_engine import (OptimConfig, data_parallel_slice, forward_backward,
-                                                next_token_loss_forward, setup_model)
+    from mindrl.backends.distributed import destroy_distributed
+    from mindrl.workers.bringup import PolicySpec, build_policy, optim_config
+    from mindrl.workers.megatron_engine import data_parallel_slice, forward_backward, next_token_loss_forward
 
     backend = get_backend(cfg.backend)
     layout = actor_layout(cfg)
     mt, actor = cfg.megatron_training, cfg.actor_config
-    plan = plan_model(resolve_hf_config(cfg), layout, dtype="bf16" if mt.bf16 else "fp32",
-                      use_cpu_initialization=backend.device_type == "cpu",
-                      make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by)
-    init_distributed(backend, tp=layout.tp, pp=layout.pp, ep=layout.ep,
-                     vpp=plan.config.virtual_pipeline_model_parallel_size, seed=mt.seed)
-    model = setup_model(plan, backend.core_attention_cls(), optim=OptimConfig(
-        lr=actor.lr, clip_grad=actor.clip_grad, use_distributed_optimizer=mt.use_distributed_optimizer))
+    # The trainer's bring-up and LR schedule; one optimizer update per sanity step.
+    model = build_policy(PolicySpec.from_config(cfg), backend, optim=optim_config(cfg, updates_per_iteration=1))
+    plan = model.plan
     device = backend.device(int(os.environ.get("LOCAL_RANK", "0")))
     rank0 = dist.get_rank() == 0
     rows = mt.global_batch_size * cfg.rl_config.n_samples_per_prompt

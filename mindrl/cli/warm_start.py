@@ -23,20 +23,20 @@ def warm_start(config_name: str, overrides: list[str], tasks: list[dict], comple
     from transformers import AutoTokenizer
 
     from mindrl.backends import get_backend
-    from mindrl.backends.distributed import destroy_distributed, init_distributed
+    from mindrl.backends.distributed import destroy_distributed
     from mindrl.checkpoint.live import iter_hf_buckets
     from mindrl.config import load_config, resolve_hf_config
-    from mindrl.models import ParallelLayout, plan_model
-    from mindrl.workers.megatron_engine import OptimConfig, forward_backward, next_token_loss_forward, setup_model
+    from mindrl.workers.bringup import PolicySpec, build_policy
+    from mindrl.workers.megatron_engine import OptimConfig, forward_backward, next_token_loss_forward
 
     cfg = load_config(config_name, overrides)
     tokenizer = AutoTokenizer.from_pretrained(cfg.megatron_training.tokenizer_name_or_path)
     hf = resolve_hf_config(cfg)
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     backend = get_backend(cfg.backend)
-    plan = plan_model(hf, ParallelLayout(), make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by)
-    init_distributed(backend, seed=seed)
-    model = setup_model(plan, backend.core_attention_cls(), optim=OptimConfig(lr=lr, clip_grad=1.0))
+    model = build_policy(PolicySpec(hf, dtype="fp32", make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
+                                    seed=seed), backend, optim=OptimConfig(lr=lr, clip_grad=1.0))
+    plan = model.plan
     rng = random.Random(seed)
     eos = tokenizer.eos_token_id
     for step in range(steps):

@@ -44,14 +44,6 @@ def load_hf_weights(chunks: list[torch.nn.Module], model_dir: str, hf_cfg: dict[
         raise KeyError(f"{model_dir}: no weights for {', '.join(sorted(targets)[:5])}")
 
 
-def _dtype(plan: EvalPlan, device_type: str) -> str:
-    if plan.dtype != "auto":
-        return plan.dtype
-    if device_type == "cpu":
-        return "fp32"
-    return "bf16" if plan.hf_config.get("torch_dtype") in ("bfloat16", "float16") else "fp32"
-
-
 def rank_main(plan: EvalPlan) -> None:
     """Entry point on every rank (spawned by `python -m mindrl.evaluate`, or one torchrun process)."""
     warnings.filterwarnings("ignore")
@@ -61,20 +53,19 @@ def rank_main(plan: EvalPlan) -> None:
     from transformers import AutoTokenizer
 
     from mindrl.backends import get_backend
-    from mindrl.backends.distributed import destroy_distributed, init_distributed
+    from mindrl.backends.distributed import destroy_distributed
     from mindrl.checkpoint.live import load_megatron_checkpoint
-    from mindrl.models import ParallelLayout, plan_model
+    from mindrl.models import ParallelLayout
     from mindrl.rollout import BuiltinRolloutEngine
-    from mindrl.workers.megatron_engine import setup_model
+    from mindrl.workers.bringup import PolicySpec, build_policy
 
     backend = get_backend(plan.backend)
-    init_distributed(backend, tp=plan.tp, pp=plan.pp, ep=plan.ep, seed=plan.seed)
-    rank = dist.get_rank()
     t0 = time.perf_counter()
-    mplan = plan_model(plan.hf_config, ParallelLayout(tp=plan.tp, pp=plan.pp, ep=plan.ep),
-                       dtype=_dtype(plan, backend.device_type), use_cpu_initialization=backend.device_type == "cpu",
-                       make_vocab_size_divisible_by=plan.vocab_divisible_by)
-    model = setup_model(mplan, backend.core_attention_cls(), train=False)
+    model = build_policy(PolicySpec(plan.hf_config, ParallelLayout(tp=plan.tp, pp=plan.pp, ep=plan.ep), dtype=plan.dtype,
+                                    make_vocab_size_divisible_by=plan.vocab_divisible_by, seed=plan.seed),
+                         backend, train=False)
+    mplan = model.plan
+    rank = dist.get_rank()
     if plan.model_kind == "hf":
         load_hf_weights(model.unwrapped, plan.model, plan.hf_config)
     else:

@@ -11,28 +11,16 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from mindrl.backends import get_backend
-from mindrl.backends.distributed import destroy_distributed, init_distributed
-from mindrl.config import MindRLConfig, actor_layout, resolve_hf_config
-from mindrl.models import plan_model
+from mindrl.backends.distributed import destroy_distributed
+from mindrl.config import MindRLConfig, actor_layout
 from mindrl.rollout import BuiltinRolloutEngine
 from mindrl.trainer.checkpointing import latest_step, load_checkpoint, save_checkpoint
 from mindrl.trainer.grpo import Run, TrainingError, grpo_step
 from mindrl.trainer.tracking import Tracker
 from mindrl.workers.actor import PolicyWorker
-from mindrl.workers.megatron_engine import OptimConfig, setup_model
+from mindrl.workers.bringup import PolicySpec, build_policy, frozen_copy, optim_config
 
 log = logging.getLogger("mindrl")
-
-
-def _optim_config(cfg: MindRLConfig) -> OptimConfig:
-    a, mt = cfg.actor_config, cfg.megatron_training
-    updates_per_step = cfg.rl_config.epochs * (mt.global_batch_size // (cfg.rl_config.mini_batch_size
-                                                                         or mt.global_batch_size))
-    total = mt.train_iters * updates_per_step
-    return OptimConfig(lr=a.lr, min_lr=a.min_lr, lr_decay_style=a.lr_decay_style,
-                       lr_warmup_steps=int(a.lr_warmup_fraction * total), lr_decay_steps=total,
-                       weight_decay=a.weight_decay, adam_beta1=a.adam_beta1, adam_beta2=a.adam_beta2,
-                       clip_grad=a.clip_grad, use_distributed_optimizer=mt.use_distributed_optimizer)
 
 
 def _load_initial_weights(cfg: MindRLConfig, chunks: list[torch.nn.Module], plan: Any) -> None:
@@ -52,23 +40,16 @@ def setup(cfg: MindRLConfig) -> Run:
     backend = get_backend(cfg.backend)
     layout = actor_layout(cfg)
     mt, rl = cfg.megatron_training, cfg.rl_config
-    plan = plan_model(resolve_hf_config(cfg), layout, dtype="bf16" if mt.bf16 else "fp32",
-                      use_cpu_initialization=backend.device_type == "cpu",
-                      make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by, recompute=mt.recompute)
-    init_distributed(backend, tp=layout.tp, pp=layout.pp, ep=layout.ep,
-                     vpp=plan.config.virtual_pipeline_model_parallel_size, seed=mt.seed)
+    actor_model = build_policy(PolicySpec.from_config(cfg), backend, optim=optim_config(cfg))
+    plan = actor_model.plan
     if mt.global_batch_size % ps.get_data_parallel_world_size():
         raise TrainingError(f"global_batch_size={mt.global_batch_size} must split over "
                             f"{ps.get_data_parallel_world_size()} data-parallel ranks")
-    actor_model = setup_model(plan, backend.core_attention_cls(), optim=_optim_config(cfg))
     _load_initial_weights(cfg, actor_model.unwrapped, plan)
     reference = None
     if rl.use_kl_loss or rl.kl_coef:
         # The reference is the frozen initial policy: the same weights, copied before any update.
-        # Same plan, same rank: its local tensors are exactly the actor's, so no gather is needed.
-        ref_model = setup_model(plan, backend.core_attention_cls(), train=False)
-        for ref_chunk, actor_chunk in zip(ref_model.unwrapped, actor_model.unwrapped):
-            ref_chunk.load_state_dict(actor_chunk.state_dict())
+        ref_model = frozen_copy(actor_model, backend)
         reference = PolicyWorker(ref_model, micro_batch_size=cfg.actor_config.micro_batch_size,
                                  temperature=cfg.generate_config.sampling_config.temperature)
     actor = PolicyWorker(actor_model, micro_batch_size=cfg.actor_config.micro_batch_size,

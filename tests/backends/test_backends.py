@@ -66,14 +66,16 @@ def test_visible_devices_env(monkeypatch):
     assert get_backend("cpu").set_visible_devices([1], env={}) == {}
 
 
-def test_cpu_rng_state_roundtrip():
-    cpu = get_backend("cpu")
-    cpu.manual_seed(3)
-    state = cpu.get_rng_state()
-    a = torch.rand(4)
-    cpu.set_rng_state(state)
-    assert torch.equal(a, torch.rand(4))
-    assert "max_rss_gb" in cpu.memory_stats()
+def test_hardware_decides_auto_dtype_and_host_initialisation():
+    """`auto` is fp32 on the CPU whatever the checkpoint; on accelerators a half-precision checkpoint
+    stays bf16. An explicit dtype always wins."""
+    cpu, cuda, npu = get_backend("cpu"), get_backend("cuda"), get_backend("npu")
+    assert cpu.model_dtype("auto", "bfloat16") == "fp32" and cpu.model_dtype("bf16", None) == "bf16"
+    for acc in (cuda, npu):
+        assert acc.model_dtype("auto", "bfloat16") == acc.model_dtype("auto", "float16") == "bf16"
+        assert acc.model_dtype("auto", "float32") == acc.model_dtype("auto", None) == "fp32"
+        assert acc.model_dtype("fp32", "bfloat16") == "fp32"
+    assert (cpu.use_cpu_initialization, cuda.use_cpu_initialization, npu.use_cpu_initialization) == (True, False, False)
 
 
 def test_importing_mindrl_does_not_patch_torch():

@@ -55,21 +55,18 @@ def run_job(job: dict) -> None:
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
     from mindrl.backends import get_backend
-    from mindrl.backends.distributed import init_distributed
     from mindrl.checkpoint.hf_mapping import Mapping
     from mindrl.checkpoint.live import iter_hf_buckets, load_megatron_checkpoint
-    from mindrl.models import ParallelLayout, load_hf_config, plan_model
-    from mindrl.workers.megatron_engine import forward_backward, gpt_forward, setup_model
+    from mindrl.models import ParallelLayout, load_hf_config
+    from mindrl.workers.bringup import PolicySpec, build_policy
+    from mindrl.workers.megatron_engine import forward_backward, gpt_forward
 
-    backend = get_backend("cpu")
     hf = load_hf_config(Path(job["ckpt"]) / "hf")
     layout = ParallelLayout(tp=job.get("tp", 1), pp=job.get("pp", 1), ep=job.get("ep", 1),
                             num_layer_list=job.get("num_layer_list"),
                             num_layers_per_virtual_pipeline_stage=job.get("vpp_layers"))
-    plan = plan_model(hf, layout, dtype="fp32")
-    init_distributed(backend, tp=layout.tp, pp=layout.pp, ep=layout.ep,
-                     vpp=plan.config.virtual_pipeline_model_parallel_size, seed=1234)
-    model = setup_model(plan, backend.core_attention_cls(), train=False)
+    model = build_policy(PolicySpec(hf, layout, dtype="fp32"), get_backend("cpu"), train=False)
+    plan = model.plan
     m = Mapping(hf)
     errors = plan_mismatches(model.unwrapped, plan, m)
     load_megatron_checkpoint(model.unwrapped, job["ckpt"])

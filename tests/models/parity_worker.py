@@ -56,18 +56,14 @@ def run_layout(arch: str, name: str, out: Path, weights: Path | None) -> None:
     from megatron.core import parallel_state as ps
 
     from mindrl.backends import get_backend
-    from mindrl.backends.distributed import init_distributed
-    from mindrl.models import plan_model
     from mindrl.models.sharding import load_canonical, local_shards, merge_shards
+    from mindrl.workers.bringup import PolicySpec, build_policy
     from mindrl.workers.megatron_engine import (OptimConfig, data_parallel_slice, forward_backward,
-                                                next_token_loss_forward, setup_model)
+                                                next_token_loss_forward)
 
-    backend = get_backend("cpu")
-    layout = parse_layout(name)
-    plan = plan_model(tiny_hf(arch), layout, dtype="fp32")
-    init_distributed(backend, tp=layout.tp, pp=layout.pp, ep=layout.ep,
-                     vpp=plan.config.virtual_pipeline_model_parallel_size, seed=1234)
-    model = setup_model(plan, backend.core_attention_cls(), optim=OptimConfig(lr=1e-3))
+    model = build_policy(PolicySpec(tiny_hf(arch), parse_layout(name), dtype="fp32"), get_backend("cpu"),
+                         optim=OptimConfig(lr=1e-3))
+    plan = model.plan
     if weights is not None:
         load_canonical(model.unwrapped, torch.load(weights), plan.args.num_experts)
     else:

@@ -112,26 +112,26 @@ def rank_main(args: argparse.Namespace) -> None:
     import faulthandler
     faulthandler.dump_traceback_later(int(os.environ.get("MINDRL_HANG_DUMP_S", "300")), exit=True)
     from mindrl.backends import get_backend
-    from mindrl.backends.distributed import destroy_distributed, init_distributed
+    from mindrl.backends.distributed import destroy_distributed
 
     backend = get_backend("cpu")
-    init_distributed(backend, tp=args.tp, pp=args.pp, ep=args.ep, seed=1234)
-    rank = torch.distributed.get_rank()
     results = {arch: check_arch(arch, args, backend) for arch in args.arch.split(",")}
+    rank = torch.distributed.get_rank()
     torch.save(results, Path(args.out) / f"rank{rank}.pt")
     destroy_distributed()
 
 
 def build(arch: str, args: argparse.Namespace, backend, layout):
-    from mindrl.models import load_hf_config, plan_model, scale_down
-    from mindrl.workers.megatron_engine import setup_model
+    from mindrl.models import load_hf_config, scale_down
+    from mindrl.workers.bringup import PolicySpec, build_policy
 
     hf = scale_down(load_hf_config(SHARED / "models" / MODEL_DIRS[arch]), num_layers=args.layers, num_heads=4,
                     num_kv_heads=2, vocab_size=VOCAB, first_k_dense=1)
     # A larger init than the default 0.02: a tiny random model then has peaked, varied next-token
     # distributions (the default one repeats its input token under greedy decoding).
-    plan = plan_model(hf, layout, dtype="fp32", init_method_std=0.15)
-    return plan, setup_model(plan, backend.core_attention_cls(), train=False)
+    model = build_policy(PolicySpec(hf, layout, dtype="fp32", overrides={"init_method_std": 0.15}), backend,
+                         train=False)
+    return model.plan, model
 
 
 def check_arch(arch: str, args: argparse.Namespace, backend) -> dict:
@@ -247,11 +247,9 @@ def pp_run(args: argparse.Namespace, backend, layout, weights: dict | None,
     `--uneven`). Rebuilds megatron's parallel state; keeps the process group."""
     from megatron.core import parallel_state as ps
 
-    from mindrl.backends.distributed import init_distributed
     from mindrl.models.sharding import load_canonical, local_shards, merge_shards
     from mindrl.rollout import BuiltinRolloutEngine
 
-    init_distributed(backend, tp=layout.tp, pp=layout.pp, ep=layout.ep, seed=1234)
     plan, model = build(args.arch, args, backend, layout)
     if weights is None:
         pieces = [None] * torch.distributed.get_world_size()
