@@ -8,6 +8,6 @@ one tensor at a time), `convert` (hf->mg, mg->hf, mg->mg as used by tools/conver
 weights through).
 May import: torch, safetensors, megatron-core (only in `live`), mindrl.models.
 """
-from mindrl.checkpoint.hf_mapping import MAPPINGS, Mapping, Rule, mapping_for
+from mindrl.checkpoint.hf_mapping import MAPPINGS, Mapping, Rule
 
-__all__ = ["MAPPINGS", "Mapping", "Rule", "mapping_for"]
+__all__ = ["MAPPINGS", "Mapping", "Rule"]

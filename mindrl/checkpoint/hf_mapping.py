@@ -213,10 +213,6 @@ assert set(MAPPINGS) == set(ARCHITECTURES), "every model architecture needs a ch
 FP32_TENSORS = (".mlp.router.expert_bias",)
 
 
-def mapping_for(hf_cfg: TMapping[str, Any]) -> Mapping:
-    return Mapping(hf_cfg)
-
-
 def ignored_hf_tensor(m: Mapping, name: str) -> bool:
     """HF tensors with no megatron counterpart that HF transformers ignores too: DeepSeek's MTP layers
     (model.layers.{>= num_hidden_layers}), rotary caches, fp8 scales (consumed by dequantisation)."""

@@ -19,7 +19,6 @@ from typing import Any, Iterable
 
 import torch
 
-from mindrl.utils.io import fsync_path
 
 ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -287,7 +286,3 @@ class TorchFileWriter:
         if self.remaining:
             raise AssertionError(f"{self.path}: tensors never written: {sorted(self.remaining)[:5]}")
         self._f.close()
-
-
-def fsync_dir(path: Path) -> None:
-    fsync_path(path)

@@ -79,15 +79,6 @@ def last_tag_content(text: str, tag: str = "answer") -> str | None:
 # A sign counts only when it does not follow a word or ")", so "10-3" is 10 and 3, not 10 and -3.
 _SIGN = r"(?:(?<![\w).])[-+])?"
 _NUMBER = re.compile(_SIGN + r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
-_NUMBER_FULL = re.compile(r"\s*\$?\s*(" + _NUMBER.pattern + r")\s*\.?\s*")
-
-
-def parse_plain_number(text: str) -> Fraction | None:
-    """``'1,000'``, ``'-3.50'``, ``'$18'``, ``'72.'`` -> exact Fraction; anything else -> None."""
-    m = _NUMBER_FULL.fullmatch(text)
-    if m is None:
-        return None
-    return Fraction(m.group(1).replace(",", ""))
 
 
 def last_number(text: str) -> Fraction | None:

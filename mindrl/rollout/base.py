@@ -81,10 +81,6 @@ class RolloutOutput:
     stop_reason: int | str | None = None  # the stop token id or stop string; None for EOS and "length"
     text: str | None = None  # decoded completion (trimmed at a stop string), when detokenize is on
 
-    def logprobs_tensor(self) -> torch.Tensor:
-        return torch.tensor(self.logprobs, dtype=torch.float32)
-
-
 @runtime_checkable
 class RolloutEngine(Protocol):
     """What the trainer needs from a rollout engine (built-in, vLLM, vllm-ascend)."""

@@ -6,7 +6,7 @@ module only feeds it megatron's micro-batches and undoes megatron's own loss sca
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +30,6 @@ class SequenceBatch:
     advantages: torch.Tensor  # [N] fp32
     old_log_probs: torch.Tensor | None = None  # [N, L-1]
     ref_log_probs: torch.Tensor | None = None  # [N, L-1]
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
