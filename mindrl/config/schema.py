@@ -44,7 +44,6 @@ class MegatronTrainingConfig:
     use_distributed_optimizer: bool = False
     sequence_parallel: bool = False
     recompute: bool = False
-    dataset_additional_keys: list[str] = field(default_factory=list)
     no_shuffle: bool = False
     output_dir: str = "output/run"
 
@@ -52,6 +51,7 @@ class MegatronTrainingConfig:
 @dataclass
 class ActorConfig:
     load: Optional[str] = None  # megatron checkpoint to start from (tools/convert_ckpt.py output)
+    # Where training checkpoints go (and a rerun resumes from); None: <output_dir>/checkpoints.
     save: Optional[str] = None
     micro_batch_size: int = 1
     tensor_model_parallel_size: int = 1

@@ -3,7 +3,7 @@
 Layout (megatron's legacy per-rank layout, so `tools/convert_ckpt.py --load-model-type mg` reads
 the model part directly):
 
-    <output_dir>/checkpoints/
+    <actor_config.save, default <output_dir>/checkpoints>/
         latest_checkpointed_iteration.txt
         iter_0000010/
             mp_rank_00[_000][_000]/model_optim_rng.pt # written by data-parallel rank 0 of each model shard

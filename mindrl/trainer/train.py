@@ -32,6 +32,13 @@ def _load_initial_weights(cfg: MindRLConfig, chunks: list[torch.nn.Module], plan
     load_megatron_checkpoint(chunks, cfg.actor_config.load)
 
 
+def checkpoint_root(cfg: MindRLConfig) -> Path:
+    """`actor_config.save` (MindSpeed-RL's checkpoint directory), else `<output_dir>/checkpoints`.
+    Training checkpoints are written there and a rerun resumes from there."""
+    save = cfg.actor_config.save
+    return Path(save) if save else Path(cfg.megatron_training.output_dir) / "checkpoints"
+
+
 def setup(cfg: MindRLConfig) -> Run:
     from transformers import AutoTokenizer
 
@@ -59,7 +66,7 @@ def setup(cfg: MindRLConfig) -> Run:
                                             eos_token_id=tokenizer.eos_token_id, seed=mt.seed,
                                             max_batch_size=cfg.generate_config.max_num_seqs)
     output_dir = Path(mt.output_dir)
-    ckpt_root = output_dir / "checkpoints"
+    ckpt_root = checkpoint_root(cfg)
     expected = {"architecture": plan.hf.get("model_type"), "world_size": dist.get_world_size(),
                 "layout": {"tp": layout.tp, "pp": layout.pp, "ep": layout.ep, "num_layer_list": layout.num_layer_list,
                            "vpp": plan.config.virtual_pipeline_model_parallel_size}}
@@ -89,7 +96,7 @@ def train(cfg: MindRLConfig) -> dict[str, Any]:
     """Run (or resume) the whole training on this rank. Returns the last step's metrics."""
     run = setup(cfg)
     mt, rl = cfg.megatron_training, cfg.rl_config
-    ckpt_root = run.output_dir / "checkpoints"
+    ckpt_root = checkpoint_root(cfg)
     progress = _progress(run, mt.train_iters)
     metrics: dict[str, Any] = {}
     for step in range(run.start_step + 1, mt.train_iters + 1):

@@ -117,8 +117,11 @@ def test_checkpoint_of_another_layout_is_refused(demo, first_run):
                                     "actor_config.pipeline_model_parallel_size=2"], ids=["tp2", "pp2"])
 def test_first_step_at_tp2_and_pp2_equals_single_rank(demo, first_run, tmp_path, layout):
     proc = run(train_cmd(demo, tmp_path, "megatron_training.train_iters=1", "rl_config.actor_resource.num_npus=2",
-                         layout))
+                         layout, f"actor_config.save={tmp_path / 'ckpt'}"))
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # actor_config.save is the checkpoint directory (MindSpeed-RL's meaning), instead of <output_dir>/checkpoints.
+    assert (tmp_path / "ckpt" / "iter_0000001" / "trainer_state.json").is_file()
+    assert not (tmp_path / "checkpoints").exists()
     single, tp2 = metrics(first_run)[0], metrics(tmp_path)[0]
     assert single["reward/mean"] == tp2["reward/mean"]  # the same completions were sampled
     assert abs(single["actor/pg_loss"] - tp2["actor/pg_loss"]) <= 1e-5
