@@ -1,42 +1,23 @@
-"""HF tensor names and layouts <-> the canonical megatron state dict, per architecture.
+"""HF tensor names and layouts <-> the canonical megatron state dict, for one model config.
 
 The canonical state dict (see `mindrl.models.sharding`) uses megatron-core names with global layer
-and expert indices, merged over TP, vocab unpadded. A `Rule` says which HF tensors make one
-canonical tensor and how (`kind`):
-
-- "copy": same tensor, renamed.
-- "qkv": q, k, v (weights or biases) -> megatron's `linear_qkv`, interleaved per KV group
-  [q heads of group g; k_g; v_g] so that a contiguous TP split gives every rank whole groups.
-- "gated": SwiGLU gate_proj, up_proj -> `linear_fc1` = cat[gate; up].
-- "rope_q" / "rope_kv": DeepSeek MLA's rope rows (of q_b_proj / q_proj per head, and the last
-  qk_rope_head_dim rows of kv_a_proj_with_mqa). HF with `rope_interleave: true` (the DeepSeek-V3
-  default) permutes the rope dims to [x0, x2, ...; x1, x3, ...] and rotates halves; megatron-core's
-  MLA rope (`_apply_rotary_pos_emb_bshd(multi_latent_attention=True)`) does the same permutation,
-  so the rows are copied as stored. Only a `rope_interleave: false` checkpoint needs its rope rows
-  pre-permuted by the inverse (a pure row permutation: bit-exact both ways).
+and expert indices, merged over TP, vocab unpadded. Which HF tensors make each canonical tensor
+(the `Rule`s) and how each is split over TP belong to the architecture's record
+(`mindrl.models.registry.ARCHITECTURES`, one file per architecture); this module applies them:
+`Mapping(hf_config)` holds the rules of one model and does the layout transforms of each rule kind
+("copy", "qkv", "gated", "rope_q", "rope_kv"; see mindrl/models/arch.py).
 
 Everything here is pure tensor work on CPU; no process group, no megatron import.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping as TMapping
+from typing import Any, Mapping as TMapping
 
 import torch
 
+from mindrl.models.arch import Rule
 from mindrl.models.hf_config import head_dim, require
-from mindrl.models.registry import ARCHITECTURES
-
-Shape = tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Rule:
-    canonical: str
-    hf: tuple[str, ...]
-    kind: str
-    shape: Shape  # canonical shape
-    hf_shapes: tuple[Shape, ...]
+from mindrl.models.registry import architecture_for
 
 
 class Mapping:
@@ -44,14 +25,13 @@ class Mapping:
 
     def __init__(self, hf_cfg: TMapping[str, Any]) -> None:
         self.cfg = dict(hf_cfg)
-        self.model_type = str(self.cfg.get("model_type"))
-        if self.model_type not in MAPPINGS:
-            raise ValueError(f"unknown model type {self.model_type!r}; supported: {', '.join(MAPPINGS)}")
+        self.arch = architecture_for(self.cfg)  # ValueError naming the supported model types
+        self.model_type = self.arch.model_type
         self.num_layers = int(require(self.cfg, "num_hidden_layers"))
         self.vocab_size = int(require(self.cfg, "vocab_size"))
         self.tied = bool(self.cfg.get("tie_word_embeddings", False))
         self.num_experts = int(self.cfg.get("n_routed_experts") or 0) or None
-        self.rules: list[Rule] = MAPPINGS[self.model_type](self)
+        self.rules: list[Rule] = self.arch.hf_rules(self.cfg)
         self.by_canonical = {r.canonical: r for r in self.rules}
         self.by_hf = {name: r for r in self.rules for name in r.hf}
 
@@ -115,109 +95,13 @@ class Mapping:
         return int(self.cfg.get("num_key_value_heads") or self.num_heads)
 
 
-def _rule(canonical: str, hf: list[str] | str, kind: str, hf_shapes: list[Shape]) -> Rule:
-    hf_t = (hf,) if isinstance(hf, str) else tuple(hf)
-    if kind == "copy" or kind.startswith("rope"):
-        shape = hf_shapes[0]
-    else:
-        shape = (sum(s[0] for s in hf_shapes), *hf_shapes[0][1:])
-    return Rule(canonical, hf_t, kind, tuple(shape), tuple(tuple(s) for s in hf_shapes))
-
-
-def _swiglu(c: str, h: str, hidden: int, inter: int) -> list[Rule]:
-    return [_rule(f"{c}.linear_fc1.weight", [f"{h}.gate_proj.weight", f"{h}.up_proj.weight"], "gated",
-                  [(inter, hidden), (inter, hidden)]),
-            _rule(f"{c}.linear_fc2.weight", f"{h}.down_proj.weight", "copy", [(hidden, inter)])]
-
-
-def _embeddings(m: Mapping, hidden: int) -> tuple[list[Rule], list[Rule]]:
-    first = [_rule("embedding.word_embeddings.weight", "model.embed_tokens.weight", "copy", [(m.vocab_size, hidden)])]
-    last = [_rule("decoder.final_layernorm.weight", "model.norm.weight", "copy", [(hidden,)])]
-    if not m.tied:  # tied: HF has no lm_head in the file, canonical has no output_layer
-        last.append(_rule("output_layer.weight", "lm_head.weight", "copy", [(m.vocab_size, hidden)]))
-    return first, last
-
-
-def gqa_rules(m: Mapping) -> list[Rule]:
-    """Qwen2 and Llama: GQA attention (optional QKV bias), SwiGLU MLP."""
-    hidden, inter = int(m.cfg["hidden_size"]), int(m.cfg["intermediate_size"])
-    d, nh, ng = m.head_dim, m.num_heads, m.num_kv_heads
-    bias = m.model_type == "qwen2" or bool(m.cfg.get("attention_bias", False))
-    first, last = _embeddings(m, hidden)
-    rules = list(first)
-    for i in range(m.num_layers):
-        c, h = f"decoder.layers.{i}", f"model.layers.{i}"
-        a = f"{h}.self_attn"
-        rules.append(_rule(f"{c}.input_layernorm.weight", f"{h}.input_layernorm.weight", "copy", [(hidden,)]))
-        rules.append(_rule(f"{c}.self_attention.linear_qkv.weight", [f"{a}.q_proj.weight", f"{a}.k_proj.weight",
-                           f"{a}.v_proj.weight"], "qkv", [(nh * d, hidden), (ng * d, hidden), (ng * d, hidden)]))
-        if bias:
-            rules.append(_rule(f"{c}.self_attention.linear_qkv.bias", [f"{a}.q_proj.bias", f"{a}.k_proj.bias",
-                               f"{a}.v_proj.bias"], "qkv", [(nh * d,), (ng * d,), (ng * d,)]))
-        rules.append(_rule(f"{c}.self_attention.linear_proj.weight", f"{a}.o_proj.weight", "copy", [(hidden, nh * d)]))
-        rules.append(_rule(f"{c}.pre_mlp_layernorm.weight", f"{h}.post_attention_layernorm.weight", "copy", [(hidden,)]))
-        rules += _swiglu(f"{c}.mlp", f"{h}.mlp", hidden, inter)
-    return rules + last
-
-
-def deepseek_v3_rules(m: Mapping) -> list[Rule]:
-    """DeepSeek-V3/R1: MLA attention, first-k dense layers, MoE with shared experts and expert bias."""
-    cfg = m.cfg
-    hidden, inter, n = int(cfg["hidden_size"]), int(cfg["intermediate_size"]), m.num_heads
-    q_rank, kv_rank = cfg.get("q_lora_rank"), int(cfg["kv_lora_rank"])
-    nope, rope, v_dim = int(cfg["qk_nope_head_dim"]), int(cfg["qk_rope_head_dim"]), int(cfg["v_head_dim"])
-    moe_inter, num_experts = int(cfg["moe_intermediate_size"]), int(cfg["n_routed_experts"])
-    shared_inter = int(cfg.get("n_shared_experts") or 0) * moe_inter
-    first_dense = int(cfg.get("first_k_dense_replace", 0))
-    first, last = _embeddings(m, hidden)
-    rules = list(first)
-    for i in range(m.num_layers):
-        c, h = f"decoder.layers.{i}", f"model.layers.{i}"
-        a, ca = f"{h}.self_attn", f"{c}.self_attention"
-        rules.append(_rule(f"{c}.input_layernorm.weight", f"{h}.input_layernorm.weight", "copy", [(hidden,)]))
-        if q_rank is None:
-            rules.append(_rule(f"{ca}.linear_q_proj.weight", f"{a}.q_proj.weight", "rope_q", [(n * (nope + rope), hidden)]))
-        else:
-            q_rank = int(q_rank)
-            rules.append(_rule(f"{ca}.linear_q_down_proj.weight", f"{a}.q_a_proj.weight", "copy", [(q_rank, hidden)]))
-            rules.append(_rule(f"{ca}.q_layernorm.weight", f"{a}.q_a_layernorm.weight", "copy", [(q_rank,)]))
-            rules.append(_rule(f"{ca}.linear_q_up_proj.weight", f"{a}.q_b_proj.weight", "rope_q", [(n * (nope + rope), q_rank)]))
-        rules.append(_rule(f"{ca}.linear_kv_down_proj.weight", f"{a}.kv_a_proj_with_mqa.weight", "rope_kv",
-                           [(kv_rank + rope, hidden)]))
-        rules.append(_rule(f"{ca}.kv_layernorm.weight", f"{a}.kv_a_layernorm.weight", "copy", [(kv_rank,)]))
-        rules.append(_rule(f"{ca}.linear_kv_up_proj.weight", f"{a}.kv_b_proj.weight", "copy", [(n * (nope + v_dim), kv_rank)]))
-        rules.append(_rule(f"{ca}.linear_proj.weight", f"{a}.o_proj.weight", "copy", [(hidden, n * v_dim)]))
-        rules.append(_rule(f"{c}.pre_mlp_layernorm.weight", f"{h}.post_attention_layernorm.weight", "copy", [(hidden,)]))
-        if i < first_dense:
-            rules += _swiglu(f"{c}.mlp", f"{h}.mlp", hidden, inter)
-            continue
-        rules.append(_rule(f"{c}.mlp.router.weight", f"{h}.mlp.gate.weight", "copy", [(num_experts, hidden)]))
-        if cfg.get("topk_method", "noaux_tc") == "noaux_tc":
-            rules.append(_rule(f"{c}.mlp.router.expert_bias", f"{h}.mlp.gate.e_score_correction_bias", "copy",
-                               [(num_experts,)]))
-        for e in range(num_experts):
-            rules += _swiglu(f"{c}.mlp.experts.local_experts.{e}", f"{h}.mlp.experts.{e}", hidden, moe_inter)
-        if shared_inter:
-            rules += _swiglu(f"{c}.mlp.shared_experts", f"{h}.mlp.shared_experts", hidden, shared_inter)
-    return rules + last
-
-
-MAPPINGS: dict[str, Callable[[Mapping], list[Rule]]] = {
-    "qwen2": gqa_rules,
-    "llama": gqa_rules,
-    "deepseek_v3": deepseek_v3_rules,
-}
-assert set(MAPPINGS) == set(ARCHITECTURES), "every model architecture needs a checkpoint mapping"
-
 # Tensors megatron keeps in fp32 whatever the params dtype (the router's expert bias buffer).
 FP32_TENSORS = (".mlp.router.expert_bias",)
 
 
 def ignored_hf_tensor(m: Mapping, name: str) -> bool:
-    """HF tensors with no megatron counterpart that HF transformers ignores too: DeepSeek's MTP layers
-    (model.layers.{>= num_hidden_layers}), rotary caches, fp8 scales (consumed by dequantisation)."""
+    """HF tensors with no megatron counterpart that HF transformers ignores too: rotary caches, fp8
+    scales (consumed by dequantisation), and the architecture's own (DeepSeek's MTP layers)."""
     if name.endswith(("rotary_emb.inv_freq", "weight_scale_inv")):
         return True
-    if m.model_type == "deepseek_v3" and name.startswith("model.layers."):
-        return int(name.split(".")[2]) >= m.num_layers
-    return False
+    return m.arch.extra_hf_tensor(m.cfg, name)

@@ -1,7 +1,8 @@
 """Which slice of which canonical tensor each rank file of a layout holds, computed without processes.
 
 It reproduces what `mindrl.models.sharding.shard_specs` reads off a live model (megatron's
-`partition_dim` attributes, layer numbers, expert offsets), from names alone, so that a converter
+`partition_dim` attributes, layer numbers, expert offsets), from names and the architecture's
+split rules (`Architecture.splits`) alone, so that a converter
 can write every rank's file without building a model or starting a process group. The tests
 check it against `shard_specs` of real models at TP/PP/EP/VPP layouts.
 """
@@ -14,22 +15,6 @@ from mindrl.checkpoint.hf_mapping import Mapping
 from mindrl.models.layout import ParallelLayout
 from mindrl.models.sharding import ShardSpec
 
-# Canonical-name suffix -> (TP split dim, SwiGLU-gated). Column-parallel layers split their output
-# rows (dim 0), row-parallel ones their input columns (dim 1); everything else is replicated
-# (norms, the router, MLA's TP-duplicated kv down-projection).
-_SPLITS: tuple[tuple[str, int, bool], ...] = (
-    ("linear_fc1.weight", 0, True),
-    ("linear_fc2.weight", 1, False),
-    ("linear_proj.weight", 1, False),
-    ("linear_qkv.weight", 0, False),
-    ("linear_qkv.bias", 0, False),
-    ("linear_q_proj.weight", 0, False),
-    ("linear_q_down_proj.weight", 0, False),
-    ("linear_q_up_proj.weight", 0, False),
-    ("linear_kv_up_proj.weight", 0, False),
-    ("embedding.word_embeddings.weight", 0, False),
-    ("output_layer.weight", 0, False),
-)
 _VOCAB = ("embedding.word_embeddings.weight", "output_layer.weight")
 
 
@@ -77,11 +62,7 @@ def stage_layers(layout: ParallelLayout, num_layers: int) -> dict[tuple[int, int
 
 
 def _spec(m: Mapping, canonical: str, tp_rank: int, tp: int, duplicate: bool = False) -> ShardSpec:
-    split, gated = None, False
-    for suffix, dim, g in _SPLITS:
-        if canonical.endswith(suffix):
-            split, gated = dim, g
-            break
+    split, gated = m.arch.split_of(canonical)  # the architecture's TP split rules
     return ShardSpec(global_name=canonical, split_dim=split if tp > 1 else None, tp_rank=tp_rank, tp_size=tp,
                      gated=gated, vocab=canonical in _VOCAB, duplicate=duplicate)
 

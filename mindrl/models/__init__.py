@@ -1,7 +1,8 @@
 """megatron-core GPT models built from Hugging Face configs.
 
-Owns: the HF config -> megatron mapping per architecture (`registry.ARCHITECTURES`: qwen2, llama,
-deepseek_v3), the layer spec (our RMSNorm and the backend's core attention), parallel layouts,
+Owns: one record per architecture (`registry.ARCHITECTURES`: qwen2, llama, deepseek_v3; each file
+holds its HF config -> megatron arguments, HF tensor-name rules and TP split rules, see `arch.py`),
+the layer spec (our RMSNorm and the backend's core attention), parallel layouts,
 canonical (layout-free) state dicts and their sharding, and vocab-parallel token log-probs.
 May import: torch, megatron-core, and nothing else from mindrl (the backend's core-attention class
 is passed in by the caller, so models never ask which hardware they are on).
@@ -9,7 +10,8 @@ is passed in by the caller, so models never ask which hardware they are on).
 from mindrl.models.builder import DTYPES, ModelPlan, build_model, padded_vocab_size, plan_model
 from mindrl.models.hf_config import load_hf_config, scale_down
 from mindrl.models.layout import ParallelLayout
+from mindrl.models.arch import Architecture
 from mindrl.models.registry import ARCHITECTURES, architecture_for
 
-__all__ = ["ARCHITECTURES", "DTYPES", "ModelPlan", "ParallelLayout", "architecture_for", "build_model",
+__all__ = ["ARCHITECTURES", "Architecture", "DTYPES", "ModelPlan", "ParallelLayout", "architecture_for", "build_model",
            "load_hf_config", "padded_vocab_size", "plan_model", "scale_down"]

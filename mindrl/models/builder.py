@@ -51,12 +51,7 @@ class ModelPlan:
 
 
 def megatron_args(hf: Mapping[str, Any], mtp_num_layers: int = 0) -> MegatronArgs:
-    to_megatron = architecture_for(hf)
-    if hf.get("model_type") == "deepseek_v3":
-        return to_megatron(hf, mtp_num_layers=mtp_num_layers)
-    if mtp_num_layers:
-        raise NotImplementedError(f"{hf.get('model_type')}: multi-token prediction is not supported")
-    return to_megatron(hf)
+    return architecture_for(hf).to_megatron(hf, mtp_num_layers=mtp_num_layers)
 
 
 def plan_model(hf: Mapping[str, Any], layout: ParallelLayout, *, dtype: str | torch.dtype = "fp32",

@@ -3,11 +3,21 @@ with expert bias (aux-loss-free balancing), group-limited routing, shared expert
 
 Multi-token prediction (MTP) is not built: the HF config's `num_nextn_predict_layers` describes
 extra weights that HF transformers ignores too; asking for MTP (`mtp_num_layers > 0`) fails.
+
+The whole architecture record: HF config -> megatron arguments, HF tensor names, TP splits.
+
+Rope rows ("rope_q" / "rope_kv" rules): the rope rows of q_b_proj / q_proj (per head) and the last
+qk_rope_head_dim rows of kv_a_proj_with_mqa. HF with `rope_interleave: true` (the DeepSeek-V3
+default) permutes the rope dims to [x0, x2, ...; x1, x3, ...] and rotates halves; megatron-core's
+MLA rope (`_apply_rotary_pos_emb_bshd(multi_latent_attention=True)`) does the same permutation,
+so the rows are copied as stored. Only a `rope_interleave: false` checkpoint needs its rope rows
+pre-permuted by the inverse (a pure row permutation: bit-exact both ways).
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+from mindrl.models.arch import COMMON_SPLITS, Architecture, Rule, Split, embedding_rules, rule, swiglu_rules
 from mindrl.models.args import COMMON_CONFIG, MegatronArgs
 from mindrl.models.hf_config import require, rope_scaling, rope_theta
 
@@ -92,3 +102,63 @@ def to_megatron(hf: Mapping[str, Any], mtp_num_layers: int = 0) -> MegatronArgs:
     return MegatronArgs(config=config, model=model, mla=True, num_experts=num_experts, qk_layernorm=True,
                         vocab_size=int(require(hf, "vocab_size")),
                         tie_word_embeddings=model["share_embeddings_and_output_weights"], notes=notes)
+
+
+def hf_rules(hf: Mapping[str, Any]) -> list[Rule]:
+    """MLA attention, first-k dense layers, MoE with shared experts and expert bias."""
+    hidden, inter, n = int(hf["hidden_size"]), int(hf["intermediate_size"]), int(hf["num_attention_heads"])
+    q_rank, kv_rank = hf.get("q_lora_rank"), int(hf["kv_lora_rank"])
+    nope, rope, v_dim = int(hf["qk_nope_head_dim"]), int(hf["qk_rope_head_dim"]), int(hf["v_head_dim"])
+    moe_inter, num_experts = int(hf["moe_intermediate_size"]), int(hf["n_routed_experts"])
+    shared_inter = int(hf.get("n_shared_experts") or 0) * moe_inter
+    first_dense = int(hf.get("first_k_dense_replace", 0))
+    first, last = embedding_rules(hf)
+    rules = list(first)
+    for i in range(int(require(hf, "num_hidden_layers"))):
+        c, h = f"decoder.layers.{i}", f"model.layers.{i}"
+        a, ca = f"{h}.self_attn", f"{c}.self_attention"
+        rules.append(rule(f"{c}.input_layernorm.weight", f"{h}.input_layernorm.weight", "copy", [(hidden,)]))
+        if q_rank is None:
+            rules.append(rule(f"{ca}.linear_q_proj.weight", f"{a}.q_proj.weight", "rope_q", [(n * (nope + rope), hidden)]))
+        else:
+            q_rank = int(q_rank)
+            rules.append(rule(f"{ca}.linear_q_down_proj.weight", f"{a}.q_a_proj.weight", "copy", [(q_rank, hidden)]))
+            rules.append(rule(f"{ca}.q_layernorm.weight", f"{a}.q_a_layernorm.weight", "copy", [(q_rank,)]))
+            rules.append(rule(f"{ca}.linear_q_up_proj.weight", f"{a}.q_b_proj.weight", "rope_q", [(n * (nope + rope), q_rank)]))
+        rules.append(rule(f"{ca}.linear_kv_down_proj.weight", f"{a}.kv_a_proj_with_mqa.weight", "rope_kv",
+                          [(kv_rank + rope, hidden)]))
+        rules.append(rule(f"{ca}.kv_layernorm.weight", f"{a}.kv_a_layernorm.weight", "copy", [(kv_rank,)]))
+        rules.append(rule(f"{ca}.linear_kv_up_proj.weight", f"{a}.kv_b_proj.weight", "copy", [(n * (nope + v_dim), kv_rank)]))
+        rules.append(rule(f"{ca}.linear_proj.weight", f"{a}.o_proj.weight", "copy", [(hidden, n * v_dim)]))
+        rules.append(rule(f"{c}.pre_mlp_layernorm.weight", f"{h}.post_attention_layernorm.weight", "copy", [(hidden,)]))
+        if i < first_dense:
+            rules += swiglu_rules(f"{c}.mlp", f"{h}.mlp", hidden, inter)
+            continue
+        rules.append(rule(f"{c}.mlp.router.weight", f"{h}.mlp.gate.weight", "copy", [(num_experts, hidden)]))
+        if hf.get("topk_method", "noaux_tc") == "noaux_tc":
+            rules.append(rule(f"{c}.mlp.router.expert_bias", f"{h}.mlp.gate.e_score_correction_bias", "copy",
+                              [(num_experts,)]))
+        for e in range(num_experts):
+            rules += swiglu_rules(f"{c}.mlp.experts.local_experts.{e}", f"{h}.mlp.experts.{e}", hidden, moe_inter)
+        if shared_inter:
+            rules += swiglu_rules(f"{c}.mlp.shared_experts", f"{h}.mlp.shared_experts", hidden, shared_inter)
+    return rules + last
+
+
+# MLA's q projections and kv up-projection are column-parallel; its kv down-projection (and the
+# router) are replicated: megatron keeps them whole on every TP rank.
+MLA_SPLITS: tuple[Split, ...] = (
+    ("linear_q_proj.weight", 0, False),
+    ("linear_q_down_proj.weight", 0, False),
+    ("linear_q_up_proj.weight", 0, False),
+    ("linear_kv_up_proj.weight", 0, False),
+)
+
+
+def mtp_hf_tensor(hf: Mapping[str, Any], name: str) -> bool:
+    """The MTP layers' weights: model.layers.{>= num_hidden_layers}.* (not built, see above)."""
+    return name.startswith("model.layers.") and int(name.split(".")[2]) >= int(hf["num_hidden_layers"])
+
+
+ARCH = Architecture("deepseek_v3", to_megatron, hf_rules, splits=MLA_SPLITS + COMMON_SPLITS,
+                    extra_hf_tensor=mtp_hf_tensor)

@@ -1,23 +1,24 @@
-"""Model architectures: HF `model_type` -> function mapping an HF config to megatron arguments.
+"""Model architectures: HF `model_type` -> its `Architecture` record (mindrl/models/arch.py).
 
-Adding an architecture is one file with a `to_megatron(hf) -> MegatronArgs` and one line here.
+Adding an architecture is one file (HF config -> megatron arguments, HF tensor names, TP splits,
+ending in `ARCH = Architecture(...)`) and one line here.
 """
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from mindrl.models import deepseek_v3, llama, qwen2
-from mindrl.models.args import MegatronArgs
+from mindrl.models.arch import Architecture
 
-ARCHITECTURES: dict[str, Callable[..., MegatronArgs]] = {
-    "qwen2": qwen2.to_megatron,
-    "llama": llama.to_megatron,
-    "deepseek_v3": deepseek_v3.to_megatron,
+ARCHITECTURES: dict[str, Architecture] = {
+    "qwen2": qwen2.ARCH,
+    "llama": llama.ARCH,
+    "deepseek_v3": deepseek_v3.ARCH,
 }
 
 
-def architecture_for(hf: Mapping[str, Any]) -> Callable[..., MegatronArgs]:
+def architecture_for(hf: Mapping[str, Any]) -> Architecture:
     model_type = hf.get("model_type")
     if model_type not in ARCHITECTURES:
         close = difflib.get_close_matches(str(model_type), ARCHITECTURES, n=1)
