@@ -118,3 +118,26 @@ def test_layout_errors_are_one_line_each():
         "num_layer_list [2, 2] sums to 4, but the model has 5 layers",
         "expert_model_parallel_size=4 does not divide world size / PP = 6",
     ]
+
+
+def test_an_architecture_is_one_record_and_one_registry_line(monkeypatch):
+    """Registering one `Architecture` is all the planner, the checkpoint mapping and the rank-file
+    planner need: a made-up GQA model type without QKV bias goes through all three."""
+    from mindrl.checkpoint.hf_mapping import Mapping
+    from mindrl.checkpoint.layout_plan import plan_ranks
+    from mindrl.models import ARCHITECTURES, Architecture
+    from mindrl.models.arch import COMMON_SPLITS, GQA_SPLITS, gqa_rules
+    from mindrl.models.llama import to_megatron
+
+    toy = Architecture("toy_gqa", lambda hf, mtp_num_layers=0: to_megatron(hf, mtp_num_layers),
+                       lambda hf: gqa_rules(hf, qkv_bias=False), splits=GQA_SPLITS + COMMON_SPLITS)
+    monkeypatch.setitem(ARCHITECTURES, "toy_gqa", toy)
+    hf = dict(scale_down(real("Llama-3.2-1B"), num_layers=2, num_heads=4, num_kv_heads=2), model_type="toy_gqa")
+    plan = plan_model(hf, ParallelLayout(tp=2))
+    m = Mapping(hf)
+    # embedding; per layer: 2 norms, qkv, proj, fc1, fc2; final norm; lm_head unless tied
+    assert m.arch is toy and len(m.rules) == 1 + 2 * 6 + 1 + (0 if hf.get("tie_word_embeddings") else 1)
+    assert not any(r.canonical.endswith("linear_qkv.bias") for r in m.rules)
+    ranks = plan_ranks(m, plan.layout, plan.padded_vocab_size)
+    qkv = [t for r in ranks for _, t in r.tensors() if t.name == "decoder.layers.0.self_attention.linear_qkv.weight"]
+    assert [t.spec.split_dim for t in qkv] == [0, 0] and qkv[0].shape[0] * 2 == m.by_canonical[qkv[0].name].shape[0]
