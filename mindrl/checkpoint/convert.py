@@ -29,7 +29,7 @@ from mindrl.checkpoint.hf_mapping import FP32_TENSORS, Mapping, ignored_hf_tenso
 from mindrl.checkpoint.layout_plan import RankPlan, layout_meta, plan_ranks
 from mindrl.checkpoint.tensor_io import (CheckpointError, LazyTensor, SafetensorsDir, SafetensorsWriter, TorchFile,
                                          TorchFileWriter, flatten)
-from mindrl.models import DTYPES, ParallelLayout, load_hf_config, plan_model
+from mindrl.models import ARCHITECTURES, DTYPES, ParallelLayout, load_hf_config, plan_model
 from mindrl.models.sharding import ShardSpec, merge_shards, slice_canonical
 
 log = logging.getLogger(__name__)
@@ -277,8 +277,8 @@ def convert(*, model_type: str, load_type: str, save_type: str, load_dir: str | 
         hf_cfg = load_hf_config(load_dir / "hf") if (load_dir / "hf").exists() else {}
         hf_files = load_dir / "hf"
     if hf_cfg.get("model_type") != model_type:
-        if model_type not in ("qwen2", "llama", "deepseek_v3"):
-            raise CheckpointError(f"unknown --model-type-hf {model_type!r}; supported: qwen2, llama, deepseek_v3")
+        if model_type not in ARCHITECTURES:
+            raise CheckpointError(f"unknown --model-type-hf {model_type!r}; supported: {', '.join(ARCHITECTURES)}")
         if hf_cfg:
             raise CheckpointError(f"--model-type-hf {model_type} but {load_dir} holds a {hf_cfg.get('model_type')!r} model")
     mapping = Mapping(hf_cfg) if load_type == "hf" else None

@@ -63,9 +63,7 @@ def validate(cfg: MindRLConfig, check_paths: bool = True) -> list[str]:
         experts = hf.get("n_routed_experts") or hf.get("num_experts") or hf.get("num_local_experts")
         errors += layout.check(num_layers=int(hf.get("num_hidden_layers", 0)), num_heads=heads, num_kv_heads=kv,
                                num_experts=int(experts) if experts else None, world_size=world)
-        if cfg.model.mtp_num_layers and hf.get("model_type") != "deepseek_v3":
-            errors.append(f"model.mtp_num_layers={cfg.model.mtp_num_layers}: MTP exists only for deepseek_v3")
-        elif cfg.model.mtp_num_layers:
+        if cfg.model.mtp_num_layers:  # no architecture builds MTP layers yet (their to_megatron refuses it)
             errors.append(f"model.mtp_num_layers={cfg.model.mtp_num_layers}: multi-token prediction is not "
                           f"supported yet; set it to 0")
     if world % max(1, layout.model_parallel_size) == 0 and layout.model_parallel_size > 0:

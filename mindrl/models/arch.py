@@ -6,7 +6,8 @@ An architecture file (qwen2.py, llama.py, deepseek_v3.py) defines, side by side:
 - `splits`: how each canonical tensor is split over tensor-parallel ranks (checked against
   megatron's own `partition_dim` attributes on live models by tests/checkpoint/test_logits.py);
 - optionally `extra_hf_tensor(hf, name)`: HF tensors with no megatron counterpart that HF
-  transformers ignores too (DeepSeek's MTP layers).
+  transformers ignores too (DeepSeek's MTP layers), and `scale_down(cfg, **sizes)`: how a tiny
+  test copy shrinks the architecture's own structures (MLA dims, experts).
 It ends with one `ARCH = Architecture(...)`, and `registry.ARCHITECTURES` gets one line.
 
 Rule kinds (the layout transforms live in `mindrl.checkpoint.hf_mapping.Mapping`):
@@ -61,6 +62,8 @@ class Architecture:
     hf_rules: Callable[[Mapping[str, Any]], list[Rule]]
     splits: tuple[Split, ...]
     extra_hf_tensor: Callable[[Mapping[str, Any], str], bool] = lambda hf, name: False
+    # `hf_config.scale_down` for the architecture's own structures: (cfg, **sizes) -> None, in place.
+    scale_down: Callable[..., None] | None = None
 
     def split_of(self, canonical: str) -> tuple[int | None, bool]:
         """(TP split dim or None for replicated, SwiGLU-gated) of a canonical tensor."""

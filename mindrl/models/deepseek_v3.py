@@ -160,5 +160,21 @@ def mtp_hf_tensor(hf: Mapping[str, Any], name: str) -> bool:
     return name.startswith("model.layers.") and int(name.split(".")[2]) >= int(hf["num_hidden_layers"])
 
 
+def scale_down(cfg: dict[str, Any], *, num_layers: int, num_heads: int, num_experts: int, experts_per_token: int,
+               moe_intermediate_size: int, first_k_dense: int) -> None:
+    """MLA dims and MoE grouping shrunk in proportion, so the structure (q/kv LoRA, rope/nope split,
+    groups, shared experts, first-k dense layers) is all still there."""
+    groups = max(1, min(int(cfg.get("n_group") or 1), num_experts // 2))
+    cfg.update(
+        num_key_value_heads=num_heads,
+        q_lora_rank=None if cfg.get("q_lora_rank") is None else 32,
+        kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
+        n_routed_experts=num_experts, num_experts_per_tok=experts_per_token,
+        moe_intermediate_size=moe_intermediate_size,
+        n_group=groups, topk_group=max(1, groups // 2),
+        first_k_dense_replace=min(first_k_dense, num_layers - 1),
+    )
+
+
 ARCH = Architecture("deepseek_v3", to_megatron, hf_rules, splits=MLA_SPLITS + COMMON_SPLITS,
-                    extra_hf_tensor=mtp_hf_tensor)
+                    extra_hf_tensor=mtp_hf_tensor, scale_down=scale_down)

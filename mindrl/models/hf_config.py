@@ -84,15 +84,12 @@ def scale_down(hf: Mapping[str, Any], *, num_layers: int = 2, hidden_size: int =
     if vocab_size is not None:
         cfg["vocab_size"] = vocab_size
     cfg.pop("quantization_config", None)  # fp8 block quantisation belongs to the real weights only
-    if cfg.get("model_type") == "deepseek_v3":
-        groups = max(1, min(int(cfg.get("n_group") or 1), num_experts // 2))
-        cfg.update(
-            num_key_value_heads=num_heads,
-            q_lora_rank=None if cfg.get("q_lora_rank") is None else 32,
-            kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
-            n_routed_experts=num_experts, num_experts_per_tok=experts_per_token,
-            moe_intermediate_size=moe_intermediate_size,
-            n_group=groups, topk_group=max(1, groups // 2),
-            first_k_dense_replace=min(first_k_dense, num_layers - 1),
-        )
+    # The architecture shrinks its own structures (DeepSeek-V3: MLA dims, experts, groups).
+    from mindrl.models.registry import ARCHITECTURES  # lazily: the architecture files import this module
+
+    arch = ARCHITECTURES.get(str(cfg.get("model_type")))
+    if arch is not None and arch.scale_down is not None:
+        arch.scale_down(cfg, num_layers=num_layers, num_heads=num_heads, num_experts=num_experts,
+                        experts_per_token=experts_per_token, moe_intermediate_size=moe_intermediate_size,
+                        first_k_dense=first_k_dense)
     return cfg
