@@ -1,10 +1,13 @@
-"""Dependencies point one way: each subsystem imports only what docs/architecture.md allows."""
+"""Dependencies point one way: each subsystem imports only what docs/architecture.md allows, and
+the table there says the same as `ALLOWED` here."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mindrl"
+DOC = PACKAGE.parent / "docs" / "architecture.md"
 
 ALLOWED = {
     "backends": set(),
@@ -14,12 +17,15 @@ ALLOWED = {
     "data": {"utils"},
     "utils": {"backends"},  # launch.free_port
     "config": {"models"},
-    "checkpoint": {"models", "backends", "utils"},
+    "checkpoint": {"models", "utils"},
     "rollout": {"backends", "models", "checkpoint", "utils"},
     # config: `PolicySpec.from_config` / `optim_config` read a MindRLConfig in one place (bringup.py).
     "workers": {"backends", "models", "algorithms", "rewards", "data", "checkpoint", "rollout", "utils", "config"},
     "eval": {"backends", "models", "checkpoint", "rollout", "rewards", "data", "workers", "utils"},
+    "trainer": {"backends", "models", "config", "algorithms", "rewards", "data", "utils", "checkpoint", "rollout",
+                "workers"},
 }
+# cli/ and the entry-point modules mindrl/evaluate.py, mindrl/plot.py may import anything.
 
 
 def mindrl_imports(path: Path) -> set[str]:
@@ -54,3 +60,18 @@ def test_every_subsystem_says_what_it_owns():
         assert init.is_file(), f"mindrl/{sub}/__init__.py missing"
         doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
         assert doc and len(doc) > 40, f"mindrl/{sub}/__init__.py needs a docstring saying what it owns"
+
+
+def test_architecture_doc_table_matches():
+    """docs/architecture.md's "may import" column is this file's ALLOWED (trainer: "everything but")."""
+    rows = {}
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"\| `(\w+)/` \|.*\| ([^|]*) \|$", line)
+        if m:
+            rows[m.group(1)] = m.group(2)
+    assert set(ALLOWED) <= set(rows), f"subsystems missing from the table: {sorted(set(ALLOWED) - set(rows))}"
+    every = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    for sub, allowed in ALLOWED.items():
+        names = set(re.findall(r"`(\w+)`", rows[sub]))
+        said = every - names - {sub} if rows[sub].startswith("everything but") else names
+        assert said == allowed, f"{sub}: the doc says {sorted(said)}, the test allows {sorted(allowed)}"

@@ -1,5 +1,9 @@
-"""Workers compose models, algorithms and rewards on a rank: the megatron training engine
-(`megatron_engine`: model + DDP + optimizer + pipeline schedule), and later the actor, reference
-and rollout workers the trainer drives. May import: torch, megatron-core, mindrl.backends,
-mindrl.models, mindrl.algorithms, mindrl.rewards, mindrl.data, mindrl.checkpoint.
+"""Workers compose models, algorithms and rewards on a rank.
+
+Owns: `bringup` (`build_policy`: the one model bring-up, plan -> process groups -> chunks, used by
+every program that builds a policy; `PolicySpec.from_config`, `optim_config`), `megatron_engine`
+(megatron DDP, optimizer and LR schedule, pipeline-schedule forward/backward) and `actor`
+(`PolicyWorker`: log-probs of given sequences and GRPO policy updates; the reference policy is a
+frozen one). May import: torch, megatron-core, mindrl.backends, mindrl.models, mindrl.algorithms,
+mindrl.rewards, mindrl.data, mindrl.checkpoint, mindrl.rollout, mindrl.utils, mindrl.config.
 """
