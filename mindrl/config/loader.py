@@ -20,7 +20,16 @@ class ConfigError(ValueError):
     """A config problem; the message has one line per problem."""
 
 
+# MindSpeed-RL keys that mindrl deliberately does not have, with where their job is done instead.
+NOT_HERE = {
+    "megatron_training.dataset_additional_keys": "label keys are chosen at preprocessing: set "
+                                                 "dataset_additional_keys in the dataset config (docs/data.md)",
+}
+
+
 def _unknown_key_message(path: str, key: str, known: list[str]) -> str:
+    if f"{path}{key}" in NOT_HERE:
+        return f"{path}{key}: not a mindrl key; {NOT_HERE[path + key]}"
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"{path}{key}: unknown key{hint}"

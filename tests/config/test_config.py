@@ -104,6 +104,12 @@ def test_any_schema_key_can_be_overridden_even_if_the_recipe_omits_it():
         load_config("grpo_tiny_cpu", ["actor_config.pipline_model_parallel_size=2"])
 
 
+def test_a_mindspeed_key_mindrl_does_not_have_says_where_its_job_is_done():
+    with pytest.raises(ConfigError, match=r"megatron_training.dataset_additional_keys: not a mindrl key; label keys "
+                                          r"are chosen at preprocessing"):
+        config_from_dict(base(megatron_training__dataset_additional_keys=["labels"]))
+
+
 def test_unknown_recipe_suggests():
     with pytest.raises(ConfigError, match="did you mean 'grpo_tiny_cpu'"):
         load_config("grpo_tiny_cpus")
