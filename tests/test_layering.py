@@ -13,7 +13,7 @@ ALLOWED = {
     "rewards": {"utils"},  # utils.io only: atomic writes (utils imports nothing heavy)
     "data": {"utils"},
     "utils": {"backends"},  # launch.free_port
-    "config": {"models"},
+    "config": {"models", "algorithms"},  # validate() checks names against the algorithm registries
     "checkpoint": {"models", "backends", "utils"},
     "rollout": {"backends", "models", "checkpoint", "utils"},
     "workers": {"backends", "models", "algorithms", "rewards", "data", "checkpoint", "rollout", "utils"},

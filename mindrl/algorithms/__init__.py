@@ -21,6 +21,7 @@ from .advantages import (
     group_ids,
     group_norm_advantages,
     masked_whiten,
+    scores_on_last_token,
     sequence_scores,
 )
 from .aggregation import (
@@ -65,7 +66,7 @@ __all__ = [
     "compute_drgrpo_outcome_advantage", "compute_grpo_outcome_advantage", "compute_grpo_passk_outcome_advantage",
     "compute_policy_loss", "compute_policy_loss_cispo", "compute_policy_loss_gspo",
     "compute_reinforce_plus_plus_baseline_outcome_advantage", "compute_reinforce_plus_plus_outcome_advantage",
-    "compute_rloo_outcome_advantage", "masked_whiten", "rollout_is_weights",
+    "compute_rloo_outcome_advantage", "masked_whiten", "rollout_is_weights", "scores_on_last_token",
     "entropy_bonus", "entropy_from_logits", "entropy_from_logprobs", "entropy_loss", "estimate_kl",
     "filter_groups", "get_advantage_estimator", "group_ids", "group_norm_advantages",
     "kl_abs", "kl_k1", "kl_k2", "kl_k3", "kl_loss", "loss_normaliser", "masked_mean", "masked_sum",

@@ -176,21 +176,26 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, epsilon: float = 1e-
     return centred * torch.rsqrt(var + epsilon)
 
 
-def _token_rewards(token_level_rewards: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """[N, T] rewards (fp32/fp64) with 0 off the mask; an [N] score is placed on each row's last response token."""
+def scores_on_last_token(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """[N] outcome scores -> [N, T] token-level rewards: each score on its row's last response token, 0
+    elsewhere (rows with no response token get nothing). fp32 (fp64 stays fp64)."""
     m = response_mask.bool()
+    r = scores.detach().to(torch.float64 if scores.dtype == torch.float64 else torch.float32)
+    positions = torch.arange(m.shape[1], device=m.device).expand_as(m)
+    last = torch.where(m, positions, torch.full_like(positions, -1)).max(dim=1).values
+    out = torch.zeros(m.shape, dtype=r.dtype, device=r.device)
+    rows = torch.nonzero(last >= 0).flatten()
+    out[rows, last[rows]] = r[rows]
+    return out
+
+
+def _token_rewards(token_level_rewards: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """[N, T] rewards (fp32/fp64) with 0 off the mask; an [N] score goes on each row's last response token."""
     if token_level_rewards.dim() == 1:
-        r = token_level_rewards.detach().to(torch.float64 if token_level_rewards.dtype == torch.float64
-                                            else torch.float32)
-        positions = torch.arange(m.shape[1], device=m.device).expand_as(m)
-        last = torch.where(m, positions, torch.full_like(positions, -1)).max(dim=1).values
-        out = torch.zeros(m.shape, dtype=r.dtype, device=r.device)
-        rows = torch.nonzero(last >= 0).flatten()
-        out[rows, last[rows]] = r[rows]
-        return out
+        return scores_on_last_token(token_level_rewards, response_mask)
     r = token_level_rewards.detach()
     r = r.to(torch.float64 if r.dtype == torch.float64 else torch.float32)
-    return torch.where(m, r, torch.zeros_like(r))
+    return torch.where(response_mask.bool(), r, torch.zeros_like(r))
 
 
 def compute_reinforce_plus_plus_outcome_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
