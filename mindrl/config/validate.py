@@ -117,8 +117,8 @@ def _rl_algorithm_errors(cfg: MindRLConfig) -> list[str]:
               + _one_of("rl_config.kl_ctrl.type", rl.kl_ctrl.type, ("fixed", "adaptive"))
               + _one_of("rl_config.rollout_is.level", rl.rollout_is.level, ("token", "sequence")))
     if rl.adv_estimator in GROUP_ESTIMATORS and rl.n_samples_per_prompt < 2:
-        errors.append(f"rl_config.n_samples_per_prompt={rl.n_samples_per_prompt}: adv_estimator={rl.adv_estimator} "
-                      f"compares samples within a group and needs at least 2")
+        errors.append(f"rl_config.n_samples_per_prompt={rl.n_samples_per_prompt}: GRPO compares samples within a "
+                      f"group and needs at least 2 (adv_estimator={rl.adv_estimator} has a group baseline)")
     if rl.clip_ratio_c is not None and rl.policy_loss != "vanilla":
         errors.append(f"rl_config.clip_ratio_c: dual-clip exists only for policy_loss=vanilla, not {rl.policy_loss}")
     elif rl.clip_ratio_c is not None and rl.clip_ratio_c <= 1.0:
