@@ -195,11 +195,12 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
     groups, generated, rounds = collect_groups(make_round, keep, target, fg.max_num_gen_batches if fg.enable else 1,
                                                min_over_dp)
     num_mini = mt.global_batch_size // (rl.mini_batch_size or mt.global_batch_size)
-    groups = groups[:trainable_groups(len(groups), n, num_mini, cfg.actor_config.micro_batch_size)]
+    found = len(groups)
+    groups = groups[:trainable_groups(found, n, num_mini, cfg.actor_config.micro_batch_size)]
     if fg.enable and len(groups) < target:
-        log.warning(f"step {step}: dynamic sampling found {len(groups)}/{target} informative prompt groups per "
-                    f"data-parallel rank in {rounds} rounds (filter_groups.max_num_gen_batches="
-                    f"{fg.max_num_gen_batches}); training on the partial batch")
+        log.warning(f"step {step}: dynamic sampling found {found}/{target} informative prompt groups per data-parallel "
+                    f"rank in {rounds} rounds (filter_groups.max_num_gen_batches={fg.max_num_gen_batches}); training "
+                    f"on a partial batch of {len(groups)} groups per rank (whole mini- and micro-batches)")
     outputs = [o for g in groups for o in g.outputs]
 
     batch, update_metrics = None, []
