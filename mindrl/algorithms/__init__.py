@@ -2,7 +2,8 @@
 
 Owns: the advantage estimators (GRPO, Dr.GRPO, RLOO, REINFORCE++, pass@k), KL estimators, penalties and
 controllers, the policy losses (PPO / DAPO clip-higher / dual-clip, GSPO, CISPO) with rollout importance
-sampling, loss aggregation modes, entropy, DAPO dynamic sampling and overlong filtering. Formulas, config keys and how to add an estimator: docs/algorithms.md.
+sampling, loss aggregation modes, entropy, DAPO dynamic sampling and overlong filtering. Formulas, config
+keys and how to add an estimator: docs/algorithms.md.
 
 Rules for this package: functions take tensors and return tensors (no model, no I/O, no distributed calls),
 and it imports only torch and the standard library, nothing else from mindrl, so it can be tested and

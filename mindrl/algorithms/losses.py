@@ -49,7 +49,8 @@ def compute_policy_loss(old_log_prob: torch.Tensor, log_prob: torch.Tensor, adva
                         loss_agg_mode: str = "token-mean", global_normaliser: Normaliser = None,
                         max_response_length: int | None = None, is_weights: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped-surrogate policy loss (`policy_loss: vanilla`) (formulas in the module docstring); returns (loss, metrics).
+    """Clipped-surrogate policy loss, `policy_loss: vanilla` (formulas in the module docstring); returns
+    (loss, metrics).
 
     old_log_prob, log_prob, response_mask: [batch, seq]; advantages: [batch, seq] or [batch] (broadcast).
     Gradient flows only through log_prob. Tokens whose clipped branch (or dual-clip cap) is active get zero

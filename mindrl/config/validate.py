@@ -129,7 +129,8 @@ def _rl_algorithm_errors(cfg: MindRLConfig) -> list[str]:
     if rl.use_kl_loss and rl.use_kl_in_reward:
         errors.append("rl_config.use_kl_loss and use_kl_in_reward are both true: pick one place for the KL penalty")
     if rl.use_kl_in_reward and rl.kl_coef <= 0:
-        errors.append(f"rl_config.use_kl_in_reward needs kl_coef > 0 (the controller's starting beta), got {rl.kl_coef}")
+        errors.append(f"rl_config.use_kl_in_reward needs kl_coef > 0 (the controller's starting beta), "
+                      f"got {rl.kl_coef}")
     if rl.kl_ctrl.type == "adaptive" and not rl.use_kl_in_reward:
         errors.append("rl_config.kl_ctrl.type=adaptive steers the in-reward KL penalty; set use_kl_in_reward: true "
                       "or use kl_ctrl.type=fixed")

@@ -169,7 +169,7 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
     cfg, rl, mt = run.cfg, run.cfg.rl_config, run.cfg.megatron_training
     n = rl.n_samples_per_prompt
     timer = StageTimer()
-    dp_rank, dp_size = _dp()
+    _, dp_size = _dp()
     target = mt.global_batch_size // dp_size
     fg = rl.filter_groups
     counters = {"timeouts": 0.0, "errors": 0.0}
@@ -234,7 +234,7 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
 
     # 7. Metrics (all-reduced over DP ranks): rewards over every generated sample, KL over the trained ones.
     metrics = _step_metrics(run, batch, generated, counters, update_metrics)
-    metrics.update(_filter_metrics(generated, groups, rounds, target, dp_size, fg.enable, keep))
+    metrics.update(_filter_metrics(generated, groups, rounds, target, fg.enable, keep))
     if run.kl_ctrl is not None:
         metrics["kl_ctrl/beta"] = run.kl_ctrl.value  # after this step's update: the next step's beta
     metrics.update(timer.seconds)
@@ -306,7 +306,7 @@ def score_on_one_rank(run: Run, completions: list[str], labels: list[dict], leng
     return box[0]
 
 
-def _filter_metrics(generated: list[Group], trained: list[Group], rounds: int, target: int, dp_size: int,
+def _filter_metrics(generated: list[Group], trained: list[Group], rounds: int, target: int,
                     enabled: bool, keep: Callable[[list[Group]], list[bool]]) -> dict[str, float]:
     """Dynamic sampling, summed over DP ranks: rounds, informative (kept) and flat (dropped) groups generated,
     groups trained on, and whether the step trained on a partial batch (the cap was reached)."""

@@ -81,9 +81,9 @@ def dapo_algorithm_overrides(max_tokens: int, verifiers: list[str]) -> list[str]
     """The DAPO recipe's algorithm keys, read from configs/grpo_qwen25_7b_dapo.yaml, as overrides."""
     rl = yaml.safe_load((REPO / "configs" / "grpo_qwen25_7b_dapo.yaml").read_text())["rl_config"]
     value = lambda v: str(v).lower() if isinstance(v, bool) else v  # noqa: E731
-    out = [f"rl_config.{k}={value(rl[k])}" for k in ("adv_estimator", "policy_loss", "clip_ratio_low", "clip_ratio_high",
-                                             "loss_agg_mode", "use_kl_loss", "use_kl_in_reward", "kl_coef",
-                                             "entropy_coeff")]
+    keys = ("adv_estimator", "policy_loss", "clip_ratio_low", "clip_ratio_high", "loss_agg_mode", "use_kl_loss",
+            "use_kl_in_reward", "kl_coef", "entropy_coeff")
+    out = [f"rl_config.{k}={value(rl[k])}" for k in keys]
     fg = rl["filter_groups"]
     # The tiny task's accuracy barely moves in a short run (the format is learnt first, docs/grpo.md), so
     # groups that vary in accuracy are rare; filtering on the whole reward is the same mechanism.
@@ -117,7 +117,8 @@ def test_dapo_settings_learn_on_the_tiny_demo(tmp_path):
     steps = 40
     out = tmp_path / "run"
     proc = run_cli([sys.executable, "-m", "mindrl.cli.train_grpo", "--config-name", "grpo_tiny_cpu",
-                    f"megatron_training.output_dir={out}", f"megatron_training.tokenizer_name_or_path={demo / 'tokenizer'}",
+                    f"megatron_training.output_dir={out}",
+                    f"megatron_training.tokenizer_name_or_path={demo / 'tokenizer'}",
                     f"megatron_training.data_path={demo / 'data' / 'tiny'}", f"actor_config.load={demo / 'mg'}",
                     f"megatron_training.train_iters={steps}", "megatron_training.save_interval=0",
                     *dapo_algorithm_overrides(tiny.generate_config.sampling_config.max_tokens,

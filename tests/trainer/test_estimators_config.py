@@ -25,11 +25,13 @@ def test_every_registered_policy_loss_is_accepted(loss):
 
 
 @pytest.mark.parametrize("changes, line", [
-    ({"adv_estimator": "gae"}, "rl_config.adv_estimator: unknown value 'gae'; expected one of dr_grpo, group_norm, grpo, grpo_passk"),
+    ({"adv_estimator": "gae"},
+     "rl_config.adv_estimator: unknown value 'gae'; expected one of dr_grpo, group_norm, grpo, grpo_passk"),
     ({"policy_loss": "ppo2"}, "rl_config.policy_loss: unknown value 'ppo2'; expected one of cispo, gspo, vanilla"),
     ({"loss_agg_mode": "mean"}, "rl_config.loss_agg_mode: unknown value 'mean'"),
     ({"kl_penalty": "k4"}, "rl_config.kl_penalty: unknown value 'k4'"),
-    ({"adv_estimator": "rloo", "n_samples_per_prompt": 1}, "n_samples_per_prompt=1: GRPO compares samples within a group and needs at least 2 (adv_estimator=rloo"),
+    ({"adv_estimator": "rloo", "n_samples_per_prompt": 1},
+     "n_samples_per_prompt=1: GRPO compares samples within a group and needs at least 2 (adv_estimator=rloo"),
     ({"policy_loss": "gspo"}, "policy_loss=gspo optimises a per-sequence ratio and needs loss_agg_mode="),
     ({"policy_loss": "cispo", "clip_ratio_c": 3.0}, "clip_ratio_c: dual-clip exists only for policy_loss=vanilla"),
     ({"clip_ratio_c": 0.5}, "rl_config.clip_ratio_c=0.5 must be > 1"),
