@@ -101,6 +101,7 @@ def dapo_algorithm_overrides(max_tokens: int, verifiers: list[str]) -> list[str]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_dapo_settings_learn_on_the_tiny_demo(tmp_path):
     """The demo recipe with DAPO's algorithm settings: reward/mean rises, as the demo's does."""
     from mindrl.config import load_config
