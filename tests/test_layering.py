@@ -16,7 +16,7 @@ ALLOWED = {
     "rewards": {"utils"},  # utils.io only: atomic writes (utils imports nothing heavy)
     "data": {"utils"},
     "utils": {"backends"},  # launch.free_port
-    "config": {"models"},
+    "config": {"models", "algorithms"},  # validate() checks names against the algorithm registries
     "checkpoint": {"models", "utils"},
     "rollout": {"backends", "models", "checkpoint", "utils"},
     # config: `PolicySpec.from_config` / `optim_config` read a MindRLConfig in one place (bringup.py).

@@ -1,14 +1,25 @@
-"""Group-relative outcome advantages (GRPO, Dr.GRPO).
+"""Outcome advantage estimators: one scalar reward per response -> a per-token advantage.
 
-GRPO (DeepSeekMath, arXiv:2402.03300; DeepSeek-R1) samples n responses per prompt, scores each with one
-scalar outcome reward r_i, and uses the group as the baseline:
+Every estimator has the signature fn(token_level_rewards [N, T], response_mask [N, T], group_index=None,
+n_samples_per_prompt=None, **kw) -> (advantages [N, T], returns [N, T]) and is one line in
+ADVANTAGE_ESTIMATORS (`rl_config.adv_estimator`). With r_i the response's score (its token-level rewards
+summed over the mask) and a group g = the n responses to one prompt:
 
-    A_i = (r_i - mean_g(r)) / (std_g(r) + eps)        adv_estimator: group_norm (MindSpeed-RL) / grpo (verl)
-    A_i =  r_i - mean_g(r)                            Dr.GRPO (arXiv:2503.20783): norm_adv_by_std_in_grpo=False
+    grpo / group_norm             A_i = (r_i - mean_g r) / (std_g r + eps)     DeepSeekMath, arXiv:2402.03300
+    dr_grpo                       A_i =  r_i - mean_g r                         Dr.GRPO, arXiv:2503.20783
+    rloo                          A_i =  r_i - mean_{j in g, j != i} r_j        Ahmadian et al., arXiv:2402.14740
+    reinforce_plus_plus           A_it = whiten_batch(sum_{t' >= t} r_it')      REINFORCE++, arXiv:2501.03262
+    reinforce_plus_plus_baseline  A_it = whiten_batch(r_i - mean_g r)          REINFORCE++-baseline, same paper
+    grpo_passk                    A_i = (r_max - r_2nd) / (std_g r + eps) for the group's best response, else 0
+                                                                                Pass@k PO, arXiv:2503.19595
 
-The same A_i is given to every response token (outcome supervision).
+The group estimators give A = 0 to the whole group when it has one sample or all its rewards are equal.
+whiten_batch is (x - mean) / sqrt(var + 1e-8) over every unmasked token of the batch, var unbiased (verl's
+`masked_whiten`); the batch is this data-parallel rank's batch. The REINFORCE++ return of token t is the sum
+of the rewards at t and after it (gamma = 1), so with an outcome reward on the last token it is r_i at every
+token, minus the KL penalty still to come when `use_kl_in_reward` put one in the token-level rewards.
 
-Conventions (verl `compute_grpo_outcome_advantage`): eps = 1e-6; std is the unbiased sample std
+GRPO conventions (verl `compute_grpo_outcome_advantage`): eps = 1e-6; std is the unbiased sample std
 (`torch.std`, divide by n-1) by default, `std_unbiased=False` gives the biased/population std (divide by n),
 as TRL and some GRPO write-ups use. One deliberate difference from verl: a group with n=1, or whose rewards
 are all equal, gets A = 0 exactly (verl gives a singleton its raw reward, mean 0 / std 1). With one sample
@@ -21,7 +32,7 @@ from typing import Callable, Hashable, Sequence
 
 import torch
 
-from .aggregation import lookup
+from .aggregation import lookup, masked_mean
 
 GroupIndex = torch.Tensor | Sequence[Hashable]
 
@@ -122,6 +133,124 @@ def compute_drgrpo_outcome_advantage(token_level_rewards: torch.Tensor, response
                                           n_samples_per_prompt, **kwargs)
 
 
+def _group_stats(r: torch.Tensor, group_index: GroupIndex | None, n_samples_per_prompt: int | None
+                 ) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(group id per sample, G, count per group, sum per group, constant-group flag per group)."""
+    gid, num_groups = group_ids(r.numel(), group_index, n_samples_per_prompt, device=r.device)
+    zeros = torch.zeros(num_groups, dtype=r.dtype, device=r.device)
+    counts = zeros.index_add(0, gid, torch.ones_like(r))
+    sums = zeros.index_add(0, gid, r)
+    gmax = torch.full_like(zeros, -torch.inf).scatter_reduce(0, gid, r, reduce="amax")
+    gmin = torch.full_like(zeros, torch.inf).scatter_reduce(0, gid, r, reduce="amin")
+    return gid, num_groups, counts, sums, gmax == gmin
+
+
+def _scores(token_level_rewards: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    s = sequence_scores(token_level_rewards, response_mask).detach()
+    return s.to(torch.float64 if s.dtype == torch.float64 else torch.float32)
+
+
+def compute_rloo_outcome_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
+                                   group_index: GroupIndex | None = None, n_samples_per_prompt: int | None = None,
+                                   **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """RLOO (Kool et al. 2019; Ahmadian et al., arXiv:2402.14740): the baseline of sample i is the mean of
+    the *other* samples of its group, A_i = r_i - (sum_g r - r_i) / (n_g - 1) = n_g / (n_g - 1) (r_i - mean_g r).
+    Singletons and constant groups get 0."""
+    with torch.no_grad():
+        r = _scores(token_level_rewards, response_mask)
+        gid, _, counts, sums, constant = _group_stats(r, group_index, n_samples_per_prompt)
+        others = (sums[gid] - r) / (counts[gid] - 1.0).clamp(min=1.0)
+        adv = torch.where(constant[gid], torch.zeros_like(r), r - others)
+        adv = broadcast_to_tokens(adv, response_mask)
+    return adv, adv
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, epsilon: float = 1e-8) -> torch.Tensor:
+    """(values - mean) / sqrt(var + eps) over the unmasked entries (unbiased var, as verl's `masked_whiten`);
+    masked entries come back 0."""
+    m = mask.bool()
+    mean = masked_mean(values, m)
+    centred = torch.where(m, values - mean, torch.zeros_like(values))
+    count = m.sum().to(values.dtype)
+    var = (centred * centred).sum() / (count - 1.0).clamp(min=1.0)
+    return centred * torch.rsqrt(var + epsilon)
+
+
+def scores_on_last_token(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """[N] outcome scores -> [N, T] token-level rewards: each score on its row's last response token, 0
+    elsewhere (rows with no response token get nothing). fp32 (fp64 stays fp64)."""
+    m = response_mask.bool()
+    r = scores.detach().to(torch.float64 if scores.dtype == torch.float64 else torch.float32)
+    positions = torch.arange(m.shape[1], device=m.device).expand_as(m)
+    last = torch.where(m, positions, torch.full_like(positions, -1)).max(dim=1).values
+    out = torch.zeros(m.shape, dtype=r.dtype, device=r.device)
+    rows = torch.nonzero(last >= 0).flatten()
+    out[rows, last[rows]] = r[rows]
+    return out
+
+
+def _token_rewards(token_level_rewards: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """[N, T] rewards (fp32/fp64) with 0 off the mask; an [N] score goes on each row's last response token."""
+    if token_level_rewards.dim() == 1:
+        return scores_on_last_token(token_level_rewards, response_mask)
+    r = token_level_rewards.detach()
+    r = r.to(torch.float64 if r.dtype == torch.float64 else torch.float32)
+    return torch.where(response_mask.bool(), r, torch.zeros_like(r))
+
+
+def compute_reinforce_plus_plus_outcome_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
+                                                  group_index: GroupIndex | None = None,
+                                                  n_samples_per_prompt: int | None = None,
+                                                  **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++ (Hu, arXiv:2501.03262): returns G_t = sum_{t' >= t} r_t' (gamma = 1), then whitened over
+    every token of the batch. No groups: the baseline is the batch mean. Returns (advantages, returns)."""
+    with torch.no_grad():
+        r = _token_rewards(token_level_rewards, response_mask)
+        returns = r.flip(-1).cumsum(-1).flip(-1)
+        m = response_mask.bool()
+        returns = torch.where(m, returns, torch.zeros_like(returns))
+        return masked_whiten(returns, m), returns
+
+
+def compute_reinforce_plus_plus_baseline_outcome_advantage(token_level_rewards: torch.Tensor,
+                                                           response_mask: torch.Tensor,
+                                                           group_index: GroupIndex | None = None,
+                                                           n_samples_per_prompt: int | None = None,
+                                                           **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++-baseline (arXiv:2501.03262): subtract the group mean (no std), broadcast to tokens, then
+    whiten over every token of the batch. Constant groups and singletons are 0 before whitening."""
+    with torch.no_grad():
+        centred = group_norm_advantages(_scores(token_level_rewards, response_mask), group_index,
+                                        n_samples_per_prompt, norm_adv_by_std_in_grpo=False)
+        m = response_mask.bool()
+        tokens = broadcast_to_tokens(centred, response_mask)
+        adv = masked_whiten(tokens, m)
+    return adv, adv
+
+
+def compute_grpo_passk_outcome_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
+                                         group_index: GroupIndex | None = None,
+                                         n_samples_per_prompt: int | None = None, *, std_unbiased: bool = True,
+                                         epsilon: float = 1e-6, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass@k policy optimisation (Walder & Karkhanis, arXiv:2503.19595; verl `grpo_passk`): only the best
+    response of each group learns, with A = (r_max - r_second_max) / (std_g r + eps); every other response
+    gets 0. Ties for the best go to the first sample (then r_max == r_2nd and A = 0 anyway)."""
+    with torch.no_grad():
+        r = _scores(token_level_rewards, response_mask)
+        gid, num_groups = group_ids(r.numel(), group_index, n_samples_per_prompt, device=r.device)
+        adv = torch.zeros_like(r)
+        for g in range(num_groups):
+            rows = torch.nonzero(gid == g).flatten()
+            if rows.numel() < 2:
+                continue
+            values = r[rows]
+            best = int(torch.argmax(values))  # first maximal value
+            second = torch.cat([values[:best], values[best + 1:]]).max()
+            adv[rows[best]] = (values[best] - second) / (values.std(unbiased=std_unbiased) + epsilon)
+        adv = broadcast_to_tokens(adv, response_mask)
+    return adv, adv
+
+
 AdvantageFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 # adv_estimator -> fn(token_level_rewards, response_mask, group_index=None, n_samples_per_prompt=None, **kw)
@@ -130,6 +259,10 @@ ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {
     "group_norm": compute_grpo_outcome_advantage,  # MindSpeed-RL name
     "grpo": compute_grpo_outcome_advantage,  # verl name
     "dr_grpo": compute_drgrpo_outcome_advantage,
+    "rloo": compute_rloo_outcome_advantage,
+    "reinforce_plus_plus": compute_reinforce_plus_plus_outcome_advantage,
+    "reinforce_plus_plus_baseline": compute_reinforce_plus_plus_baseline_outcome_advantage,
+    "grpo_passk": compute_grpo_passk_outcome_advantage,
 }
 
 

@@ -8,15 +8,16 @@ DAPO over-samples and keeps generating until it has enough groups with a non-zer
 "Zero spread" is tested as max == min, not std > 0: the fp std of [0.1, 0.1, 0.1] (fp64) comes out as ~1e-17,
 and such a group must still be dropped.
 
-This module is bookkeeping only: it never generates. The trainer loop is
+This module is bookkeeping only: it never generates. The trainer loop (mindrl/trainer/grpo.py) is
 
-    buf = DynamicSamplingBuffer(target_num_groups=train_batch_size, max_num_gen_batches=10)
-    while not buf.is_full:
-        buf.check_can_generate()           # raises after max_num_gen_batches rounds
-        groups, rewards, ids = generate_and_score()
-        keep = filter_groups(rewards, ids)
-        buf.add(groups, keep)
-    batch = buf.take()
+    buf = DynamicSamplingBuffer(target_num_groups=groups_per_rank, max_num_gen_batches=10)
+    while buf.can_generate:
+        groups, metric = generate_and_score(round=buf.num_rounds)
+        buf.add(groups, filter_groups(metric, n_samples_per_prompt=n))
+    batch = buf.take()                     # short if the cap was reached: train on what there is
+
+Reaching the cap short of the target is not an error: verl aborts the run there, which users complain about;
+here the step trains on the partial batch and the trainer warns and reports it.
 """
 from __future__ import annotations
 
@@ -71,9 +72,8 @@ class DynamicSamplingBuffer(Generic[T]):
     """Accumulates kept groups over generation rounds until `target_num_groups` are collected.
 
     A "group" is whatever the caller uses for one prompt's n responses (a dict, an index list, ...); this class
-    never looks inside. `max_num_gen_batches` caps the rounds (0 = no cap, as verl); reaching the cap without
-    enough groups is an error, because training on a silently smaller batch changes the effective learning
-    rate. `take(allow_partial=True)` opts into that explicitly. Surplus kept groups beyond the target are
+    never looks inside. `max_num_gen_batches` caps the rounds (0 = no cap, as verl); at the cap `take` returns
+    what there is (fewer than the target; the caller reports it). Surplus kept groups beyond the target are
     dropped by `take`, as in DAPO/verl (they are not carried over to the next step, whose policy is newer).
     """
 
@@ -97,14 +97,6 @@ class DynamicSamplingBuffer(Generic[T]):
         """True while more rounds are both needed and allowed."""
         return not self.is_full and (self.max_num_gen_batches == 0 or self.num_rounds < self.max_num_gen_batches)
 
-    def check_can_generate(self) -> None:
-        """Raise if another round is needed but the cap is reached (verl raises here too)."""
-        if not self.is_full and not self.can_generate:
-            raise RuntimeError(
-                f"dynamic sampling: only {len(self.groups)}/{self.target_num_groups} groups with reward variance "
-                f"after {self.num_rounds} rounds (max_num_gen_batches={self.max_num_gen_batches}); the task is "
-                f"too easy or too hard for the policy; raise max_num_gen_batches or check the reward")
-
     def add(self, groups: Sequence[T], keep: torch.Tensor | Sequence[bool]) -> int:
         """Record one generation round: keep groups[g] where keep[g]. Returns how many were kept."""
         keep_list = [bool(k) for k in (keep.tolist() if isinstance(keep, torch.Tensor) else keep)]
@@ -116,12 +108,9 @@ class DynamicSamplingBuffer(Generic[T]):
         self.num_seen += len(groups)
         return len(kept)
 
-    def take(self, allow_partial: bool = False) -> list[T]:
-        """The first `target_num_groups` kept groups; resets the buffer. Raises if not full, unless allow_partial."""
-        if not self.is_full and not allow_partial:
-            raise RuntimeError(f"buffer holds {len(self.groups)}/{self.target_num_groups} groups; keep generating "
-                               f"or pass allow_partial=True")
-        out = self.groups[: self.target_num_groups]
+    def take(self, limit: int | None = None) -> list[T]:
+        """The first min(target_num_groups, limit) kept groups (fewer if the cap was reached); resets the buffer."""
+        out = self.groups[: min(self.target_num_groups, self.target_num_groups if limit is None else limit)]
         self.groups, self.num_rounds, self.num_seen = [], 0, 0
         return out
 

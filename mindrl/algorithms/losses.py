@@ -1,4 +1,5 @@
-"""The clipped-surrogate policy loss (PPO / GRPO / DAPO), and the full actor loss.
+"""Policy losses (`policy_loss`: vanilla PPO/GRPO/DAPO clip, gspo, cispo), rollout importance sampling,
+and the full actor loss.
 
 Per token, with ratio rho = pi_theta / pi_old = exp(logp - old_logp) and advantage A (PPO, arXiv:1707.06347):
 
@@ -23,9 +24,11 @@ Metrics (verl names, detached 0-dim tensors, masked token-means over *this* micr
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-from .aggregation import Normaliser, agg_loss, masked_mean, to_acc
+from .aggregation import Normaliser, agg_loss, lookup, masked_mean, to_acc
 from .entropy import entropy_bonus
 from .kl import kl_loss
 
@@ -44,30 +47,21 @@ def compute_policy_loss(old_log_prob: torch.Tensor, log_prob: torch.Tensor, adva
                         response_mask: torch.Tensor, clip_ratio: float = 0.2, clip_ratio_low: float | None = None,
                         clip_ratio_high: float | None = None, clip_ratio_c: float | None = None,
                         loss_agg_mode: str = "token-mean", global_normaliser: Normaliser = None,
-                        max_response_length: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped-surrogate policy loss (formulas in the module docstring); returns (loss, metrics).
+                        max_response_length: int | None = None, is_weights: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped-surrogate policy loss, `policy_loss: vanilla` (formulas in the module docstring); returns
+    (loss, metrics).
 
     old_log_prob, log_prob, response_mask: [batch, seq]; advantages: [batch, seq] or [batch] (broadcast).
     Gradient flows only through log_prob. Tokens whose clipped branch (or dual-clip cap) is active get zero
-    gradient, which is the point of clipping.
+    gradient, which is the point of clipping. `is_weights` (detached, [batch, seq]) multiplies the per-token
+    loss before aggregation (rollout importance sampling, see rollout_is_weights).
     """
-    if old_log_prob.shape != log_prob.shape or response_mask.shape != log_prob.shape:
-        raise ValueError(f"shapes differ: old_log_prob {tuple(old_log_prob.shape)}, log_prob "
-                         f"{tuple(log_prob.shape)}, response_mask {tuple(response_mask.shape)}")
     low = clip_ratio if clip_ratio_low is None else clip_ratio_low
     high = clip_ratio if clip_ratio_high is None else clip_ratio_high
-    if low < 0 or high < 0:
-        raise ValueError(f"clip ratios must be >= 0, got low={low}, high={high}")
     if clip_ratio_c is not None and clip_ratio_c <= 1.0:
         raise ValueError(f"clip_ratio_c must be > 1 (dual-clip lower bound), got {clip_ratio_c}")
-
-    logp = to_acc(log_prob)
-    old = to_acc(old_log_prob).detach().to(logp.dtype)
-    adv = to_acc(advantages).detach().to(logp.dtype)
-    if adv.dim() == 1:
-        adv = adv.unsqueeze(-1)
-    adv = adv.expand_as(logp)
-    mask = response_mask.bool()
+    logp, old, adv, mask = _prepare(old_log_prob, log_prob, advantages, response_mask, low, high)
 
     log_ratio = (logp - old).clamp(min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
@@ -85,41 +79,180 @@ def compute_policy_loss(old_log_prob: torch.Tensor, log_prob: torch.Tensor, adva
         dual_clipped = torch.zeros_like(mask)
         pg_losses = clipped_losses
 
-    loss = agg_loss(pg_losses, mask, loss_agg_mode, global_normaliser, max_response_length)
+    loss = agg_loss(_weighted(pg_losses, is_weights), mask, loss_agg_mode, global_normaliser, max_response_length)
+    return loss, _metrics(ratio.detach(), log_ratio.detach(), clipped, dual_clipped, mask)
 
+
+def _prepare(old_log_prob: torch.Tensor, log_prob: torch.Tensor, advantages: torch.Tensor,
+             response_mask: torch.Tensor, clip_ratio_low: float, clip_ratio_high: float
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shape checks; (logp fp32, old detached, advantages [batch, seq] detached, bool mask)."""
+    if old_log_prob.shape != log_prob.shape or response_mask.shape != log_prob.shape:
+        raise ValueError(f"shapes differ: old_log_prob {tuple(old_log_prob.shape)}, log_prob "
+                         f"{tuple(log_prob.shape)}, response_mask {tuple(response_mask.shape)}")
+    if clip_ratio_low < 0 or clip_ratio_high < 0:
+        raise ValueError(f"clip ratios must be >= 0, got low={clip_ratio_low}, high={clip_ratio_high}")
+    logp = to_acc(log_prob)
+    old = to_acc(old_log_prob).detach().to(logp.dtype)
+    adv = to_acc(advantages).detach().to(logp.dtype)
+    if adv.dim() == 1:
+        adv = adv.unsqueeze(-1)
+    return logp, old, adv.expand_as(logp), response_mask.bool()
+
+
+def _weighted(pg_losses: torch.Tensor, is_weights: torch.Tensor | None) -> torch.Tensor:
+    return pg_losses if is_weights is None else pg_losses * is_weights.detach().to(pg_losses.dtype)
+
+
+def compute_policy_loss_gspo(old_log_prob: torch.Tensor, log_prob: torch.Tensor, advantages: torch.Tensor,
+                             response_mask: torch.Tensor, clip_ratio: float = 0.2,
+                             clip_ratio_low: float | None = None, clip_ratio_high: float | None = None,
+                             clip_ratio_c: float | None = None, loss_agg_mode: str = "seq-mean-token-mean",
+                             global_normaliser: Normaliser = None, max_response_length: int | None = None,
+                             is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GSPO (Zheng et al., arXiv:2507.18071), in its GSPO-token form: the importance ratio is per *sequence*,
+
+        s_i   = exp( (1/|y_i|) sum_t (logp_it - old_it) )            (geometric mean of the token ratios)
+        s_it  = sg[s_i] * pi(y_it) / sg[pi(y_it)]                    (value s_i, gradient s_i * grad logp_it)
+        l_it  = max(-A_it s_it, -A_it clip(s_it, 1 - low, 1 + high))
+
+    With a per-sequence advantage and seq-mean-token-mean this is exactly the paper's sequence objective; the
+    whole sequence is clipped or not. The paper's clip ranges are tiny (3e-4 / 4e-4) since s_i is a per-token
+    geometric mean. Dual-clip does not apply (clip_ratio_c must be None). Metrics as compute_policy_loss.
+    """
+    if clip_ratio_c is not None:
+        raise ValueError("gspo has no dual-clip; leave clip_ratio_c unset")
+    low = clip_ratio if clip_ratio_low is None else clip_ratio_low
+    high = clip_ratio if clip_ratio_high is None else clip_ratio_high
+    logp, old, adv, mask = _prepare(old_log_prob, log_prob, advantages, response_mask, low, high)
+    token_log_ratio = torch.where(mask, logp - old, torch.zeros_like(logp))
+    seq_log_ratio = token_log_ratio.sum(-1) / mask.sum(-1).clamp(min=1).to(logp.dtype)
+    log_ratio = (logp - logp.detach() + seq_log_ratio.detach().unsqueeze(-1)).clamp(max=LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    pg_losses1 = -adv * ratio
+    pg_losses2 = -adv * ratio.clamp(1.0 - low, 1.0 + high)
+    pg_losses = torch.maximum(pg_losses1, pg_losses2)
+    loss = agg_loss(_weighted(pg_losses, is_weights), mask, loss_agg_mode, global_normaliser, max_response_length)
+    return loss, _metrics(ratio.detach(), log_ratio.detach(), pg_losses2 > pg_losses1, torch.zeros_like(mask), mask)
+
+
+def compute_policy_loss_cispo(old_log_prob: torch.Tensor, log_prob: torch.Tensor, advantages: torch.Tensor,
+                              response_mask: torch.Tensor, clip_ratio: float = 0.2,
+                              clip_ratio_low: float | None = None, clip_ratio_high: float | None = None,
+                              clip_ratio_c: float | None = None, loss_agg_mode: str = "token-mean",
+                              global_normaliser: Normaliser = None, max_response_length: int | None = None,
+                              is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CISPO (MiniMax-M1, arXiv:2506.13585): clip the importance-sampling *weight*, not the update,
+
+        l_t = -sg[clip(rho_t, 1 - low, 1 + high)] * A_t * logp_t
+
+    so every token keeps a gradient (-w A grad logp), bounded by the clipped weight. The paper sets no lower
+    bound (clip_ratio_low >= 1) and tunes only the upper one. `pg_clipfrac` counts tokens whose weight was
+    clipped. Dual-clip does not apply (clip_ratio_c must be None).
+    """
+    if clip_ratio_c is not None:
+        raise ValueError("cispo has no dual-clip; leave clip_ratio_c unset")
+    low = clip_ratio if clip_ratio_low is None else clip_ratio_low
+    high = clip_ratio if clip_ratio_high is None else clip_ratio_high
+    logp, old, adv, mask = _prepare(old_log_prob, log_prob, advantages, response_mask, low, high)
+    log_ratio = (logp.detach() - old).clamp(min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    weight = ratio.clamp(max(1.0 - low, 0.0), 1.0 + high)
+    # where(): padded positions may hold -inf log-probs, and 0 * -inf would be NaN.
+    safe_logp = torch.where(mask, logp, torch.zeros_like(logp))
+    pg_losses = -adv * weight * safe_logp
+    loss = agg_loss(_weighted(pg_losses, is_weights), mask, loss_agg_mode, global_normaliser, max_response_length)
+    return loss, _metrics(ratio, log_ratio, weight != ratio, torch.zeros_like(mask), mask)
+
+
+def _metrics(ratio: torch.Tensor, log_ratio: torch.Tensor, clipped: torch.Tensor, dual_clipped: torch.Tensor,
+             mask: torch.Tensor) -> dict[str, torch.Tensor]:
     with torch.no_grad():
-        neg_log_ratio = -log_ratio
         metrics = {
-            "pg_clipfrac": masked_mean(clipped.to(logp.dtype), mask),
-            "pg_clipfrac_lower": masked_mean(dual_clipped.to(logp.dtype), mask),
-            "ppo_kl": masked_mean(neg_log_ratio, mask),
+            "pg_clipfrac": masked_mean(clipped.to(ratio.dtype), mask),
+            "pg_clipfrac_lower": masked_mean(dual_clipped.to(ratio.dtype), mask),
+            "ppo_kl": masked_mean(-log_ratio, mask),
             "ppo_kl_k3": masked_mean(ratio - 1.0 - log_ratio, mask),
             "ratio_mean": masked_mean(ratio, mask),
             "ratio_max": _masked_extreme(ratio, mask, largest=True),
             "ratio_min": _masked_extreme(ratio, mask, largest=False),
         }
-    return loss, {k: v.detach() for k, v in metrics.items()}
+    return {k: v.detach() for k, v in metrics.items()}
+
+
+PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+# policy_loss -> fn(old_log_prob, log_prob, advantages, response_mask, clip_ratio, clip_ratio_low, clip_ratio_high,
+# clip_ratio_c, loss_agg_mode, global_normaliser, max_response_length, is_weights). Add one line.
+POLICY_LOSSES: dict[str, PolicyLossFn] = {
+    "vanilla": compute_policy_loss,
+    "gspo": compute_policy_loss_gspo,
+    "cispo": compute_policy_loss_cispo,
+}
+
+
+def rollout_is_weights(old_log_prob: torch.Tensor, rollout_log_prob: torch.Tensor, response_mask: torch.Tensor,
+                       level: str = "token", threshold: float = 2.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Truncated importance sampling between the rollout engine and the trainer (TIS; Yao et al. 2025,
+    "Your efficient RL framework secretly brings you off-policy RL training").
+
+    The rollout engine (vLLM in bf16, another kernel) samples from pi_rollout, slightly off the trainer's
+    pi_old. The policy loss is reweighted by w = min(pi_old / pi_rollout, threshold), detached:
+
+        token     w_t = min(exp(old_t - rollout_t), C)
+        sequence  w_i = min(exp(sum_t (old_t - rollout_t)), C)      the same w for every token of sequence i
+
+    Returns (w [batch, seq] fp32, 0 off the mask; metrics rollout_is_mean, rollout_is_clipfrac).
+    """
+    if threshold <= 0:
+        raise ValueError(f"rollout_is threshold must be > 0, got {threshold}")
+    if level not in ("token", "sequence"):
+        raise ValueError(f"rollout_is level must be 'token' or 'sequence', got {level!r}")
+    with torch.no_grad():
+        mask = response_mask.bool()
+        old, rollout = to_acc(old_log_prob).detach(), to_acc(rollout_log_prob).detach().to(to_acc(old_log_prob).dtype)
+        log_w = torch.where(mask, old - rollout, torch.zeros_like(old))
+        if level == "sequence":
+            log_w = log_w.sum(-1, keepdim=True).expand_as(log_w)
+        raw = torch.exp(log_w.clamp(min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP))
+        weights = torch.where(mask, raw.clamp(max=threshold), torch.zeros_like(raw))
+        metrics = {"rollout_is_mean": masked_mean(weights, mask),
+                   "rollout_is_clipfrac": masked_mean((raw > threshold).to(raw.dtype), mask)}
+    return weights, metrics
 
 
 def compute_actor_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
                        response_mask: torch.Tensor, *, ref_log_prob: torch.Tensor | None = None,
-                       entropy: torch.Tensor | None = None, clip_ratio: float = 0.2,
+                       entropy: torch.Tensor | None = None, policy_loss: str = "vanilla", clip_ratio: float = 0.2,
                        clip_ratio_low: float | None = None, clip_ratio_high: float | None = None,
                        clip_ratio_c: float | None = None, entropy_coeff: float = 0.0, use_kl_loss: bool = False,
                        kl_loss_coef: float = 0.0, kl_loss_type: str = "low_var_kl",
                        loss_agg_mode: str = "token-mean", global_normaliser: Normaliser = None,
-                       max_response_length: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The GRPO actor loss for one micro-batch (verl `dp_actor.update_policy` order):
+                       max_response_length: int | None = None, rollout_log_prob: torch.Tensor | None = None,
+                       rollout_is_level: str = "token", rollout_is_threshold: float | None = None,
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The actor loss for one micro-batch (verl `dp_actor.update_policy` order):
 
         loss = pg_loss - entropy_coeff * agg(H) + kl_loss_coef * agg(KL(pi_theta || pi_ref))   [if use_kl_loss]
 
-    All three terms share loss_agg_mode and global_normaliser. `entropy` is the per-token entropy [batch, seq]
-    (entropy_from_logits) and is required when entropy_coeff != 0; ref_log_prob when use_kl_loss.
-    Returns (loss, metrics): compute_policy_loss's metrics plus pg_loss, and entropy / kl_loss when given.
+    pg_loss is POLICY_LOSSES[policy_loss]; with `rollout_is_threshold` set, its per-token terms are reweighted
+    by rollout_is_weights(old_log_prob, rollout_log_prob) first. All three terms share loss_agg_mode and
+    global_normaliser. `entropy` is the per-token entropy [batch, seq] (entropy_from_logits) and is required
+    when entropy_coeff != 0; ref_log_prob when use_kl_loss; rollout_log_prob when rollout_is_threshold is set.
+    Returns (loss, metrics): the policy loss's metrics plus pg_loss, and entropy / kl_loss / rollout_is_* when
+    they apply.
     """
-    pg_loss, metrics = compute_policy_loss(old_log_prob, log_prob, advantages, response_mask, clip_ratio,
-                                           clip_ratio_low, clip_ratio_high, clip_ratio_c, loss_agg_mode,
-                                           global_normaliser, max_response_length)
+    is_weights, is_metrics = None, {}
+    if rollout_is_threshold is not None:
+        if rollout_log_prob is None:
+            raise ValueError("rollout_is_threshold needs rollout_log_prob (the rollout engine's log-probs)")
+        is_weights, is_metrics = rollout_is_weights(old_log_prob, rollout_log_prob, response_mask,
+                                                    rollout_is_level, rollout_is_threshold)
+    loss_fn = lookup(POLICY_LOSSES, policy_loss, "policy_loss")
+    pg_loss, metrics = loss_fn(old_log_prob, log_prob, advantages, response_mask, clip_ratio, clip_ratio_low,
+                               clip_ratio_high, clip_ratio_c, loss_agg_mode, global_normaliser, max_response_length,
+                               is_weights=is_weights)
+    metrics.update(is_metrics)
     metrics["pg_loss"] = pg_loss.detach()
     loss = pg_loss
     if entropy_coeff != 0.0:

@@ -7,14 +7,11 @@ nothing about its reasoning; punishing it as "wrong" teaches the model that long
   become fully masked; the seq-* aggregations then leave them out of the sequence count, token-mean of the
   token count. Their rewards still enter the group statistics of the advantage unless the caller drops them.
 
-* Soft overlong punishment (verl `reward_model.overlong_buffer`: `len`, `penalty_factor`), added to the reward:
+* Soft overlong punishment (DAPO's overlong buffer) is a reward, so it lives with the scorers: the
+  `overlong` scorer in mindrl/rewards/penalties.py (verifier_function: [..., overlong], verifier_options:
+  {overlong: {max_length, buffer, penalty_factor}}) is the one implementation. It is not repeated here.
 
-      R(L) = 0                                     L <= L_max - L_buf
-           = -(L - (L_max - L_buf)) / L_buf * f    L_max - L_buf < L <= L_max
-           = -f                                    L > L_max
-
-  with L the response length, L_max = max_response_length, L_buf = overlong_buffer_len, f =
-  overlong_penalty_factor (DAPO: L_max 20480, L_buf 4096, f 1). The paper writes f = 1; verl's factor scales it.
+The trainer applies the filter when `rl_config.overlong_filter` is true.
 """
 from __future__ import annotations
 
@@ -48,15 +45,3 @@ def overlong_filter_mask(response_mask: torch.Tensor,
         raise ValueError(f"{truncated.numel()} truncation flags for {response_mask.shape[0]} responses")
     keep = (~truncated).unsqueeze(-1)
     return torch.where(keep, response_mask, torch.zeros_like(response_mask))
-
-
-def soft_overlong_penalty(response_lengths: torch.Tensor | Sequence[int], max_response_length: int,
-                          overlong_buffer_len: int, overlong_penalty_factor: float = 1.0) -> torch.Tensor:
-    """DAPO soft overlong punishment [N] (fp32, <= 0), formula in the module docstring. Add it to the reward."""
-    if overlong_buffer_len <= 0 or overlong_buffer_len > max_response_length:
-        raise ValueError(f"need 0 < overlong_buffer_len <= max_response_length, got {overlong_buffer_len}, "
-                         f"{max_response_length}")
-    lengths = torch.as_tensor(response_lengths).to(torch.float32)
-    expected = max_response_length - overlong_buffer_len
-    exceed = (lengths - expected).clamp(min=0.0, max=float(overlong_buffer_len))
-    return -exceed / overlong_buffer_len * overlong_penalty_factor

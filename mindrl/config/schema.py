@@ -75,20 +75,56 @@ class ResourceConfig:
 
 
 @dataclass
+class FilterGroupsConfig:
+    """DAPO dynamic sampling: drop prompt groups whose `metric` is the same for every sample, and generate
+    more rounds until the step has global_batch_size informative groups or `max_num_gen_batches` rounds ran
+    (then it trains on what there is, with a warning). docs/algorithms.md section 6."""
+
+    enable: bool = False
+    metric: str = "reward"  # "reward" (the weighted total) or one of rl_config.verifier_function (e.g. acc)
+    max_num_gen_batches: int = 10  # generation rounds per step at most (>= 1)
+
+
+@dataclass
+class KLControlConfig:
+    """The KL coefficient's controller when the KL penalty is in the reward (`use_kl_in_reward`)."""
+
+    type: str = "fixed"  # fixed | adaptive (Ziegler et al. 2019)
+    target_kl: float = 0.1  # adaptive: the KL the controller steers to
+    horizon: int = 10000  # adaptive: samples over which beta moves by at most 20%
+
+
+@dataclass
+class RolloutISConfig:
+    """Truncated importance sampling between the rollout engine's and the trainer's log-probs."""
+
+    enable: bool = False
+    level: str = "token"  # token | sequence
+    threshold: float = 2.0  # weights are min(pi_train / pi_rollout, threshold)
+
+
+@dataclass
 class RLConfig:
     n_samples_per_prompt: int = 8
     mini_batch_size: Optional[int] = None  # prompts per policy update; None = global batch
     epochs: int = 1
-    adv_estimator: str = "group_norm"
-    norm_adv_by_std: bool = True
-    kl_penalty: str = "low_var_kl"
-    use_kl_loss: bool = True
+    # grpo (= group_norm) | dr_grpo | rloo | reinforce_plus_plus | reinforce_plus_plus_baseline | grpo_passk
+    adv_estimator: str = "grpo"
+    policy_loss: str = "vanilla"  # vanilla (clip, dual-clip) | gspo | cispo
+    kl_penalty: str = "low_var_kl"  # the KL estimator, for the loss term and the reward penalty alike
+    use_kl_loss: bool = True  # KL to the reference as a loss term, weighted by kl_coef
+    use_kl_in_reward: bool = False  # KL penalty in the token-level reward, beta from kl_ctrl (starts at kl_coef)
     kl_coef: float = 0.001
+    kl_ctrl: KLControlConfig = field(default_factory=KLControlConfig)
     clip_ratio: float = 0.2
     clip_ratio_low: Optional[float] = None
     clip_ratio_high: Optional[float] = None
+    clip_ratio_c: Optional[float] = None  # dual-clip bound (> 1) for policy_loss vanilla; None = off
     entropy_coeff: float = 0.0
     loss_agg_mode: str = "token-mean"
+    filter_groups: FilterGroupsConfig = field(default_factory=FilterGroupsConfig)
+    overlong_filter: bool = False  # mask responses cut at max_tokens out of the loss (DAPO)
+    rollout_is: RolloutISConfig = field(default_factory=RolloutISConfig)
     max_prompt_length: int = 1024
     verifier_function: list[str] = field(default_factory=lambda: ["base_acc"])
     verifier_weight: list[float] = field(default_factory=lambda: [1.0])

@@ -4,13 +4,15 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
+from mindrl.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
 from mindrl.config.loader import ConfigError
 from mindrl.config.schema import MindRLConfig
 from mindrl.models.hf_config import HFConfig, load_hf_config, scale_down
 from mindrl.models.layout import ParallelLayout
 
 BACKEND_NAMES = ("auto", "cuda", "npu", "cpu")
-GROUP_ESTIMATORS = ("group_norm", "grpo", "dr_grpo")
+# Estimators whose baseline is the prompt's group: they need n_samples_per_prompt >= 2.
+GROUP_ESTIMATORS = ("group_norm", "grpo", "dr_grpo", "rloo", "reinforce_plus_plus_baseline", "grpo_passk")
 
 
 def resolve_hf_config(cfg: MindRLConfig) -> HFConfig:
@@ -79,9 +81,7 @@ def validate(cfg: MindRLConfig, check_paths: bool = True) -> list[str]:
         elif (mini * rl.n_samples_per_prompt) % (actor.micro_batch_size * dp):
             errors.append(f"a mini-batch of {mini} prompts x {rl.n_samples_per_prompt} samples is not divisible by "
                           f"micro_batch_size x data-parallel size = {actor.micro_batch_size} x {dp}")
-    if rl.adv_estimator in GROUP_ESTIMATORS and rl.n_samples_per_prompt < 2:
-        errors.append(f"rl_config.n_samples_per_prompt={rl.n_samples_per_prompt}: GRPO compares samples within a "
-                      f"group and needs at least 2")
+    errors += _rl_algorithm_errors(cfg)
     if len(rl.verifier_function) != len(rl.verifier_weight):
         errors.append(f"rl_config.verifier_function has {len(rl.verifier_function)} entries but verifier_weight "
                       f"has {len(rl.verifier_weight)}")
@@ -98,6 +98,62 @@ def validate(cfg: MindRLConfig, check_paths: bool = True) -> list[str]:
         errors.append(f"rl_config.max_prompt_length + sampling_config.max_tokens = "
                       f"{rl.max_prompt_length + s.max_tokens} exceeds generate_config.max_model_len="
                       f"{cfg.generate_config.max_model_len}")
+    return errors
+
+
+def _one_of(key: str, value: str, names) -> list[str]:
+    return [] if value in names else [f"{key}: unknown value '{value}'; expected one of {', '.join(sorted(names))}"]
+
+
+def _rl_algorithm_errors(cfg: MindRLConfig) -> list[str]:
+    """The estimator, loss, KL, dynamic-sampling and importance-sampling keys of rl_config."""
+    rl = cfg.rl_config
+    errors = (_one_of("rl_config.adv_estimator", rl.adv_estimator, ADVANTAGE_ESTIMATORS)
+              + _one_of("rl_config.policy_loss", rl.policy_loss, POLICY_LOSSES)
+              + _one_of("rl_config.loss_agg_mode", rl.loss_agg_mode, LOSS_AGGREGATIONS)
+              + _one_of("rl_config.kl_penalty", rl.kl_penalty, KL_ESTIMATORS)
+              + _one_of("rl_config.kl_ctrl.type", rl.kl_ctrl.type, ("fixed", "adaptive"))
+              + _one_of("rl_config.rollout_is.level", rl.rollout_is.level, ("token", "sequence")))
+    if rl.adv_estimator in GROUP_ESTIMATORS and rl.n_samples_per_prompt < 2:
+        errors.append(f"rl_config.n_samples_per_prompt={rl.n_samples_per_prompt}: GRPO compares samples within a "
+                      f"group and needs at least 2 (adv_estimator={rl.adv_estimator} has a group baseline)")
+    if rl.clip_ratio_c is not None and rl.policy_loss != "vanilla":
+        errors.append(f"rl_config.clip_ratio_c: dual-clip exists only for policy_loss=vanilla, not {rl.policy_loss}")
+    elif rl.clip_ratio_c is not None and rl.clip_ratio_c <= 1.0:
+        errors.append(f"rl_config.clip_ratio_c={rl.clip_ratio_c} must be > 1 (it bounds the loss at -A * clip_ratio_c)")
+    if rl.policy_loss == "gspo" and rl.loss_agg_mode != "seq-mean-token-mean":
+        errors.append(f"rl_config.policy_loss=gspo optimises a per-sequence ratio and needs loss_agg_mode="
+                      f"seq-mean-token-mean, not {rl.loss_agg_mode}")
+    if rl.use_kl_loss and rl.use_kl_in_reward:
+        errors.append("rl_config.use_kl_loss and use_kl_in_reward are both true: pick one place for the KL penalty")
+    if rl.use_kl_in_reward and rl.kl_coef <= 0:
+        errors.append(f"rl_config.use_kl_in_reward needs kl_coef > 0 (the controller's starting beta), "
+                      f"got {rl.kl_coef}")
+    if rl.kl_ctrl.type == "adaptive" and not rl.use_kl_in_reward:
+        errors.append("rl_config.kl_ctrl.type=adaptive steers the in-reward KL penalty; set use_kl_in_reward: true "
+                      "or use kl_ctrl.type=fixed")
+    if rl.kl_ctrl.type == "adaptive" and (rl.kl_ctrl.target_kl <= 0 or rl.kl_ctrl.horizon <= 0):
+        errors.append(f"rl_config.kl_ctrl: adaptive needs target_kl > 0 and horizon > 0, got "
+                      f"{rl.kl_ctrl.target_kl}, {rl.kl_ctrl.horizon}")
+    fg = rl.filter_groups
+    if fg.enable:
+        metrics = ["reward", *[str(v) for v in rl.verifier_function]]
+        if fg.metric not in metrics:
+            errors.append(f"rl_config.filter_groups.metric: unknown value '{fg.metric}'; expected 'reward' or one of "
+                          f"rl_config.verifier_function ({', '.join(metrics[1:])})")
+        if rl.n_samples_per_prompt < 2:
+            errors.append(f"rl_config.filter_groups.enable needs n_samples_per_prompt >= 2 (a group of one sample "
+                          f"never varies), got {rl.n_samples_per_prompt}")
+        if fg.max_num_gen_batches < 1:
+            errors.append(f"rl_config.filter_groups.max_num_gen_batches={fg.max_num_gen_batches} must be >= 1 (at "
+                          f"the cap the step trains on the informative groups it has)")
+    if rl.rollout_is.enable and rl.rollout_is.threshold <= 0:
+        errors.append(f"rl_config.rollout_is.threshold={rl.rollout_is.threshold} must be > 0")
+    max_tokens = cfg.generate_config.sampling_config.max_tokens
+    overlong = rl.verifier_options.get("overlong", {}) if "overlong" in rl.verifier_function else {}
+    if isinstance(overlong.get("max_length"), int) and overlong["max_length"] > max_tokens:
+        errors.append(f"rl_config.verifier_options.overlong.max_length={overlong['max_length']} exceeds "
+                      f"generate_config.sampling_config.max_tokens={max_tokens}: no response gets that long")
     return errors
 
 

@@ -3,21 +3,35 @@ ranks); `grpo_step` is one step, read top to bottom.
 
 Data-parallel ranks each take whole prompt groups (global_batch_size / DP prompts), so rewards and
 group-relative advantages never need other ranks' samples; only metrics are all-reduced.
+
+DAPO dynamic sampling (`rl_config.filter_groups`) repeats generate_round (each round reads the next
+global_batch_size prompts of the stream and is seeded by its round index) and keeps the groups whose metric
+varies. DP ranks keep different numbers; they stay in step by all-reducing the smallest kept count after every
+round: all ranks stop together (when every rank has its global_batch_size / DP groups, or at
+max_num_gen_batches rounds) and each trains on that common number of groups, trimmed so mini-batches and
+micro-batches stay whole (trainable_groups). The stream advances by whole rounds, a deterministic function of
+the seeds and weights, so `consumed_samples` in a checkpoint resumes exactly.
+
+Batch-level advantage statistics (REINFORCE++ whitening) use this DP rank's batch.
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
-from mindrl.algorithms import estimate_kl, group_norm_advantages, masked_mean
+from mindrl.algorithms import (AdaptiveKLController, DynamicSamplingBuffer, FixedKLController, apply_kl_penalty,
+                               estimate_kl, filter_groups, get_advantage_estimator, masked_mean,
+                               overlong_filter_mask, scores_on_last_token)
 from mindrl.config import MindRLConfig
 from mindrl.rollout import BuiltinRolloutEngine, SamplingParams
 from mindrl.trainer.tracking import Tracker
@@ -46,6 +60,7 @@ class Run:
     start_step: int
     expected: dict[str, Any]
     bad_steps_in_a_row: int = 0
+    kl_ctrl: Any = None  # the in-reward KL coefficient's controller (use_kl_in_reward); saved in checkpoints
 
 
 class StageTimer:
@@ -56,20 +71,43 @@ class StageTimer:
     def __call__(self, stage: str) -> Iterator[None]:
         t0 = time.perf_counter()
         yield
-        self.seconds[f"time/{stage}"] = time.perf_counter() - t0
+        key = f"time/{stage}"  # summed: dynamic sampling enters rollout and reward once per round
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
 
 
 def _dp() -> tuple[int, int]:
     return ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
 
 
-def grpo_step(run: Run, step: int) -> dict[str, float]:
-    cfg, rl, mt = run.cfg, run.cfg.rl_config, run.cfg.megatron_training
-    n = rl.n_samples_per_prompt
-    timer = StageTimer()
-    dp_rank, dp_size = _dp()
+def rollout_seed(seed: int, step: int, dp_rank: int, round_index: int) -> int:
+    """The sampling seed of one generation round: distinct per (seed, step, DP rank, round), the same
+    on a resumed run. Round 0 keeps the pre-dynamic-sampling seed; later rounds move by 2^40."""
+    return seed * 1_000_003 + step * 1_009 + dp_rank + round_index * (1 << 40)
 
-    # 1. This DP rank's prompts (every rank reads the same stream and keeps its slice).
+
+@dataclass
+class Group:
+    """One prompt's n samples from one generation round, scored."""
+
+    prompt: list[int]
+    labels: dict
+    outputs: list  # n RolloutOutputs
+    completions: list[str]
+    totals: list[float]  # weighted reward per sample
+    parts: dict[str, list[float]]  # per scorer, per sample
+
+    def metric(self, name: str) -> list[float]:
+        return self.totals if name == "reward" else self.parts[name]
+
+
+def generate_round(run: Run, step: int, round_index: int, timer: "StageTimer | None" = None
+                   ) -> tuple[list[Group], dict[str, float]]:
+    """One generation round on this DP rank: take global_batch_size prompts from the stream (every rank
+    reads the same stream and keeps its slice), generate n samples each with one `engine.generate` call,
+    and score them. Returns the groups and the scorer's counters (timeouts, errors)."""
+    cfg, rl, mt = run.cfg, run.cfg.rl_config, run.cfg.megatron_training
+    dp_rank, dp_size = _dp()
+    timer = timer or StageTimer()
     with timer("data"):
         samples = run.dataset.take(mt.global_batch_size)
         per_rank = len(samples) // dp_size
@@ -79,52 +117,182 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
                 raise TrainingError(f"prompt {s.index} has {len(s.prompt_ids)} tokens > rl_config.max_prompt_length="
                                     f"{rl.max_prompt_length}; preprocess with seq_length <= max_prompt_length")
         prompts = [[int(t) for t in s.prompt_ids] for s in mine]
-
-    # 2. Rollout: n samples per prompt, seeded by (seed, step, DP rank) so a resumed run repeats it.
     with timer("rollout"):
-        params = SamplingParams.from_config(cfg.generate_config.sampling_config, n=n,
-                                            seed=mt.seed * 1_000_003 + step * 1_009 + dp_rank)
+        params = SamplingParams.from_config(cfg.generate_config.sampling_config, n=rl.n_samples_per_prompt,
+                                            seed=rollout_seed(mt.seed, step, dp_rank, round_index))
         outputs = run.engine.generate(prompts, params)
-
-    # 3. Rewards on the decoded completions.
     with timer("reward"):
         completions = run.tokenizer.batch_decode([o.token_ids for o in outputs], skip_special_tokens=True)
         labels = [mine[o.prompt_index].labels for o in outputs]
         scored = score_on_one_rank(run, completions, labels, [len(o.token_ids) for o in outputs])
-        rewards = torch.tensor(scored.total, dtype=torch.float32)
+    groups = []
+    for i, s in enumerate(mine):
+        rows = [j for j, o in enumerate(outputs) if o.prompt_index == i]
+        groups.append(Group(prompts[i], s.labels, [outputs[j] for j in rows], [completions[j] for j in rows],
+                            [float(scored.total[j]) for j in rows],
+                            {name: [float(v[j]) for j in rows] for name, v in scored.parts.items()}))
+    counters = {k: float(scored.metrics.get(f"reward/{k}", 0)) for k in ("timeouts", "errors")}
+    return groups, counters
 
-    # 4. Group-relative advantages (GRPO; Dr.GRPO without std normalisation).
-    advantages = group_norm_advantages(rewards, n_samples_per_prompt=n, norm_adv_by_std_in_grpo=rl.norm_adv_by_std)
-    batch = build_sequence_batch([prompts[o.prompt_index] for o in outputs], [o.token_ids for o in outputs],
-                                 advantages)
 
-    # 5. Reference log-probs (the frozen initial policy), and old log-probs when the policy moves
-    #    between updates of this rollout (more than one mini-batch or epoch).
-    with timer("reference"):
-        if run.reference is not None:
-            batch.ref_log_probs = run.reference.log_probs(batch)
-    updates_per_rollout = rl.epochs * (mt.global_batch_size // (rl.mini_batch_size or mt.global_batch_size))
-    with timer("old_log_probs"):
-        if updates_per_rollout > 1:
-            batch.old_log_probs = run.actor.log_probs(batch)
+def collect_groups(make_round: Callable[[int], list[Group]], keep: Callable[[list[Group]], list[bool]],
+                   target: int, max_rounds: int, min_over_dp: Callable[[int], int]
+                   ) -> tuple[list[Group], list[Group], int]:
+    """DAPO dynamic sampling on one DP rank: run rounds (0, 1, ...) until *every* DP rank holds `target`
+    informative groups or `max_rounds` rounds ran, then return (the first `common` kept groups, every
+    generated group, rounds), where `common` = the smallest kept count over DP ranks, capped at `target`.
 
-    # 6. Policy updates: epochs x mini-batches, each one optimizer step over its micro-batches.
-    with timer("update"):
-        rows_per_mini = (rl.mini_batch_size or mt.global_batch_size) // dp_size * n
-        update_metrics: list[dict[str, float]] = []
-        for _ in range(rl.epochs):
-            for start in range(0, len(batch), rows_per_mini):
-                update_metrics.append(run.actor.update(batch.select(slice(start, start + rows_per_mini)), rl))
+    DP ranks stay in step: the stop test uses the all-reduced minimum, so every rank runs the same number
+    of rounds (generation may be collective) and trains on the same number of groups (surplus kept groups
+    are dropped, as DAPO drops them past the batch size)."""
+    buf: DynamicSamplingBuffer[Group] = DynamicSamplingBuffer(target, max_rounds)
+    generated: list[Group] = []
+    while True:
+        groups = make_round(buf.num_rounds)
+        generated += groups
+        buf.add(groups, keep(groups))
+        common = min(min_over_dp(len(buf.groups)), target)
+        if common >= target or buf.num_rounds >= max_rounds:
+            break
+    rounds = buf.num_rounds
+    return buf.take(limit=common), generated, rounds
 
-    # 7. Metrics (all-reduced over DP ranks).
-    metrics = _step_metrics(run, batch, outputs, scored, rewards, update_metrics)
+
+def trainable_groups(num_groups: int, n: int, num_mini_batches: int, micro_batch_size: int) -> int:
+    """The most groups <= num_groups that split into `num_mini_batches` equal mini-batches whose rows
+    (groups x n) divide into whole micro-batches. A full batch always qualifies (validate() checks it)."""
+    unit = num_mini_batches * (micro_batch_size // math.gcd(n, micro_batch_size))
+    return num_groups // unit * unit
+
+
+def grpo_step(run: Run, step: int) -> dict[str, float]:
+    cfg, rl, mt = run.cfg, run.cfg.rl_config, run.cfg.megatron_training
+    n = rl.n_samples_per_prompt
+    timer = StageTimer()
+    _, dp_size = _dp()
+    target = mt.global_batch_size // dp_size
+    fg = rl.filter_groups
+    counters = {"timeouts": 0.0, "errors": 0.0}
+
+    # 1-3. Prompts, rollout (n samples per prompt) and rewards, one round or (dynamic sampling) several.
+    def make_round(round_index: int) -> list[Group]:
+        groups, c = generate_round(run, step, round_index, timer)
+        for k, v in c.items():
+            counters[k] += v
+        return groups
+
+    def keep(groups: list[Group]) -> list[bool]:
+        if not fg.enable:
+            return [True] * len(groups)
+        metric = torch.tensor([v for g in groups for v in g.metric(fg.metric)], dtype=torch.float64)
+        return filter_groups(metric, n_samples_per_prompt=n).tolist()
+
+    def min_over_dp(count: int) -> int:
+        box = torch.tensor([count], dtype=torch.long)
+        dist.all_reduce(box, op=dist.ReduceOp.MIN, group=ps.get_data_parallel_group())
+        return int(box.item())
+
+    groups, generated, rounds = collect_groups(make_round, keep, target, fg.max_num_gen_batches if fg.enable else 1,
+                                               min_over_dp)
+    num_mini = mt.global_batch_size // (rl.mini_batch_size or mt.global_batch_size)
+    found = len(groups)
+    groups = groups[:trainable_groups(found, n, num_mini, cfg.actor_config.micro_batch_size)]
+    if fg.enable and len(groups) < target:
+        log.warning(f"step {step}: dynamic sampling found {found}/{target} informative prompt groups per data-parallel "
+                    f"rank in {rounds} rounds (filter_groups.max_num_gen_batches={fg.max_num_gen_batches}); training "
+                    f"on a partial batch of {len(groups)} groups per rank (whole mini- and micro-batches)")
+    outputs = [o for g in groups for o in g.outputs]
+
+    batch, update_metrics = None, []
+    if groups:
+        batch = build_sequence_batch([g.prompt for g in groups for _ in g.outputs], [o.token_ids for o in outputs],
+                                     torch.zeros(len(outputs)))
+        batch.rollout_log_probs = _rollout_log_probs(batch, outputs)
+
+        # 4. Reference log-probs (the frozen initial policy), and old log-probs when the policy moves
+        #    between updates of this rollout (more than one mini-batch or epoch).
+        with timer("reference"):
+            if run.reference is not None:
+                batch.ref_log_probs = run.reference.log_probs(batch)
+        with timer("old_log_probs"):
+            if rl.epochs * num_mini > 1:
+                batch.old_log_probs = run.actor.log_probs(batch)
+
+        # 5. Advantages (rl_config.adv_estimator), from the scores (+ the KL penalty when it is in the reward).
+        batch.advantages = _advantages(run, batch, torch.tensor([t for g in groups for t in g.totals]))
+        if rl.overlong_filter:  # after the advantages: truncated samples still count in their group's baseline
+            batch.response_mask = overlong_filter_mask(batch.response_mask, [o.finish_reason for o in outputs])
+
+        # 6. Policy updates: epochs x mini-batches, each one optimizer step over its micro-batches.
+        with timer("update"):
+            rows_per_mini = len(batch) // num_mini
+            max_tokens = cfg.generate_config.sampling_config.max_tokens
+            for _ in range(rl.epochs):
+                for start in range(0, len(batch), rows_per_mini):
+                    update_metrics.append(run.actor.update(batch.select(slice(start, start + rows_per_mini)), rl,
+                                                           max_response_length=max_tokens))
+
+    # 7. Metrics (all-reduced over DP ranks): rewards over every generated sample, KL over the trained ones.
+    metrics = _step_metrics(run, batch, generated, counters, update_metrics)
+    metrics.update(_filter_metrics(generated, groups, rounds, target, fg.enable, keep))
+    if run.kl_ctrl is not None:
+        metrics["kl_ctrl/beta"] = run.kl_ctrl.value  # after this step's update: the next step's beta
     metrics.update(timer.seconds)
     metrics["time/step"] = sum(timer.seconds.values())
     metrics["throughput/tokens_per_s"] = metrics["response_length/sum"] / max(metrics["time/step"], 1e-9)
     if run.tracker is not None and rl.log_samples_interval and (step - 1) % rl.log_samples_interval == 0:
-        run.tracker.log_samples(step, [{"prompt": run.tokenizer.decode(prompts[o.prompt_index]), "completion": c,
-                                        "reward": r} for o, c, r in list(zip(outputs, completions, scored.total))[:4]])
+        run.tracker.log_samples(step, [{"prompt": run.tokenizer.decode(g.prompt), "completion": c, "reward": r}
+                                       for g in generated[:1] for c, r in list(zip(g.completions, g.totals))[:4]])
     return metrics
+
+
+def _rollout_log_probs(batch: SequenceBatch, outputs: list) -> torch.Tensor:
+    """The rollout engine's per-token log-probs in the batch's label space [N, L-1] (0 off the response)."""
+    logp = torch.zeros(batch.response_mask.shape, dtype=torch.float32)
+    for i, o in enumerate(outputs):
+        logp[i, batch.response_mask[i]] = torch.tensor(o.logprobs, dtype=torch.float32)
+    return logp
+
+
+def build_kl_controller(rl: Any, value: float | None = None) -> FixedKLController | AdaptiveKLController:
+    """rl_config.kl_ctrl's controller, starting at `value` (a resumed run's beta) or kl_coef."""
+    beta = rl.kl_coef if value is None else value
+    if rl.kl_ctrl.type == "adaptive":
+        return AdaptiveKLController(beta, rl.kl_ctrl.target_kl, rl.kl_ctrl.horizon)
+    return FixedKLController(beta)
+
+
+def trainer_state(run: Run) -> dict[str, Any]:
+    """What a checkpoint must hold beyond weights and data position for an exact resume."""
+    return {"kl_coef": run.kl_ctrl.value} if run.kl_ctrl is not None else {}
+
+
+def restore_trainer_state(run: Run, ckpt_dir: Path) -> None:
+    """Undo `trainer_state` from a checkpoint's trainer_state.json (the adaptive KL coefficient)."""
+    state = json.loads((ckpt_dir / "trainer_state.json").read_text())
+    if run.cfg.rl_config.use_kl_in_reward and "kl_coef" in state:
+        run.kl_ctrl = build_kl_controller(run.cfg.rl_config, state["kl_coef"])
+
+
+def _advantages(run: Run, batch: SequenceBatch, scores: torch.Tensor) -> torch.Tensor:
+    """[N, L-1] advantages from ADVANTAGE_ESTIMATORS[adv_estimator]. With use_kl_in_reward the token-level
+    reward is the score on the last token minus beta * KL(behaviour || reference) per token, beta from the
+    KL controller, which then updates on the batch's KL (averaged over DP ranks, so every rank agrees)."""
+    rl = run.cfg.rl_config
+    rewards: torch.Tensor = scores
+    if rl.use_kl_in_reward:
+        if run.kl_ctrl is None:
+            run.kl_ctrl = build_kl_controller(rl)
+        behaviour = batch.old_log_probs if batch.old_log_probs is not None else batch.rollout_log_probs
+        rewards, current_kl = apply_kl_penalty(scores_on_last_token(scores, batch.response_mask), behaviour,
+                                               batch.ref_log_probs, batch.response_mask, run.kl_ctrl.value,
+                                               rl.kl_penalty)
+        packed = torch.tensor([float(current_kl), float(len(batch))], dtype=torch.float64)
+        dist.all_reduce(packed, group=ps.get_data_parallel_group())
+        run.kl_ctrl.update(packed[0].item() / ps.get_data_parallel_world_size(), n_steps=int(packed[1].item()))
+    adv, _ = get_advantage_estimator(rl.adv_estimator)(rewards, batch.response_mask,
+                                                       n_samples_per_prompt=rl.n_samples_per_prompt)
+    return adv.float()
 
 
 def score_on_one_rank(run: Run, completions: list[str], labels: list[dict], lengths: list[int]) -> Any:
@@ -138,28 +306,41 @@ def score_on_one_rank(run: Run, completions: list[str], labels: list[dict], leng
     return box[0]
 
 
-def _step_metrics(run: Run, batch: SequenceBatch, outputs: list, scored: Any, rewards: torch.Tensor,
+def _filter_metrics(generated: list[Group], trained: list[Group], rounds: int, target: int,
+                    enabled: bool, keep: Callable[[list[Group]], list[bool]]) -> dict[str, float]:
+    """Dynamic sampling, summed over DP ranks: rounds, informative (kept) and flat (dropped) groups generated,
+    groups trained on, and whether the step trained on a partial batch (the cap was reached)."""
+    if not enabled:
+        return {}
+    kept = float(sum(keep(generated)))
+    packed = torch.tensor([kept, len(generated) - kept, float(len(trained))], dtype=torch.float64)
+    dist.all_reduce(packed, group=ps.get_data_parallel_group())
+    return {"filter/gen_rounds": float(rounds), "filter/kept_groups": packed[0].item(),
+            "filter/dropped_groups": packed[1].item(), "filter/trained_groups": packed[2].item(),
+            "filter/partial_batch": float(len(trained) < target)}
+
+
+def _step_metrics(run: Run, batch: SequenceBatch | None, generated: list[Group], counters: dict[str, float],
                   update_metrics: list[dict[str, float]]) -> dict[str, float]:
+    outputs = [o for g in generated for o in g.outputs]
+    rewards = torch.tensor([t for g in generated for t in g.totals], dtype=torch.float32)
     lengths = torch.tensor([len(o.token_ids) for o in outputs], dtype=torch.float32)
     clipped = torch.tensor([o.finish_reason == "length" for o in outputs], dtype=torch.float32)
-    kl = torch.zeros(())
-    if batch.ref_log_probs is not None:
-        logp = batch.old_log_probs if batch.old_log_probs is not None else None
-        if logp is None:  # one update per rollout: the rollout's own log-probs are the policy's
-            logp = torch.zeros_like(batch.ref_log_probs)
-            for i, o in enumerate(outputs):
-                logp[i, batch.response_mask[i]] = torch.tensor(o.logprobs, dtype=torch.float32)
+    kl_sum, kl_count = torch.zeros(()), torch.zeros(())
+    if batch is not None and batch.ref_log_probs is not None:
+        # one update per rollout: the rollout's own log-probs are the policy's
+        logp = batch.old_log_probs if batch.old_log_probs is not None else batch.rollout_log_probs
         kl = masked_mean(estimate_kl(logp, batch.ref_log_probs, run.cfg.rl_config.kl_penalty), batch.response_mask)
+        kl_sum, kl_count = kl * len(batch), torch.tensor(float(len(batch)))
     n = run.cfg.rl_config.n_samples_per_prompt
     groups = rewards.view(-1, n)
     flat_groups = (groups.max(dim=1).values == groups.min(dim=1).values).sum().float()  # no learning signal
     sums = {"reward": rewards.sum(), "reward_sq": (rewards ** 2).sum(), "count": torch.tensor(float(len(rewards))),
             "groups": torch.tensor(float(groups.shape[0])), "flat_groups": flat_groups,
-            "length": lengths.sum(), "clipped": clipped.sum(), "kl": kl * len(rewards),
-            "timeouts": torch.tensor(float(scored.metrics.get("reward/timeouts", 0))),
-            "errors": torch.tensor(float(scored.metrics.get("reward/errors", 0)))}
-    for name, values in scored.parts.items():
-        sums[f"part/{name}"] = torch.tensor(float(sum(values)))
+            "length": lengths.sum(), "clipped": clipped.sum(), "kl": kl_sum, "kl_count": kl_count,
+            "timeouts": torch.tensor(counters["timeouts"]), "errors": torch.tensor(counters["errors"])}
+    for name in generated[0].parts if generated else {}:
+        sums[f"part/{name}"] = torch.tensor(float(sum(v for g in generated for v in g.parts[name])))
     keys = sorted(sums)
     packed = torch.stack([sums[k].float() for k in keys])
     tp_pp = ps.get_tensor_model_parallel_world_size() * ps.get_pipeline_model_parallel_world_size()
@@ -176,7 +357,7 @@ def _step_metrics(run: Run, batch: SequenceBatch, outputs: list, scored: Any, re
         "response_length/max": lmax.item(),
         "response_length/clip_ratio": total["clipped"] / count,
         "response_length/sum": total["length"],
-        "kl": total["kl"] / count,
+        "kl": total["kl"] / max(total["kl_count"], 1.0),
         "reward/timeouts": total["timeouts"],
         "reward/errors": total["errors"],
         # Groups whose samples all scored the same get zero advantage: a high fraction means the

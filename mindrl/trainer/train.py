@@ -15,7 +15,7 @@ from mindrl.backends.distributed import destroy_distributed
 from mindrl.config import MindRLConfig, actor_layout
 from mindrl.rollout import BuiltinRolloutEngine
 from mindrl.trainer.checkpointing import latest_step, load_checkpoint, save_checkpoint
-from mindrl.trainer.grpo import Run, TrainingError, grpo_step
+from mindrl.trainer.grpo import Run, TrainingError, grpo_step, restore_trainer_state, trainer_state
 from mindrl.trainer.tracking import Tracker
 from mindrl.workers.actor import PolicyWorker
 from mindrl.workers.bringup import PolicySpec, build_policy, frozen_copy, optim_config
@@ -97,6 +97,8 @@ def train(cfg: MindRLConfig) -> dict[str, Any]:
     run = setup(cfg)
     mt, rl = cfg.megatron_training, cfg.rl_config
     ckpt_root = checkpoint_root(cfg)
+    if run.start_step:
+        restore_trainer_state(run, ckpt_root / f"iter_{run.start_step:07d}")
     progress = _progress(run, mt.train_iters)
     metrics: dict[str, Any] = {}
     for step in range(run.start_step + 1, mt.train_iters + 1):
@@ -115,7 +117,8 @@ def train(cfg: MindRLConfig) -> dict[str, Any]:
             progress.update(step, metrics)
         if mt.save_interval and (step % mt.save_interval == 0 or step == mt.train_iters):
             save_checkpoint(ckpt_root, step, run.actor.model,
-                            {**run.expected, "step": step, "consumed_samples": run.dataset.consumed_samples},
+                            {**run.expected, "step": step, "consumed_samples": run.dataset.consumed_samples,
+                             **trainer_state(run)},
                             keep_last=rl.keep_last_checkpoints, tokenizer_dir=mt.tokenizer_name_or_path)
     if progress is not None:
         progress.close()

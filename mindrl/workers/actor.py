@@ -27,9 +27,10 @@ class SequenceBatch:
 
     tokens: torch.Tensor  # [N, L] int64
     response_mask: torch.Tensor  # [N, L-1] bool: labels that are response tokens
-    advantages: torch.Tensor  # [N] fp32
+    advantages: torch.Tensor  # [N] or [N, L-1] fp32 (per-token, e.g. REINFORCE++ with a KL penalty in the reward)
     old_log_probs: torch.Tensor | None = None  # [N, L-1]
     ref_log_probs: torch.Tensor | None = None  # [N, L-1]
+    rollout_log_probs: torch.Tensor | None = None  # [N, L-1] the rollout engine's (for rollout_is)
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -37,7 +38,7 @@ class SequenceBatch:
     def select(self, rows: torch.Tensor | slice) -> "SequenceBatch":
         pick = lambda t: None if t is None else t[rows]  # noqa: E731
         return SequenceBatch(self.tokens[rows], self.response_mask[rows], self.advantages[rows],
-                             pick(self.old_log_probs), pick(self.ref_log_probs))
+                             pick(self.old_log_probs), pick(self.ref_log_probs), pick(self.rollout_log_probs))
 
 
 def build_sequence_batch(prompts: list[list[int]], responses: list[list[int]], advantages: torch.Tensor,
@@ -79,7 +80,7 @@ class PolicyWorker:
             rows = slice(start, start + self.micro_batch_size)
             mb = {"tokens": batch.tokens[rows, :-1], "labels": batch.tokens[rows, 1:],
                   "response_mask": batch.response_mask[rows], "advantages": batch.advantages[rows]}
-            for name in ("old_log_probs", "ref_log_probs"):
+            for name in ("old_log_probs", "ref_log_probs", "rollout_log_probs"):
                 value = getattr(batch, name)
                 if value is not None:
                     mb[name] = value[rows]
@@ -108,8 +109,10 @@ class PolicyWorker:
         local = torch.cat([r["log_probs"] for r in reported]) if reported else None
         return _last_stage_broadcast(local, (len(batch), batch.tokens.shape[1] - 1))
 
-    def update(self, batch: SequenceBatch, rl: Any) -> dict[str, float]:
-        """One optimizer step on this mini-batch (all its micro-batches; gradients accumulated)."""
+    def update(self, batch: SequenceBatch, rl: Any, max_response_length: int | None = None) -> dict[str, float]:
+        """One optimizer step on this mini-batch (all its micro-batches; gradients accumulated).
+
+        `max_response_length` is the constant L of loss_agg_mode seq-mean-token-sum-norm (sampling max_tokens)."""
         for chunk in self.model.chunks:
             chunk.train()
         micro = self._micro_batches(batch)
@@ -128,14 +131,18 @@ class PolicyWorker:
                 scaled = self._scaled_logits(logits)
                 logp = token_log_probs(scaled, mb["labels"], self.vocab_size)
                 entropy = vocab_parallel_entropy(scaled, self.vocab_size, grad=rl.entropy_coeff != 0)
-                adv = mb["advantages"].unsqueeze(1).expand_as(logp)
+                adv = mb["advantages"]
+                adv = adv.unsqueeze(1).expand_as(logp) if adv.dim() == 1 else adv
                 old = mb.get("old_log_probs", logp.detach())
                 loss, metrics = compute_actor_loss(
                     logp, old, adv, mb["response_mask"], ref_log_prob=mb.get("ref_log_probs"), entropy=entropy,
-                    clip_ratio=rl.clip_ratio, clip_ratio_low=rl.clip_ratio_low, clip_ratio_high=rl.clip_ratio_high,
-                    entropy_coeff=rl.entropy_coeff, use_kl_loss=rl.use_kl_loss and mb.get("ref_log_probs") is not None,
-                    kl_loss_coef=rl.kl_coef, kl_loss_type=rl.kl_penalty, loss_agg_mode=rl.loss_agg_mode,
-                    global_normaliser=normaliser)
+                    policy_loss=rl.policy_loss, clip_ratio=rl.clip_ratio, clip_ratio_low=rl.clip_ratio_low,
+                    clip_ratio_high=rl.clip_ratio_high, clip_ratio_c=rl.clip_ratio_c, entropy_coeff=rl.entropy_coeff,
+                    use_kl_loss=rl.use_kl_loss and mb.get("ref_log_probs") is not None, kl_loss_coef=rl.kl_coef,
+                    kl_loss_type=rl.kl_penalty, loss_agg_mode=rl.loss_agg_mode, global_normaliser=normaliser,
+                    max_response_length=max_response_length, rollout_log_prob=mb.get("rollout_log_probs"),
+                    rollout_is_level=rl.rollout_is.level,
+                    rollout_is_threshold=rl.rollout_is.threshold if rl.rollout_is.enable else None)
                 tokens = mb["response_mask"].sum().float()
                 metrics = {k: v.float() * tokens for k, v in metrics.items()}  # token-weighted for averaging
                 metrics["_tokens"] = tokens
@@ -156,13 +163,16 @@ class PolicyWorker:
             self.model.scheduler.step(increment=1)
         metrics = self._reduce_metrics(reported, ok, grad_norm)
         metrics["actor/skipped"] = 0.0
+        if not rl.rollout_is.enable:  # reduced with the rest (a fixed layout), but not measured
+            metrics.pop("actor/rollout_is_mean"), metrics.pop("actor/rollout_is_clipfrac")
         return metrics
 
     @staticmethod
     def _reduce_metrics(reported: list[dict[str, torch.Tensor]], ok: bool, grad_norm: Any) -> dict[str, float]:
         """Token-weighted means of the loss metrics over micro-batches and DP ranks."""
         # Every rank must enter the collective with the same layout: the metric names are fixed.
-        keys = ["_tokens", "pg_loss", "pg_clipfrac", "ppo_kl", "entropy", "kl_loss"]
+        keys = ["_tokens", "pg_loss", "pg_clipfrac", "ppo_kl", "entropy", "kl_loss", "rollout_is_mean",
+                "rollout_is_clipfrac"]
         values = torch.zeros(len(keys))
         for r in reported:
             for i, k in enumerate(keys):

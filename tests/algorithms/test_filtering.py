@@ -43,23 +43,24 @@ def test_buffer_accumulates_until_target_and_drops_surplus():
     assert not buf.is_full and buf.can_generate
     assert buf.add(["d", "e", "f"], [False, True, True]) == 2
     assert buf.is_full and not buf.can_generate
-    buf.check_can_generate()  # full: nothing to complain about
     assert buf.metrics() == {"num_gen_batches": 2.0, "kept_group_frac": 4 / 6}
     assert buf.take() == ["a", "c", "e"]  # "f" is surplus
     assert buf.num_rounds == 0 and not buf.groups
 
 
-def test_buffer_round_cap():
+def test_buffer_round_cap_gives_a_partial_batch_not_an_error():
     buf = DynamicSamplingBuffer(target_num_groups=4, max_num_gen_batches=2)
     buf.add([0, 1], [True, False])
-    buf.check_can_generate()
-    buf.add([2, 3], [False, False])
-    assert not buf.can_generate
-    with pytest.raises(RuntimeError, match="max_num_gen_batches=2"):
-        buf.check_can_generate()
-    with pytest.raises(RuntimeError):
-        buf.take()
-    assert buf.take(allow_partial=True) == [0]
+    assert buf.can_generate
+    buf.add([2, 3], [False, True])
+    assert not buf.can_generate and not buf.is_full
+    assert buf.take() == [0, 3]  # short of the target: the caller trains on it and reports it
+
+
+def test_buffer_take_limit():
+    buf = DynamicSamplingBuffer(target_num_groups=3)
+    buf.add(["a", "b", "c"], [True, True, True])
+    assert buf.take(limit=2) == ["a", "b"]
 
 
 def test_buffer_unlimited_and_errors():

@@ -29,7 +29,8 @@ def test_imports_only_torch_and_stdlib():
 
 
 def test_registries_are_plain_dicts_of_callables():
-    for registry, must_have in ((alg.ADVANTAGE_ESTIMATORS, {"group_norm", "grpo", "dr_grpo"}),
+    for registry, must_have in ((alg.ADVANTAGE_ESTIMATORS, {"group_norm", "grpo", "dr_grpo", "rloo"}),
+                                (alg.POLICY_LOSSES, {"vanilla", "gspo", "cispo"}),
                                 (alg.KL_ESTIMATORS, {"kl", "abs", "mse", "low_var_kl"}),
                                 (alg.LOSS_AGGREGATIONS, {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
                                                          "seq-mean-token-sum-norm"})):
@@ -44,6 +45,6 @@ def test_all_exports_resolve():
 
 def test_docs_mention_every_registry_key():
     text = DOC.read_text(encoding="utf-8")
-    for registry in (alg.ADVANTAGE_ESTIMATORS, alg.KL_ESTIMATORS, alg.LOSS_AGGREGATIONS):
+    for registry in (alg.ADVANTAGE_ESTIMATORS, alg.KL_ESTIMATORS, alg.LOSS_AGGREGATIONS, alg.POLICY_LOSSES):
         for key in registry:
             assert f"`{key}`" in text, f"docs/algorithms.md does not mention `{key}`"

@@ -1,0 +1,38 @@
+"""The other estimator/loss families in the trainer, end to end on the tiny CPU demo: REINFORCE++ with the
+KL penalty in the reward under the adaptive controller, CISPO with rollout importance sampling, and overlong
+filtering, in one short run; the controller's beta survives a resume."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.trainer.test_dapo_e2e import metrics, train_cmd
+
+pytestmark = pytest.mark.megatron
+
+FAMILIES = ["rl_config.adv_estimator=reinforce_plus_plus", "rl_config.use_kl_loss=false",
+            "rl_config.use_kl_in_reward=true", "rl_config.kl_coef=0.05", "rl_config.kl_ctrl.type=adaptive",
+            "rl_config.kl_ctrl.target_kl=0.001", "rl_config.kl_ctrl.horizon=32", "rl_config.policy_loss=cispo",
+            "rl_config.rollout_is.enable=true", "rl_config.overlong_filter=true", "rl_config.epochs=2",
+            "rl_config.entropy_coeff=0.01"]  # a gradient even if every reward is equal (the first KL is 0)
+
+
+def test_reinforce_pp_kl_in_reward_cispo_rollout_is(tiny_demo, tmp_path):
+    proc = run_cli(train_cmd(tiny_demo, tmp_path, "megatron_training.train_iters=1", *FAMILIES))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    step = metrics(tmp_path)[0]
+    # the adaptive controller moved beta from 0.05: the first update's KL is 0 (< target), so it shrinks by
+    # the clipped 20% times n_samples / horizon = 16 / 32
+    assert step["kl_ctrl/beta"] == pytest.approx(0.05 * (1 - 0.2 * 16 / 32))
+    # the built-in engine samples from the trained model itself: the rollout IS weights are 1 up to rounding
+    assert step["actor/rollout_is_mean"] == pytest.approx(1.0, abs=1e-3)
+    assert step["actor/rollout_is_clipfrac"] == 0.0
+    assert step["actor/ppo_kl"] != 0.0  # the second epoch sees a moved policy
+    state = json.loads((tmp_path / "checkpoints" / "iter_0000001" / "trainer_state.json").read_text())
+    assert state["kl_coef"] == pytest.approx(step["kl_ctrl/beta"])
+    resumed = run_cli(train_cmd(tiny_demo, tmp_path, "megatron_training.train_iters=2", *FAMILIES))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    second = metrics(tmp_path)[1]
+    assert second["step"] == 2 and second["kl_ctrl/beta"] != step["kl_ctrl/beta"]  # went on from the saved beta
