@@ -43,7 +43,6 @@ GENERIC_CONSUMERS = {"SamplingParams": "mindrl.rollout.base"}
 # there; the lead removes an entry here as soon as its branch lands. An entry that is read already
 # fails `test_pending_allowlist_has_no_stale_entries`, so the list only shrinks.
 PENDING = {
-    "rl_config.adv_estimator",  # issue 11 (11a): select the estimator from the registry
     "generate_config.engine",  # issue 12: build the engine from ROLLOUT_ENGINES
     "generate_config.infer_tensor_parallel_size",  # issue 12: rollout layout
     "generate_config.infer_pipeline_parallel_size",  # issue 12
