@@ -98,6 +98,31 @@ def last_number(text: str) -> Fraction | None:
     return None if last is None else Fraction(last.group(0).replace(",", ""))
 
 
+# A "+" written as a sign in prose: "the answer is +12", "Final answer: +5.0", "#### +24", "rose by +8".
+# It follows a prose word (two or more letters, not a \command), ":", "=", "#" or a line start, and
+# precedes a number. math-verify's plain-text number extraction does not accept a leading "+", so
+# these finals were read as nothing (or as an earlier number). Only text outside $…$ is touched:
+# inside math, "ab +2" is a sum and math-verify parses "$+12$" itself.
+_PROSE_PLUS = re.compile(r"(?P<pre>^|[:=#]|(?<![\\A-Za-z])[A-Za-z]{2,})(?P<sp>[ \t]*)\+(?=\.?\d)", re.MULTILINE)
+_DOLLAR = re.compile(r"(?<!\\)\$")  # an unescaped $ (\$12 is currency, not math)
+
+
+def drop_prose_plus_signs(text: str) -> str:
+    """``'So the answer is +12'`` -> ``'So the answer is 12'``; ``'$x +2$'`` and ``'3 +4'`` unchanged."""
+    if "+" not in text:
+        return text
+    parts = _DOLLAR.split(text)
+    if len(parts) % 2 == 0:  # an unclosed $: leave the text alone rather than guess what is math
+        return text
+    sep = iter(m.group(0) for m in _DOLLAR.finditer(text))
+    out = []
+    for i, part in enumerate(parts):
+        out.append(_PROSE_PLUS.sub(r"\g<pre>\g<sp>", part) if i % 2 == 0 else part)
+        if i < len(parts) - 1:
+            out.append(next(sep))
+    return "".join(out)
+
+
 def strip_math_delimiters(text: str) -> str:
     """Remove surrounding ``$...$``, ``\\(...\\)``, ``\\[...\\]`` and whitespace from an answer string."""
     s = text.strip()

@@ -16,14 +16,17 @@ import re
 from fractions import Fraction
 from typing import Any, Mapping
 
-from mindrl.rewards.extract import gold_answer, last_boxed, last_tag_content, strip_math_delimiters
+from mindrl.rewards.extract import (drop_prose_plus_signs, gold_answer, last_boxed, last_tag_content,
+                                    strip_math_delimiters)
 from mindrl.rewards.format_rewards import format_reward
 
 _PLAIN = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")  # 72, -3.5, 1,000
 _ARITHMETIC = re.compile(r"[-+*/(). 0-9]*[0-9][-+*/(). 0-9]*")  # 7/2, (1+2)*3: no LaTeX parser needed
 _CACHE_MAX_CHARS = 512  # only short strings are memoised: whole completions would bloat the caches
-# Prose detection for <answer> blocks: words left after removing \commands and \text{...}.
-_TEX_TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{[^{}]*\}")
+# Prose detection for <answer> blocks: words left after removing \commands, \text{...} and
+# environment names (\begin{bmatrix}, \begin{array}{ccc}: a matrix is an expression, not prose).
+_TEX_TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{[^{}]*\}"
+                       r"|\\(?:begin|end)\s*\{[A-Za-z*]*\}(?:\s*\{[lcr|\s]*\})?")
 _TEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _WORD = re.compile(r"[A-Za-z]{3,}|[\u4e00-\u9fff]")
 
@@ -135,6 +138,7 @@ def parse_prediction(answer: str, source: str) -> list:
     short = len(text) <= _CACHE_MAX_CHARS
     if source == "boxed" or (source == "answer" and "$" not in text and not _is_prose(text)):
         return _parse_expression_cached(text) if short else _parse_expression(text)
+    text = drop_prose_plus_signs(text)  # "the answer is +12": math-verify's number extraction wants 12
     return _parse_text_cached(text) if short else _parse(text)
 
 
@@ -165,11 +169,13 @@ def _same_text(pred: str, gold: str) -> bool:
 
 
 def _numbers_verdict(gold_parsed: list, pred_parsed: list) -> bool | None:
-    """math-verify's verdict when both sides parsed to plain numbers, without its sympy simplify.
+    """The verdict for two plain numbers without math-verify's sympy simplify (tens of ms).
 
-    For two numbers ``verify`` compares them (6-decimal rounding if either is a float) and, when
-    that fails, tries ``simplify(a - b) == 0``, which cannot succeed for distinct numbers but costs
-    tens of ms. Anything that is not a finite Integer/Rational/Float returns None (ask verify).
+    Exact for integers and fractions; when either side is a float, both are rounded to 6 decimals
+    (the rule of ``_plain_numbers_equal``, and of math-verify's rounding). Computed on exact
+    fractions: sympy >= 1.13 says ``Float(5.0) != Integer(5)`` even after ``round(6)``, which made
+    "Final answer: 5.0" against gold 5 a 0 here while ``verify`` (through simplify) said 1.
+    Anything that is not a finite Integer/Rational/Float returns None (ask verify).
     """
     from sympy import Float, Rational
 
@@ -180,7 +186,8 @@ def _numbers_verdict(gold_parsed: list, pred_parsed: list) -> bool | None:
     if not (g.is_finite and p.is_finite):
         return None
     if isinstance(g, Float) or isinstance(p, Float):
-        return bool(g.round(6) == p.round(6))
+        a, b = Fraction(str(Rational(g))), Fraction(str(Rational(p)))
+        return round(a, 6) == round(b, 6)
     return bool(g == p)
 
 
