@@ -123,6 +123,38 @@ def drop_prose_plus_signs(text: str) -> str:
     return "".join(out)
 
 
+_ESCAPED_DOLLAR_AMOUNT = re.compile(r"\\\$\s*(?=[-+]?\.?\d)")  # "\$62" in a LaTeX-written solution
+_DISPLAY_END_PUNCT = re.compile(r"[.,;]\s*(?=\\\])")  # "\[ M . \]": the sentence's full stop
+_BARE_MATRIX = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}.*?\\end\{\1\}", re.DOTALL)
+_MATH_OPENERS = ("$", "\\(", "\\[")
+
+
+def normalize_free_text(text: str) -> str:
+    """Rewrite a free-text answer so that math-verify's extraction reads the answer a grader would.
+
+    Each rule fixes a way its regexes misread a final answer, without touching the math itself:
+
+    * U+2212 (−) becomes "-": "the answer is −3" was read as 3.
+    * a sign "+" in prose is dropped (``drop_prose_plus_signs``): "So the answer is +12" was read as
+      nothing, "Final answer: +5.0" as an earlier number.
+    * "\\$62" (an escaped dollar, as LaTeX-written solutions price things) becomes "62": the number
+      regex needs a space or "=" before it, so "spends \\$62" was skipped and an earlier number won.
+    * a full stop just before ``\\]`` is dropped: ``\\[ \\begin{pmatrix}…\\end{pmatrix}. \\]`` failed
+      to parse and the extraction fell back to the matrix's last entry.
+    * a matrix written without any math delimiters is put in ``$…$``: math-verify only parses
+      LaTeX inside delimiters (and read the last entry as the answer).
+    """
+    text = text.replace("\u2212", "-")
+    text = drop_prose_plus_signs(text)
+    if "\\$" in text:
+        text = _ESCAPED_DOLLAR_AMOUNT.sub("", text)
+    if "\\]" in text:
+        text = _DISPLAY_END_PUNCT.sub("", text)
+    if "\\begin" in text and not any(m in text for m in _MATH_OPENERS):
+        text = _BARE_MATRIX.sub(lambda m: f"${m.group(0)}$", text)
+    return text
+
+
 def strip_math_delimiters(text: str) -> str:
     """Remove surrounding ``$...$``, ``\\(...\\)``, ``\\[...\\]`` and whitespace from an answer string."""
     s = text.strip()

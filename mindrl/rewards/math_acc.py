@@ -16,7 +16,7 @@ import re
 from fractions import Fraction
 from typing import Any, Mapping
 
-from mindrl.rewards.extract import (drop_prose_plus_signs, gold_answer, last_boxed, last_tag_content,
+from mindrl.rewards.extract import (gold_answer, last_boxed, last_tag_content, normalize_free_text,
                                     strip_math_delimiters)
 from mindrl.rewards.format_rewards import format_reward
 
@@ -135,10 +135,14 @@ def parse_prediction(answer: str, source: str) -> list:
     and ``\\left( 3, \\frac{\\pi}{2} \\right)`` as 3. Prose (and the whole completion) goes to the
     free-text extraction, which finds the answer in it."""
     text = strip_math_delimiters(answer) if source != "text" else text_tail(answer)
+    text = text.replace("\u2212", "-")  # U+2212 minus: math-verify reads it as nothing
     short = len(text) <= _CACHE_MAX_CHARS
     if source == "boxed" or (source == "answer" and "$" not in text and not _is_prose(text)):
-        return _parse_expression_cached(text) if short else _parse_expression(text)
-    text = drop_prose_plus_signs(text)  # "the answer is +12": math-verify's number extraction wants 12
+        parsed = _parse_expression_cached(text) if short else _parse_expression(text)
+        if source == "boxed" or any(not isinstance(p, str) for p in parsed):
+            return parsed
+        # an <answer> block that is no expression ("So it is +12."): read it as free text instead
+    text = normalize_free_text(text)
     return _parse_text_cached(text) if short else _parse(text)
 
 
@@ -236,7 +240,28 @@ def is_equivalent(answer: str, source: str, gold: Any) -> bool:
         return verdict
     if _constants_differ(gold_parsed, pred_parsed):
         return False
-    return bool(_mv().verify(gold_parsed, pred_parsed, timeout_seconds=None))
+    return bool(_mv().verify(gold_parsed, pred_parsed, timeout_seconds=None,
+                             allow_set_relation_comp=_is_solution_set(gold_parsed)))
+
+
+def _is_solution_set(gold_parsed: list) -> bool:
+    """Whether the gold is plainly a set of values, so that an inequality answer may be read as one.
+
+    ``x \\in [2,5]``, ``[0,\\infty)``, ``(-\\infty,1)\\cup(2,\\infty)``, ``(0,5]``: a grader accepts
+    ``2 \\le x \\le 5`` or ``y \\ge 0`` for them, and math-verify does when asked
+    (``allow_set_relation_comp``). Not for an open interval with two finite ends: ``(1,2)`` is as
+    often a point as an interval, and ``1 < x < 2`` is no answer for the point (1, 2).
+    """
+    from sympy import Eq, Interval, Set, Symbol, Union
+
+    g = next((x for x in gold_parsed if not isinstance(x, str)), None)
+    if isinstance(g, Eq) and isinstance(g.lhs, Symbol) and isinstance(g.rhs, Set):  # "x \\in S"
+        return True
+    if isinstance(g, Union):
+        return True
+    if isinstance(g, Interval):
+        return not (g.left_open and g.right_open and g.start.is_finite and g.end.is_finite)
+    return False
 
 
 def acc_reward(completion: str, labels: Mapping[str, Any]) -> float:
