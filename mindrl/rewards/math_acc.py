@@ -112,16 +112,26 @@ def _is_prose(text: str) -> bool:
 
 
 _TAIL_CHARS = 600
+_ANCHOR_CHARS = 3000  # how far back the tail reaches for an "answer" anchor
 
 
-def text_tail(text: str, keep: int = _TAIL_CHARS) -> str:
+def text_tail(text: str, keep: int = _TAIL_CHARS, anchor_window: int = _ANCHOR_CHARS) -> str:
     """The last ~`keep` characters, cut at a line or sentence boundary (never inside a formula line).
 
     The free-text extraction wants the *last* expression or number; parsing a long completion whole
-    costs math-verify's pure-Python LaTeX parser tens of milliseconds, mostly on text before it."""
+    costs math-verify's pure-Python LaTeX parser tens of milliseconds, mostly on text before it.
+    But math-verify prefers an answer after the word "answer" ("The answer is 42.") to any later
+    number, so when the tail has no "answer" and the last one lies within `anchor_window`
+    characters of the end, the tail starts at that line instead: "The answer is 42." followed by a
+    long check of the arithmetic is still read as 42."""
     if len(text) <= keep:
         return text
     start = len(text) - keep
+    lower = text.lower()
+    if lower.find("answer", start) == -1:
+        anchor = lower.rfind("answer", max(0, len(text) - anchor_window), start)
+        if anchor != -1:
+            return text[text.rfind("\n", 0, anchor) + 1:]
     cut = max(text.find("\n", start), -1)
     if cut == -1:
         sentence = text.find(". ", start)

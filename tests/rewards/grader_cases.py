@@ -213,6 +213,10 @@ LONG: list[tuple[str, object, int]] = [  # whole solutions whose final answer si
     (_solution(_ALG, "Hence the roots are $x=2$ and $x=3$, i.e. $\\{2,3\\}$."), "\\{2,3\\}", 1),
     ("A" * 700 + "\nThe answer is 7.", "7", 1),
     ("x " * 400 + "so we get 0.5 and then the answer is 1/2", "\\frac12", 1),
+    # the answer stated, then a long check of the arithmetic (no "answer" in the last 600 characters)
+    (_solution(_SHOP, "So the answer is 61.\n\nDouble-check, line by line:\n" + "3 * 15 = 45 and 2 * 8 = 16. " * 30), "61", 1),
+    (_solution(_SHOP, "So the answer is 60.\n\nDouble-check, line by line:\n" + "3 * 15 = 45 and 2 * 8 = 16. " * 30), "61", 0),
+    (_solution(_SHOP, "So the answer is 60.\n\nDouble-check, line by line:\n" + "3 * 15 = 45 and 2 * 8 = 16. " * 30), "16", 0),
     # Known miss, for both: math-verify's "answer ... = n" anchor takes the check's result.
     (_solution(_SHOP, "The answer is 61. Check: 61 - 16 = 45."), "61", 1),
 ]
