@@ -124,9 +124,26 @@ def drop_prose_plus_signs(text: str) -> str:
 
 
 _ESCAPED_DOLLAR_AMOUNT = re.compile(r"\\\$\s*(?=[-+]?\.?\d)")  # "\$62" in a LaTeX-written solution
-_DISPLAY_END_PUNCT = re.compile(r"[.,;]\s*(?=\\\])")  # "\[ M . \]": the sentence's full stop
+_DISPLAY_END_STOP = re.compile(r"\.\s*(?=\\[\])])")  # "\[ M . \]", "\( x. \)": the sentence's full stop
+# $$…$$ or $…$ (an escaped \$ inside is content); group "body" is what lies between the dollars.
+_DOLLAR_MATH = re.compile(r"(?P<open>\$\$|(?<!\\)\$)(?P<body>(?:[^$\\]|\\.)*?)(?P=open)", re.DOTALL)
+_END_STOP = re.compile(r"\.\s*$")
+# "$x$" as a variable's name in a sentence ("the 11 values of $x$ are distinct"): math-verify takes
+# the last formula as the answer, so that mention wins over the answer before it. Not e, i, \pi or
+# \infty (constants that are answers), and not right after "is", "answer", "be", ":" or "=".
+_SYMBOL = r"(?:[a-df-hj-zA-Z]|\\(?:alpha|beta|gamma|delta|theta|lambda|mu|phi|omega))"
+_MENTION = re.compile(r"(?<![\w\\$])(?P<cue>(?:\b(?i:is|answer|be)|[:=])\s*)?\$\s*(?P<sym>" + _SYMBOL
+                      + r")\s*\.?\s*\$(?!\$)")
+_LONE_SYMBOL = re.compile(r"\s*" + _SYMBOL + r"\s*\.\s*")  # "$x.$", "$\theta.$": a mention, not an answer
 _BARE_MATRIX = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}.*?\\end\{\1\}", re.DOTALL)
 _MATH_OPENERS = ("$", "\\(", "\\[")
+
+
+def _drop_end_stop(m: re.Match) -> str:
+    body = m.group("body")
+    if not body.rstrip().endswith(".") or _LONE_SYMBOL.fullmatch(body):
+        return m.group(0)
+    return m.group("open") + _END_STOP.sub("", body) + m.group("open")
 
 
 def normalize_free_text(text: str) -> str:
@@ -139,8 +156,13 @@ def normalize_free_text(text: str) -> str:
       nothing, "Final answer: +5.0" as an earlier number.
     * "\\$62" (an escaped dollar, as LaTeX-written solutions price things) becomes "62": the number
       regex needs a space or "=" before it, so "spends \\$62" was skipped and an earlier number won.
-    * a full stop just before ``\\]`` is dropped: ``\\[ \\begin{pmatrix}…\\end{pmatrix}. \\]`` failed
-      to parse and the extraction fell back to the matrix's last entry.
+    * a full stop just before the end of math (``\\]``, ``\\)``, ``$``, ``$$``) is dropped:
+      ``$b = \\frac{7}{4}.$`` and ``\\[ \\begin{pmatrix}…\\end{pmatrix}. \\]`` failed to parse, and
+      the extraction fell back to an earlier formula or to the matrix's last entry. Not a comma:
+      ``$x = 1,$ and $y = 2$`` is two statements, which math-verify would otherwise merge into one
+      answer; and not after a lone symbol: "values of $x.$" mentions x, it does not answer x.
+    * such a mention loses its ``$``: in "there are $11$ values of $x$ in all" the answer is 11,
+      but math-verify reads the last formula, x (see ``_MENTION`` for what stays math).
     * a matrix written without any math delimiters is put in ``$…$``: math-verify only parses
       LaTeX inside delimiters (and read the last entry as the answer).
     """
@@ -148,8 +170,11 @@ def normalize_free_text(text: str) -> str:
     text = drop_prose_plus_signs(text)
     if "\\$" in text:
         text = _ESCAPED_DOLLAR_AMOUNT.sub("", text)
-    if "\\]" in text:
-        text = _DISPLAY_END_PUNCT.sub("", text)
+    if "\\]" in text or "\\)" in text:
+        text = _DISPLAY_END_STOP.sub("", text)
+    if "$" in text:
+        text = _DOLLAR_MATH.sub(_drop_end_stop, text)
+        text = _MENTION.sub(lambda m: m.group(0) if m.group("cue") else m.group("sym"), text)
     if "\\begin" in text and not any(m in text for m in _MATH_OPENERS):
         text = _BARE_MATRIX.sub(lambda m: f"${m.group(0)}$", text)
     return text

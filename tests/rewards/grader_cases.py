@@ -213,6 +213,23 @@ LONG: list[tuple[str, object, int]] = [  # whole solutions whose final answer si
     (_solution(_ALG, "Hence the roots are $x=2$ and $x=3$, i.e. $\\{2,3\\}$."), "\\{2,3\\}", 1),
     ("A" * 700 + "\nThe answer is 7.", "7", 1),
     ("x " * 400 + "so we get 0.5 and then the answer is 1/2", "\\frac12", 1),
+    # MATH-solution typography: the sentence's full stop inside the math, a variable named after the answer
+    (_solution(_ALG, "Adding the roots, we get $r + s = 2 + 3 = 5.$"), "5", 1),
+    (_solution(_ALG, "Adding the roots, we get $r + s = 2 + 3 = 6.$"), "5", 0),
+    (_solution(_ALG, "Multiplying, the product is\n\\[rs = 2 \\cdot 3 = 6.\\]"), "6", 1),
+    (_solution(_ALG, "Multiplying, the product is\n\\[rs = 2 \\cdot 3 = 5.\\]"), "6", 0),
+    (_solution(_ALG, "So we obtain $$\\frac{r}{s} = \\frac{2}{3}.$$"), "\\frac23", 1),
+    (_solution(_ALG, "So the root set is $x \\in \\{2, 3\\}.$"), "\\{2,3\\}", 1),
+    (_solution(_ALG, "Hence there are $2$ real values of $x$ in all."), "2", 1),
+    (_solution(_ALG, "Hence there are $3$ real values of $x$ in all."), "2", 0),
+    (_solution(_ALG, "Both roots are positive, so exactly $2$ choices of $r$ work, as claimed."), "2", 1),
+    (_solution(_ALG, "Since the product is $6,$ the sum is $5,$ and we check this value of $x.$"), "5", 1),
+    (_solution(_ALG, "Since the product is $6,$ the sum is $7,$ and we check this value of $x.$"), "5", 0),
+    (_solution(_ALG, "Then $r = 2,$ and $s = 3.$"), "3", 1),  # "$r = 2,$ and $s = 3$" stays two statements
+    (_solution(_ALG, "Then $r = 2,$ and $s = 4.$"), "3", 0),
+    (_solution(_GEOM, "The matrix of the map is\n\\[\\begin{pmatrix} 5 & 0 \\\\ 0 & 12 \\end{pmatrix}.\\]"),
+     "\\begin{pmatrix} 5 & 0 \\\\ 0 & 12 \\end{pmatrix}", 1),
+    (_solution(_GEOM, "The constant is $e.$"), "e", 1), (_solution(_GEOM, "The ratio is $\\pi.$"), "\\pi", 1),
     # the answer stated, then a long check of the arithmetic (no "answer" in the last 600 characters)
     (_solution(_SHOP, "So the answer is 61.\n\nDouble-check, line by line:\n" + "3 * 15 = 45 and 2 * 8 = 16. " * 30), "61", 1),
     (_solution(_SHOP, "So the answer is 60.\n\nDouble-check, line by line:\n" + "3 * 15 = 45 and 2 * 8 = 16. " * 30), "61", 0),

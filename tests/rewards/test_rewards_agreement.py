@@ -74,6 +74,13 @@ def test_drop_prose_plus_signs(text, expected):
     ("It is \\begin{bmatrix} 1 & 2 \\end{bmatrix}.", "It is $\\begin{bmatrix} 1 & 2 \\end{bmatrix}$."),
     ("So $\\begin{bmatrix} 1 \\end{bmatrix}$.", "So $\\begin{bmatrix} 1 \\end{bmatrix}$."),  # already math
     ("\\$ is the sign", "\\$ is the sign"), ("The answer is 12.", "The answer is 12."),
+    # the sentence's full stop inside math; not a comma (two statements), not after a lone symbol
+    ("so $b = \\frac{7}{4}.$", "so $b = \\frac{7}{4}$"), ("we get $$\\frac{1}{2}.$$", "we get $$\\frac{1}{2}$$"),
+    ("is \\(3.\\)", "is \\(3\\)"), ("$x = 1,$ and $y = 2.$", "$x = 1,$ and $y = 2$"), ("$3.5$ or $.5$", "$3.5$ or $.5$"),
+    # a lone variable named in a sentence is a mention; constants and stated answers stay math
+    ("there are $11$ values of $x$ in all", "there are $11$ values of x in all"), ("of $\\theta.$", "of \\theta"),
+    ("the answer is $x$", "the answer is $x$"), ("so $e$ and $i$ and $\\pi$", "so $e$ and $i$ and $\\pi$"),
+    ("the value is $e.$", "the value is $e$"), ("$3x$ and $$y$$", "$3x$ and $$y$$"),
 ])
 def test_normalize_free_text(text, expected):
     assert normalize_free_text(text) == expected
