@@ -113,30 +113,37 @@ def _is_prose(text: str) -> bool:
 
 _TAIL_CHARS = 600
 _ANCHOR_CHARS = 3000  # how far back the tail reaches for an "answer" anchor
+_ANSWER_WORD = re.compile("answer", re.IGNORECASE)
+_EXPRESSION_MAX_CHARS = 1000  # a longer boxed/<answer> content is read as text, not parsed as one formula
 
 
 def text_tail(text: str, keep: int = _TAIL_CHARS, anchor_window: int = _ANCHOR_CHARS) -> str:
-    """The last ~`keep` characters, cut at a line or sentence boundary (never inside a formula line).
+    """The last ~`keep` characters, cut at a line, else sentence, else word boundary.
 
     The free-text extraction wants the *last* expression or number; parsing a long completion whole
     costs math-verify's pure-Python LaTeX parser tens of milliseconds, mostly on text before it.
     But math-verify prefers an answer after the word "answer" ("The answer is 42.") to any later
     number, so when the tail has no "answer" and the last one lies within `anchor_window`
-    characters of the end, the tail starts at that line instead: "The answer is 42." followed by a
-    long check of the arithmetic is still read as 42."""
+    characters of the end, the tail starts at that line (or sentence) instead: "The answer is 42."
+    followed by a long check of the arithmetic is still read as 42. Never more than about
+    `anchor_window` characters, however long the text and its lines."""
     if len(text) <= keep:
         return text
     start = len(text) - keep
-    lower = text.lower()
-    if lower.find("answer", start) == -1:
-        anchor = lower.rfind("answer", max(0, len(text) - anchor_window), start)
-        if anchor != -1:
-            return text[text.rfind("\n", 0, anchor) + 1:]
-    cut = max(text.find("\n", start), -1)
-    if cut == -1:
-        sentence = text.find(". ", start)
-        cut = sentence + 1 if sentence != -1 else -1
-    return text[cut + 1:] if 0 <= cut < len(text) - 1 else text
+    if _ANSWER_WORD.search(text, start) is None:
+        anchor = None
+        for anchor in _ANSWER_WORD.finditer(text, max(0, len(text) - anchor_window), start + 5):
+            pass
+        if anchor is not None:
+            a, near = anchor.start(), max(0, anchor.start() - 200)
+            line = text.rfind("\n", near, a)
+            begin = line if line != -1 else text.rfind(". ", near, a)
+            return text[begin + 1:] if begin != -1 else text[a:]
+    for sep in ("\n", ". ", " "):
+        cut = text.find(sep, start, len(text) - 1)
+        if cut != -1:
+            return text[cut + 1:]
+    return text[start:]
 
 
 def parse_prediction(answer: str, source: str) -> list:
@@ -144,15 +151,18 @@ def parse_prediction(answer: str, source: str) -> list:
     is parsed as one expression: math-verify's free-text extraction would read ``2 \\sqrt{3}`` as 2
     and ``\\left( 3, \\frac{\\pi}{2} \\right)`` as 3. Prose (and the whole completion) goes to the
     free-text extraction, which finds the answer in it."""
-    text = strip_math_delimiters(answer) if source != "text" else text_tail(answer)
+    text = strip_math_delimiters(answer) if source != "text" else answer
     text = text.replace("\u2212", "-")  # U+2212 minus: math-verify reads it as nothing
     short = len(text) <= _CACHE_MAX_CHARS
-    if source == "boxed" or (source == "answer" and "$" not in text and not _is_prose(text)):
+    expression = len(text) <= _EXPRESSION_MAX_CHARS and (
+        source == "boxed" or (source == "answer" and "$" not in text and not _is_prose(text)))
+    if expression:
         parsed = _parse_expression_cached(text) if short else _parse_expression(text)
         if source == "boxed" or any(not isinstance(p, str) for p in parsed):
             return parsed
         # an <answer> block that is no expression ("So it is +12."): read it as free text instead
-    text = normalize_free_text(text)
+    text = normalize_free_text(text_tail(text))
+    short = len(text) <= _CACHE_MAX_CHARS
     return _parse_text_cached(text) if short else _parse(text)
 
 

@@ -30,3 +30,20 @@ def test_tail_reaches_back_to_an_answer_anchor():
     # an anchor in the tail itself, or too far back, leaves the tail as it was
     assert text_tail("The answer is 1.\n" + "x" * 5000 + "\nend 2", keep=60) == "end 2"
     assert text_tail("x" * 1000 + "\nthe answer is 3\n" + "y" * 40, keep=60) == "the answer is 3\n" + "y" * 40
+
+
+def test_pathological_long_answers_stay_fast():
+    """Megabyte completions without line or sentence breaks, and huge <answer> blocks: the free-text
+    path parses a bounded tail (before: 0.3-7 s of CPU per item, i.e. sandbox timeouts)."""
+    import time
+
+    acc = get_scorer("acc")
+    acc("\\boxed{1}", {"label": "1"})  # imports outside the timing
+    texts = ["is $x$ and +3 \\$5 $y.$ " * 50_000, "$" + "a" * 1_000_000, "is +1 " * 200_000, "\\[ x. \\] " * 100_000]
+    for text in texts:
+        for completion in (text, f"<answer>{text[:200_000]}</answer>", f"\\boxed{{{text[:200_000]}}}"):
+            t0 = time.process_time()
+            acc(completion + " So the answer is 7.", {"label": "7"})
+            assert time.process_time() - t0 < 0.5, completion[:40]
+    assert acc("x " * 300_000 + "so the answer is 7", {"label": "7"}) == 1.0
+    assert text_tail("y" * 5000, keep=60) == "y" * 60  # no boundary at all: a hard cut
