@@ -4,9 +4,10 @@ The equation is the content of the last ``<answer>…</answer>``. It must contai
 ``+ - * / ( ) .`` and spaces/tabs/newlines, use exactly the multiset ``nums``, and evaluate within 1e-5
 of ``target``. Length limits count the expression after whitespace normalisation (runs of spaces,
 tabs and newlines become one space, ends stripped): a valid equation followed by a page of blank
-lines is still valid, while a genuinely long expression is refused before it is parsed. It is evaluated by walking the Python AST over those operators only (never ``eval``):
-``**`` parses as ``Pow`` and is rejected, names/calls/attributes cannot pass the character check,
-and length and magnitude limits keep every evaluation to microseconds.
+lines is still valid, while a genuinely long expression is refused before it is parsed. It is
+evaluated by walking the Python AST over those operators only (never ``eval``): ``**`` parses as
+``Pow`` and is rejected, names/calls/attributes cannot pass the character check, and length and
+magnitude limits keep every evaluation to microseconds.
 """
 from __future__ import annotations
 
