@@ -130,10 +130,11 @@ _DOLLAR_MATH = re.compile(r"(?P<open>\$\$|(?<!\\)\$)(?P<body>(?:[^$\\]|\\.)*?)(?
 _END_STOP = re.compile(r"\.\s*$")
 # "$x$" as a variable's name in a sentence ("the 11 values of $x$ are distinct"): math-verify takes
 # the last formula as the answer, so that mention wins over the answer before it. Not e, i, \pi or
-# \infty (constants that are answers), and not right after "is", "answer", "be", ":" or "=".
+# \infty (constants that are answers), and not right after "is", "answer", "be", "choose", "option",
+# "choice", ":" or "=" (there the symbol is the answer: "the answer is $B$").
 _SYMBOL = r"(?:[a-df-hj-zA-Z]|\\(?:alpha|beta|gamma|delta|theta|lambda|mu|phi|omega))"
-_MENTION = re.compile(r"(?<![\w\\$])(?P<cue>(?:\b(?i:is|answer|be)|[:=])\s*)?\$\s*(?P<sym>" + _SYMBOL
-                      + r")\s*\.?\s*\$(?!\$)")
+_MENTION = re.compile(r"(?<![\w\\$])(?P<cue>(?:\b(?i:is|answer|be|choose|option|choice)|[:=])\s*)?"
+                      r"\$\s*(?P<sym>" + _SYMBOL + r")\s*\.?\s*\$(?!\$)")
 _LONE_SYMBOL = re.compile(r"\s*" + _SYMBOL + r"\s*\.\s*")  # "$x.$", "$\theta.$": a mention, not an answer
 _BARE_MATRIX = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}.*?\\end\{\1\}", re.DOTALL)
 _MATH_OPENERS = ("$", "\\(", "\\[")

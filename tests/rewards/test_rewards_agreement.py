@@ -80,7 +80,7 @@ def test_drop_prose_plus_signs(text, expected):
     # a lone variable named in a sentence is a mention; constants and stated answers stay math
     ("there are $11$ values of $x$ in all", "there are $11$ values of x in all"), ("of $\\theta.$", "of \\theta"),
     ("the answer is $x$", "the answer is $x$"), ("so $e$ and $i$ and $\\pi$", "so $e$ and $i$ and $\\pi$"),
-    ("the value is $e.$", "the value is $e$"), ("$3x$ and $$y$$", "$3x$ and $$y$$"),
+    ("the value is $e.$", "the value is $e$"), ("$3x$ and $$y$$", "$3x$ and $$y$$"), ("we choose $B$.", "we choose $B$."),
 ])
 def test_normalize_free_text(text, expected):
     assert normalize_free_text(text) == expected
