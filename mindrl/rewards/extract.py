@@ -136,6 +136,15 @@ _SYMBOL = r"(?:[a-df-hj-zA-Z]|\\(?:alpha|beta|gamma|delta|theta|lambda|mu|phi|om
 _MENTION = re.compile(r"(?<![\w\\$])(?P<cue>(?:\b(?i:is|answer|be|choose|option|choice)|[:=])\s*)?"
                       r"\$\s*(?P<sym>" + _SYMBOL + r")\s*\.?\s*\$(?!\$)")
 _LONE_SYMBOL = re.compile(r"\s*" + _SYMBOL + r"\s*\.\s*")  # "$x.$", "$\theta.$": a mention, not an answer
+# An aligned derivation, with its math delimiters if any. math-verify parses none of these
+# environments, so a solution ending "\begin{align*} z &= … \\ &= 6 - 5i. \end{align*}" was read
+# as an earlier formula or a stray number.
+_ALIGNED = re.compile(r"(?:\\\[|\$\$)?\s*\\begin\{(align\*?|aligned|eqnarray\*?|gather\*?|split)\}(?P<body>.*?)"
+                      r"\\end\{\1\}\s*(?:\\\]|\$\$)?", re.DOTALL)
+_ROW_BREAK = re.compile(r"\\\\(?:\[[^\]]*\])?")  # "\\" or "\\[4pt]"
+_ROW_NOISE = re.compile(r"&|\\(?:nonumber|notag|label\{[^{}]*\}|tag\{[^{}]*\})")
+_ROW_LEAD = re.compile(r"^(?:\s|\\q?quad|\\Rightarrow|\\implies|\\Longrightarrow|\\therefore|\\[,;:!])+")
+_RELATION_START = re.compile(r"\s*(?:=|<|>|\\le|\\ge|\\approx|\\equiv)")
 _BARE_MATRIX = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}.*?\\end\{\1\}", re.DOTALL)
 _MATH_OPENERS = ("$", "\\(", "\\[")
 
@@ -145,6 +154,20 @@ def _drop_end_stop(m: re.Match) -> str:
     if not body.rstrip().endswith(".") or _LONE_SYMBOL.fullmatch(body):
         return m.group(0)
     return m.group("open") + _END_STOP.sub("", body) + m.group("open")
+
+
+def _last_statement(m: re.Match) -> str:
+    """An aligned block -> ``$…$`` holding its last statement: the last row that does not start with
+    a relation, joined with the rows continuing it (``z &= a \\\\ &= b`` -> ``$z = a = b$``)."""
+    rows = [_ROW_LEAD.sub("", _ROW_NOISE.sub(" ", row)).strip() for row in _ROW_BREAK.split(m.group("body"))]
+    rows = [row for row in rows if row]
+    if not rows:
+        return m.group(0)
+    first = len(rows) - 1
+    while first > 0 and _RELATION_START.match(rows[first]):
+        first -= 1
+    statement = " ".join(rows[first:]).rstrip(" .,;")
+    return f" ${statement}$ "
 
 
 def normalize_free_text(text: str) -> str:
@@ -164,6 +187,8 @@ def normalize_free_text(text: str) -> str:
       answer; and not after a lone symbol: "values of $x.$" mentions x, it does not answer x.
     * such a mention loses its ``$``: in "there are $11$ values of $x$ in all" the answer is 11,
       but math-verify reads the last formula, x (see ``_MENTION`` for what stays math).
+    * an aligned derivation (``align*``, ``aligned``, ``eqnarray``, …), which math-verify cannot
+      parse, becomes ``$…$`` holding its last statement: ``z &= … \\\\ &= 6 - 5i.`` -> ``$z = … = 6 - 5i$``.
     * a matrix written without any math delimiters is put in ``$…$``: math-verify only parses
       LaTeX inside delimiters (and read the last entry as the answer).
     """
@@ -176,8 +201,10 @@ def normalize_free_text(text: str) -> str:
     if "$" in text:
         text = _DOLLAR_MATH.sub(_drop_end_stop, text)
         text = _MENTION.sub(lambda m: m.group(0) if m.group("cue") else m.group("sym"), text)
-    if "\\begin" in text and not any(m in text for m in _MATH_OPENERS):
-        text = _BARE_MATRIX.sub(lambda m: f"${m.group(0)}$", text)
+    if "\\begin" in text:
+        text = _ALIGNED.sub(_last_statement, text)
+        if not any(m in text for m in _MATH_OPENERS):
+            text = _BARE_MATRIX.sub(lambda m: f"${m.group(0)}$", text)
     return text
 
 

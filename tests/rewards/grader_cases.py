@@ -229,6 +229,12 @@ LONG: list[tuple[str, object, int]] = [  # whole solutions whose final answer si
     (_solution(_ALG, "Then $r = 2,$ and $s = 4.$"), "3", 0),
     (_solution(_GEOM, "The matrix of the map is\n\\[\\begin{pmatrix} 5 & 0 \\\\ 0 & 12 \\end{pmatrix}.\\]"),
      "\\begin{pmatrix} 5 & 0 \\\\ 0 & 12 \\end{pmatrix}", 1),
+    # an aligned derivation at the end: its last statement is the result
+    (_solution(_ALG, "Collecting terms,\n\\begin{align*}\ns &= 2 + 3 \\\\\n&= 5.\n\\end{align*}"), "5", 1),
+    (_solution(_ALG, "Collecting terms,\n\\begin{align*}\ns &= 2 + 3 \\\\\n&= 6.\n\\end{align*}"), "5", 0),
+    (_solution(_ALG, "Hence\n\\begin{align*}\n2x &= 6 \\\\\n\\Rightarrow\\qquad x &= 3.\n\\end{align*}"), "3", 1),
+    (_solution(_ALG, "Hence\n\\begin{align*}\n2x &= 6 \\\\\n\\Rightarrow\\qquad x &= 3.\n\\end{align*}"), "6", 0),
+    (_solution(_ALG, "So \\[\\begin{aligned} p &= 2 \\cdot 3 \\\\ &= 6. \\end{aligned}\\]"), "6", 1),
     (_solution(_GEOM, "The constant is $e.$"), "e", 1), (_solution(_GEOM, "The ratio is $\\pi.$"), "\\pi", 1),
     # the answer stated, then a long check of the arithmetic (no "answer" in the last 600 characters)
     (_solution(_SHOP, "So the answer is 61.\n\nDouble-check, line by line:\n" + "3 * 15 = 45 and 2 * 8 = 16. " * 30), "61", 1),

@@ -80,6 +80,9 @@ def test_drop_prose_plus_signs(text, expected):
     # a lone variable named in a sentence is a mention; constants and stated answers stay math
     ("there are $11$ values of $x$ in all", "there are $11$ values of x in all"), ("of $\\theta.$", "of \\theta"),
     ("the answer is $x$", "the answer is $x$"), ("so $e$ and $i$ and $\\pi$", "so $e$ and $i$ and $\\pi$"),
+    # an aligned derivation becomes its last statement, in $…$
+    ("so\n\\begin{align*}\nz &= 4 - 2i \\\\\n&= 6 - 5i.\n\\end{align*}", "so $z  = 4 - 2i = 6 - 5i$ "),
+    ("\\[\\begin{aligned} a &= 1 \\\\ \\Rightarrow\\quad b &= 2, \\end{aligned}\\]", " $b  = 2$ "),
     ("the value is $e.$", "the value is $e$"), ("$3x$ and $$y$$", "$3x$ and $$y$$"), ("we choose $B$.", "we choose $B$."),
 ])
 def test_normalize_free_text(text, expected):
