@@ -145,6 +145,7 @@ _ROW_BREAK = re.compile(r"\\\\(?:\[[^\]]*\])?")  # "\\" or "\\[4pt]"
 _ROW_NOISE = re.compile(r"&|\\(?:nonumber|notag|label\{[^{}]*\}|tag\{[^{}]*\})")
 _ROW_LEAD = re.compile(r"^(?:\s|\\q?quad|\\Rightarrow|\\implies|\\Longrightarrow|\\therefore|\\[,;:!])+")
 _RELATION_START = re.compile(r"\s*(?:=|<|>|\\le|\\ge|\\approx|\\equiv)")
+_INEQUALITY = re.compile(r"\\(?:geq?|leq?|neq|approx)\b|[<>]")
 _BARE_MATRIX = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}.*?\\end\{\1\}", re.DOTALL)
 _MATH_OPENERS = ("$", "\\(", "\\[")
 
@@ -167,6 +168,13 @@ def _last_statement(m: re.Match) -> str:
     while first > 0 and _RELATION_START.match(rows[first]):
         first -= 1
     statement = " ".join(rows[first:]).rstrip(" .,;")
+    # "a = b \ge c = 16": an equation chain after the last inequality is the result (c = 16);
+    # math-verify cannot take the right-hand side of a mixed chain. "x \le 3" stays as it is.
+    last = None
+    for last in _INEQUALITY.finditer(statement):
+        pass
+    if last is not None and "=" in statement[last.end():]:
+        statement = statement[last.end():].strip()
     return f" ${statement}$ "
 
 

@@ -83,6 +83,8 @@ def test_drop_prose_plus_signs(text, expected):
     # an aligned derivation becomes its last statement, in $…$
     ("so\n\\begin{align*}\nz &= 4 - 2i \\\\\n&= 6 - 5i.\n\\end{align*}", "so $z  = 4 - 2i = 6 - 5i$ "),
     ("\\[\\begin{aligned} a &= 1 \\\\ \\Rightarrow\\quad b &= 2, \\end{aligned}\\]", " $b  = 2$ "),
+    ("\\begin{align*}\na &= b \\\\\n&\\ge 4c \\\\\n&= 16.\n\\end{align*}", " $4c = 16$ "),  # after the last inequality
+    ("\\begin{align*}\nx - 1 &\\le 2 \\\\\nx &\\le 3.\n\\end{align*}", " $x  \\le 3$ "),
     ("the value is $e.$", "the value is $e$"), ("$3x$ and $$y$$", "$3x$ and $$y$$"), ("we choose $B$.", "we choose $B$."),
 ])
 def test_normalize_free_text(text, expected):
