@@ -11,7 +11,8 @@ base_acc stops at the format check). "first batch" runs on a freshly started poo
 uses the next 125 problems on the same pool, as each step of a run would (no answer repeats
 between batches, so parse caches do not help). "cross mix" is the worst case: every item a
 different problem's reference solution, half with another problem's answer of a different
-shape, where math-verify falls back to sympy simplify. Countdown items are Countdown-Tasks rows
+shape, where math-verify falls back to sympy simplify. "free text" is the cross mix with the final
+answer unboxed, so it sits in the solution's last sentence (the free-text extraction path). Countdown items are Countdown-Tasks rows
 with a random equation over their numbers; "format" on the same rows is the sandbox's own cost.
 
 "worker CPU s" is the CPU time the workers reported; "CPU-bound s" = worker CPU / workers, the wall
@@ -49,9 +50,23 @@ def _replace_last_boxed(text: str, new: str) -> str:
     return (text[:cut] if cut >= 0 else text + " ") + "\\boxed{" + new + "}."
 
 
+def _unbox(text: str, new: str | None = None) -> str:
+    """The text with its last ``\\boxed{X}`` written as plain ``X`` (or ``new``): a free-text final."""
+    cut = text.rfind("\\boxed{")
+    if cut < 0:
+        return text + f" The answer is ${new}$." if new is not None else text
+    depth, i = 0, cut + len("\\boxed")
+    for i in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            break
+    return text[:cut] + (new if new is not None else text[cut + len("\\boxed{"):i]) + text[i + 1:]
+
+
 def math_items(n: int, mix: str, offset: int = 0) -> tuple[list[str], list[dict], str]:
     """``grpo``: prompts x 8 R1-Zero-style samples (see the module docstring); ``cross``: every item
-    a different problem's reference solution, half carrying another problem's answer."""
+    a different problem's reference solution, half carrying another problem's answer; ``free``: the
+    same, with the final answer unboxed (it sits in the solution's last sentence)."""
     path = DATA / "eval" / "math500.jsonl"
     if path.exists():
         rows = [json.loads(line) for line in path.open(encoding="utf-8")]
@@ -62,10 +77,13 @@ def math_items(n: int, mix: str, offset: int = 0) -> tuple[list[str], list[dict]
         source = "synthetic fractions (no ../shared)"
     completions, labels = [], []
     for i in range(n):
-        if mix == "cross":
+        if mix in ("cross", "free"):
             row = rows[(offset + i) % len(rows)]
             other = rows[(offset + i * 7 + 3) % len(rows)]["answer"]
-            completion = row["solution"] if i % 2 == 0 else _replace_last_boxed(row["solution"], other)
+            if mix == "cross":
+                completion = row["solution"] if i % 2 == 0 else _replace_last_boxed(row["solution"], other)
+            else:
+                completion = _unbox(row["solution"], None if i % 2 == 0 else other)
         else:
             row, k = rows[(offset + i // 8) % len(rows)], i % 8
             ans = row["answer"]
@@ -125,6 +143,7 @@ def main() -> None:
         ("acc, next batch", "acc", math_items(n, "grpo", offset=n // 8)),
         ("base_acc, next", "base_acc", math_items(n, "grpo", offset=2 * (n // 8))),
         ("acc, cross mix", "acc", math_items(n, "cross", offset=3 * (n // 8))),
+        ("acc, free text", "acc", math_items(n, "free", offset=4 * (n // 8))),
         ("countdown", "countdown", countdown_items(args.countdown_items, rng)),
         ("format", "format", countdown_items(args.countdown_items, rng)),
     ]

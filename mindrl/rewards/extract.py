@@ -89,6 +89,124 @@ def last_number(text: str) -> Fraction | None:
     return None if last is None else Fraction(last.group(0).replace(",", ""))
 
 
+# A "+" written as a sign in prose: "the answer is +12", "Final answer: +5.0", "#### +24", "rose by +8".
+# It follows a prose word (two or more letters, not a \command), ":", "=", "#" or a line start, and
+# precedes a number. math-verify's plain-text number extraction does not accept a leading "+", so
+# these finals were read as nothing (or as an earlier number). Only text outside $…$ is touched:
+# inside math, "ab +2" is a sum and math-verify parses "$+12$" itself.
+_PROSE_PLUS = re.compile(r"(?P<pre>^|[:=#]|(?<![\\A-Za-z])[A-Za-z]{2,})(?P<sp>[ \t]*)\+(?=\.?\d)", re.MULTILINE)
+_DOLLAR = re.compile(r"(?<!\\)\$")  # an unescaped $ (\$12 is currency, not math)
+
+
+def drop_prose_plus_signs(text: str) -> str:
+    """``'So the answer is +12'`` -> ``'So the answer is 12'``; ``'$x +2$'`` and ``'3 +4'`` unchanged."""
+    if "+" not in text:
+        return text
+    parts = _DOLLAR.split(text)
+    if len(parts) % 2 == 0:  # an unclosed $: leave the text alone rather than guess what is math
+        return text
+    sep = iter(m.group(0) for m in _DOLLAR.finditer(text))
+    out = []
+    for i, part in enumerate(parts):
+        out.append(_PROSE_PLUS.sub(r"\g<pre>\g<sp>", part) if i % 2 == 0 else part)
+        if i < len(parts) - 1:
+            out.append(next(sep))
+    return "".join(out)
+
+
+_ESCAPED_DOLLAR_AMOUNT = re.compile(r"\\\$\s*(?=[-+]?\.?\d)")  # "\$62" in a LaTeX-written solution
+_DISPLAY_END_STOP = re.compile(r"\.\s*(?=\\[\])])")  # "\[ M . \]", "\( x. \)": the sentence's full stop
+# $$…$$ or $…$ (an escaped \$ inside is content); group "body" is what lies between the dollars.
+_DOLLAR_MATH = re.compile(r"(?P<open>\$\$|(?<!\\)\$)(?P<body>(?:[^$\\]|\\.)*?)(?P=open)", re.DOTALL)
+_END_STOP = re.compile(r"\.\s*$")
+# "$x$" as a variable's name in a sentence ("the 11 values of $x$ are distinct"): math-verify takes
+# the last formula as the answer, so that mention wins over the answer before it. Not e, i, \pi or
+# \infty (constants that are answers), and not right after "is", "answer", "be", "choose", "option",
+# "choice", ":" or "=" (there the symbol is the answer: "the answer is $B$").
+_SYMBOL = r"(?:[a-df-hj-zA-Z]|\\(?:alpha|beta|gamma|delta|theta|lambda|mu|phi|omega))"
+_MENTION = re.compile(r"(?<![\w\\$])(?P<cue>(?:\b(?i:is|answer|be|choose|option|choice)|[:=])\s*)?"
+                      r"\$\s*(?P<sym>" + _SYMBOL + r")\s*\.?\s*\$(?!\$)")
+_LONE_SYMBOL = re.compile(r"\s*" + _SYMBOL + r"\s*\.\s*")  # "$x.$", "$\theta.$": a mention, not an answer
+# An aligned derivation, with its math delimiters if any. math-verify parses none of these
+# environments, so a solution ending "\begin{align*} z &= … \\ &= 6 - 5i. \end{align*}" was read
+# as an earlier formula or a stray number.
+_ALIGNED = re.compile(r"(?:\\\[|\$\$)?\s*\\begin\{(align\*?|aligned|eqnarray\*?|gather\*?|split)\}(?P<body>.*?)"
+                      r"\\end\{\1\}\s*(?:\\\]|\$\$)?", re.DOTALL)
+_ROW_BREAK = re.compile(r"\\\\(?:\[[^\]]*\])?")  # "\\" or "\\[4pt]"
+_ROW_NOISE = re.compile(r"&|\\(?:nonumber|notag|label\{[^{}]*\}|tag\{[^{}]*\})")
+_ROW_LEAD = re.compile(r"^(?:\s|\\q?quad|\\Rightarrow|\\implies|\\Longrightarrow|\\therefore|\\[,;:!])+")
+_RELATION_START = re.compile(r"\s*(?:=|<|>|\\le|\\ge|\\approx|\\equiv)")
+_INEQUALITY = re.compile(r"\\(?:geq?|leq?|neq|approx)\b|[<>]")
+_BARE_MATRIX = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}.*?\\end\{\1\}", re.DOTALL)
+_MATH_OPENERS = ("$", "\\(", "\\[")
+
+
+def _drop_end_stop(m: re.Match) -> str:
+    body = m.group("body")
+    if not body.rstrip().endswith(".") or _LONE_SYMBOL.fullmatch(body):
+        return m.group(0)
+    return m.group("open") + _END_STOP.sub("", body) + m.group("open")
+
+
+def _last_statement(m: re.Match) -> str:
+    """An aligned block -> ``$…$`` holding its last statement: the last row that does not start with
+    a relation, joined with the rows continuing it (``z &= a \\\\ &= b`` -> ``$z = a = b$``)."""
+    rows = [_ROW_LEAD.sub("", _ROW_NOISE.sub(" ", row)).strip() for row in _ROW_BREAK.split(m.group("body"))]
+    rows = [row for row in rows if row]
+    if not rows:
+        return m.group(0)
+    first = len(rows) - 1
+    while first > 0 and _RELATION_START.match(rows[first]):
+        first -= 1
+    statement = " ".join(rows[first:]).rstrip(" .,;")
+    # "a = b \ge c = 16": an equation chain after the last inequality is the result (c = 16);
+    # math-verify cannot take the right-hand side of a mixed chain. "x \le 3" stays as it is.
+    last = None
+    for last in _INEQUALITY.finditer(statement):
+        pass
+    if last is not None and "=" in statement[last.end():]:
+        statement = statement[last.end():].strip()
+    return f" ${statement}$ "
+
+
+def normalize_free_text(text: str) -> str:
+    """Rewrite a free-text answer so that math-verify's extraction reads the answer a grader would.
+
+    Each rule fixes a way its regexes misread a final answer, without touching the math itself:
+
+    * U+2212 (−) becomes "-": "the answer is −3" was read as 3.
+    * a sign "+" in prose is dropped (``drop_prose_plus_signs``): "So the answer is +12" was read as
+      nothing, "Final answer: +5.0" as an earlier number.
+    * "\\$62" (an escaped dollar, as LaTeX-written solutions price things) becomes "62": the number
+      regex needs a space or "=" before it, so "spends \\$62" was skipped and an earlier number won.
+    * a full stop just before the end of math (``\\]``, ``\\)``, ``$``, ``$$``) is dropped:
+      ``$b = \\frac{7}{4}.$`` and ``\\[ \\begin{pmatrix}…\\end{pmatrix}. \\]`` failed to parse, and
+      the extraction fell back to an earlier formula or to the matrix's last entry. Not a comma:
+      ``$x = 1,$ and $y = 2$`` is two statements, which math-verify would otherwise merge into one
+      answer; and not after a lone symbol: "values of $x.$" mentions x, it does not answer x.
+    * such a mention loses its ``$``: in "there are $11$ values of $x$ in all" the answer is 11,
+      but math-verify reads the last formula, x (see ``_MENTION`` for what stays math).
+    * an aligned derivation (``align*``, ``aligned``, ``eqnarray``, …), which math-verify cannot
+      parse, becomes ``$…$`` holding its last statement: ``z &= … \\\\ &= 6 - 5i.`` -> ``$z = … = 6 - 5i$``.
+    * a matrix written without any math delimiters is put in ``$…$``: math-verify only parses
+      LaTeX inside delimiters (and read the last entry as the answer).
+    """
+    text = text.replace("\u2212", "-")
+    text = drop_prose_plus_signs(text)
+    if "\\$" in text:
+        text = _ESCAPED_DOLLAR_AMOUNT.sub("", text)
+    if "\\]" in text or "\\)" in text:
+        text = _DISPLAY_END_STOP.sub("", text)
+    if "$" in text:
+        text = _DOLLAR_MATH.sub(_drop_end_stop, text)
+        text = _MENTION.sub(lambda m: m.group(0) if m.group("cue") else m.group("sym"), text)
+    if "\\begin" in text:
+        text = _ALIGNED.sub(_last_statement, text)
+        if not any(m in text for m in _MATH_OPENERS):
+            text = _BARE_MATRIX.sub(lambda m: f"${m.group(0)}$", text)
+    return text
+
+
 def strip_math_delimiters(text: str) -> str:
     """Remove surrounding ``$...$``, ``\\(...\\)``, ``\\[...\\]`` and whitespace from an answer string."""
     s = text.strip()

@@ -3,7 +3,8 @@
 Prediction: the last ``\\boxed{}``, else the last ``<answer>`` block, else the text after the last
 ``####``, else (flexible, as lm-eval's "flexible-extract") the last number in the completion. Inside
 the chosen span the last number counts, so ``\\boxed{\\$1,000}`` and ``<answer>18 dollars</answer>``
-both work. Numbers compare exactly (``18 == 18.00``, ``1,000 == 1000``).
+both work. Numbers compare exactly (``18 == 18.00``, ``1,000 == 1000``, ``+12 == 12``); a U+2212 minus
+counts as a minus.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def gsm8k_gold(gold: Any) -> Fraction:
 
 
 def gsm8k_prediction(completion: str) -> Fraction | None:
+    completion = completion.replace("\u2212", "-")  # U+2212 minus: "−3" is -3, not 3
     for span in (last_boxed(completion), last_tag_content(completion, "answer")):
         if span is not None:
             return last_number(span)

@@ -16,14 +16,17 @@ import re
 from fractions import Fraction
 from typing import Any, Mapping
 
-from mindrl.rewards.extract import gold_answer, last_boxed, last_tag_content, strip_math_delimiters
+from mindrl.rewards.extract import (gold_answer, last_boxed, last_tag_content, normalize_free_text,
+                                    strip_math_delimiters)
 from mindrl.rewards.format_rewards import format_reward
 
 _PLAIN = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")  # 72, -3.5, 1,000
 _ARITHMETIC = re.compile(r"[-+*/(). 0-9]*[0-9][-+*/(). 0-9]*")  # 7/2, (1+2)*3: no LaTeX parser needed
 _CACHE_MAX_CHARS = 512  # only short strings are memoised: whole completions would bloat the caches
-# Prose detection for <answer> blocks: words left after removing \commands and \text{...}.
-_TEX_TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{[^{}]*\}")
+# Prose detection for <answer> blocks: words left after removing \commands, \text{...} and
+# environment names (\begin{bmatrix}, \begin{array}{ccc}: a matrix is an expression, not prose).
+_TEX_TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{[^{}]*\}"
+                       r"|\\(?:begin|end)\s*\{[A-Za-z*]*\}(?:\s*\{[lcr|\s]*\})?")
 _TEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _WORD = re.compile(r"[A-Za-z]{3,}|[\u4e00-\u9fff]")
 
@@ -109,21 +112,38 @@ def _is_prose(text: str) -> bool:
 
 
 _TAIL_CHARS = 600
+_ANCHOR_CHARS = 3000  # how far back the tail reaches for an "answer" anchor
+_ANSWER_WORD = re.compile("answer", re.IGNORECASE)
+_EXPRESSION_MAX_CHARS = 1000  # a longer boxed/<answer> content is read as text, not parsed as one formula
 
 
-def text_tail(text: str, keep: int = _TAIL_CHARS) -> str:
-    """The last ~`keep` characters, cut at a line or sentence boundary (never inside a formula line).
+def text_tail(text: str, keep: int = _TAIL_CHARS, anchor_window: int = _ANCHOR_CHARS) -> str:
+    """The last ~`keep` characters, cut at a line, else sentence, else word boundary.
 
     The free-text extraction wants the *last* expression or number; parsing a long completion whole
-    costs math-verify's pure-Python LaTeX parser tens of milliseconds, mostly on text before it."""
+    costs math-verify's pure-Python LaTeX parser tens of milliseconds, mostly on text before it.
+    But math-verify prefers an answer after the word "answer" ("The answer is 42.") to any later
+    number, so when the tail has no "answer" and the last one lies within `anchor_window`
+    characters of the end, the tail starts at that line (or sentence) instead: "The answer is 42."
+    followed by a long check of the arithmetic is still read as 42. Never more than about
+    `anchor_window` characters, however long the text and its lines."""
     if len(text) <= keep:
         return text
     start = len(text) - keep
-    cut = max(text.find("\n", start), -1)
-    if cut == -1:
-        sentence = text.find(". ", start)
-        cut = sentence + 1 if sentence != -1 else -1
-    return text[cut + 1:] if 0 <= cut < len(text) - 1 else text
+    if _ANSWER_WORD.search(text, start) is None:
+        anchor = None
+        for anchor in _ANSWER_WORD.finditer(text, max(0, len(text) - anchor_window), start + 5):
+            pass
+        if anchor is not None:
+            a, near = anchor.start(), max(0, anchor.start() - 200)
+            line = text.rfind("\n", near, a)
+            begin = line if line != -1 else text.rfind(". ", near, a)
+            return text[begin + 1:] if begin != -1 else text[a:]
+    for sep in ("\n", ". ", " "):
+        cut = text.find(sep, start, len(text) - 1)
+        if cut != -1:
+            return text[cut + 1:]
+    return text[start:]
 
 
 def parse_prediction(answer: str, source: str) -> list:
@@ -131,10 +151,18 @@ def parse_prediction(answer: str, source: str) -> list:
     is parsed as one expression: math-verify's free-text extraction would read ``2 \\sqrt{3}`` as 2
     and ``\\left( 3, \\frac{\\pi}{2} \\right)`` as 3. Prose (and the whole completion) goes to the
     free-text extraction, which finds the answer in it."""
-    text = strip_math_delimiters(answer) if source != "text" else text_tail(answer)
+    text = strip_math_delimiters(answer) if source != "text" else answer
+    text = text.replace("\u2212", "-")  # U+2212 minus: math-verify reads it as nothing
     short = len(text) <= _CACHE_MAX_CHARS
-    if source == "boxed" or (source == "answer" and "$" not in text and not _is_prose(text)):
-        return _parse_expression_cached(text) if short else _parse_expression(text)
+    expression = len(text) <= _EXPRESSION_MAX_CHARS and (
+        source == "boxed" or (source == "answer" and "$" not in text and not _is_prose(text)))
+    if expression:
+        parsed = _parse_expression_cached(text) if short else _parse_expression(text)
+        if source == "boxed" or any(not isinstance(p, str) for p in parsed):
+            return parsed
+        # an <answer> block that is no expression ("So it is +12."): read it as free text instead
+    text = normalize_free_text(text_tail(text))
+    short = len(text) <= _CACHE_MAX_CHARS
     return _parse_text_cached(text) if short else _parse(text)
 
 
@@ -165,11 +193,13 @@ def _same_text(pred: str, gold: str) -> bool:
 
 
 def _numbers_verdict(gold_parsed: list, pred_parsed: list) -> bool | None:
-    """math-verify's verdict when both sides parsed to plain numbers, without its sympy simplify.
+    """The verdict for two plain numbers without math-verify's sympy simplify (tens of ms).
 
-    For two numbers ``verify`` compares them (6-decimal rounding if either is a float) and, when
-    that fails, tries ``simplify(a - b) == 0``, which cannot succeed for distinct numbers but costs
-    tens of ms. Anything that is not a finite Integer/Rational/Float returns None (ask verify).
+    Exact for integers and fractions; when either side is a float, both are rounded to 6 decimals
+    (the rule of ``_plain_numbers_equal``, and of math-verify's rounding). Computed on exact
+    fractions: sympy >= 1.13 says ``Float(5.0) != Integer(5)`` even after ``round(6)``, which made
+    "Final answer: 5.0" against gold 5 a 0 here while ``verify`` (through simplify) said 1.
+    Anything that is not a finite Integer/Rational/Float returns None (ask verify).
     """
     from sympy import Float, Rational
 
@@ -180,7 +210,8 @@ def _numbers_verdict(gold_parsed: list, pred_parsed: list) -> bool | None:
     if not (g.is_finite and p.is_finite):
         return None
     if isinstance(g, Float) or isinstance(p, Float):
-        return bool(g.round(6) == p.round(6))
+        a, b = Fraction(str(Rational(g))), Fraction(str(Rational(p)))
+        return round(a, 6) == round(b, 6)
     return bool(g == p)
 
 
@@ -229,7 +260,28 @@ def is_equivalent(answer: str, source: str, gold: Any) -> bool:
         return verdict
     if _constants_differ(gold_parsed, pred_parsed):
         return False
-    return bool(_mv().verify(gold_parsed, pred_parsed, timeout_seconds=None))
+    return bool(_mv().verify(gold_parsed, pred_parsed, timeout_seconds=None,
+                             allow_set_relation_comp=_is_solution_set(gold_parsed)))
+
+
+def _is_solution_set(gold_parsed: list) -> bool:
+    """Whether the gold is plainly a set of values, so that an inequality answer may be read as one.
+
+    ``x \\in [2,5]``, ``[0,\\infty)``, ``(-\\infty,1)\\cup(2,\\infty)``, ``(0,5]``: a grader accepts
+    ``2 \\le x \\le 5`` or ``y \\ge 0`` for them, and math-verify does when asked
+    (``allow_set_relation_comp``). Not for an open interval with two finite ends: ``(1,2)`` is as
+    often a point as an interval, and ``1 < x < 2`` is no answer for the point (1, 2).
+    """
+    from sympy import Eq, Interval, Set, Symbol, Union
+
+    g = next((x for x in gold_parsed if not isinstance(x, str)), None)
+    if isinstance(g, Eq) and isinstance(g.lhs, Symbol) and isinstance(g.rhs, Set):  # "x \\in S"
+        return True
+    if isinstance(g, Union):
+        return True
+    if isinstance(g, Interval):
+        return not (g.left_open and g.right_open and g.start.is_finite and g.end.is_finite)
+    return False
 
 
 def acc_reward(completion: str, labels: Mapping[str, Any]) -> float:

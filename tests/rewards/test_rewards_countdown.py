@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from mindrl.rewards.countdown import countdown_reward, safe_eval
+from mindrl.rewards.countdown import countdown_reward, normalize_whitespace, safe_eval
 from tests.conftest import shared_path
 
 N123 = ([1, 2, 3], 9)  # (nums, target): (1 + 2) * 3 = 9
@@ -57,6 +57,45 @@ def test_countdown(completion, nums, target, expected):
     assert countdown_reward(completion, {"nums": nums, "target": target}) == float(expected)
 
 
+# Length limits apply after whitespace normalisation (runs of ASCII whitespace -> one space, ends
+# stripped): padding is not length. (completion, nums, target, expected)
+PADDED = [
+    ("<answer>(1 + 2) * 3" + " " * 5000 + "</answer>", *N123, 1),  # trailing spaces
+    ("<answer>(1 + 2) * 3" + "\n" * 5000 + "</answer>", *N123, 1),  # trailing blank lines
+    ("<answer>" + "\n \t" * 2000 + "(1 + 2) * 3\n\n</answer>", *N123, 1),  # leading padding
+    ("<answer>(1 +" + " " * 3000 + "2) *\n\n\n\n 3</answer>", *N123, 1),  # inside the expression
+    ("<answer>(1 + 2) * 3" + " " * 5000 + "+ 0</answer>", [1, 2, 3, 0], 9, 1),
+    ("<answer>(1 + 2) - 3" + " " * 5000 + "</answer>", *N123, 0),  # padding does not make a wrong answer right
+    ("<answer>(1 + 2) * 3" + "\u00a0" * 10 + "</answer>", *N123, 0),  # non-ASCII space: still refused
+    ("<answer>(1 + 2) * 3" + " " * 300 + "x</answer>", *N123, 0),  # a letter after the padding
+]
+
+
+@pytest.mark.parametrize("completion,nums,target,expected", PADDED, ids=range(len(PADDED)))
+def test_length_limit_after_whitespace_normalisation(completion, nums, target, expected):
+    assert countdown_reward(completion, {"nums": nums, "target": target}) == float(expected)
+
+
+def test_genuinely_long_expression_is_refused_at_the_limit():
+    nums = [1] * 64
+    expr = " + ".join(["1"] * 64)  # 253 characters: under the default max_chars=256
+    assert len(expr) == 253
+    assert countdown_reward(f"<answer>{expr}</answer>", {"nums": nums, "target": 64}) == 1.0
+    longer = " + ".join(["1"] * 65)  # 257 characters: refused, however it is padded
+    assert countdown_reward(f"<answer>{longer}</answer>", {"nums": [1] * 65, "target": 65}) == 0.0
+    assert countdown_reward(f"<answer>\n{longer}\n</answer>", {"nums": [1] * 65, "target": 65}) == 0.0
+    # max_chars is measured on the normalised text: 12 characters "(1 + 2) * 3" fits max_chars=11
+    assert countdown_reward("<answer>  (1 +  2)\n*  3  </answer>", {"nums": [1, 2, 3], "target": 9},
+                            max_chars=11) == 1.0
+    assert countdown_reward("<answer>(1 + 2) * 3</answer>", {"nums": [1, 2, 3], "target": 9}, max_chars=10) == 0.0
+    assert safe_eval("1 +" + " " * 1000 + "2") == 3.0 and safe_eval("1 + " * 100 + "1") is None
+
+
+def test_normalize_whitespace():
+    assert normalize_whitespace("  (1 +\t2)\r\n*   3 \n") == "(1 + 2) * 3"
+    assert normalize_whitespace("\u00a01") == "\u00a01"  # only ASCII whitespace: the character check refuses the rest
+
+
 def test_huge_inputs_return_fast():
     labels = {"nums": [1] * 50_001, "target": 50_001}
     t0 = time.perf_counter()
@@ -64,6 +103,10 @@ def test_huge_inputs_return_fast():
     assert countdown_reward("<answer>" + "(" * 5000 + "1" + ")" * 5000 + "</answer>", {"nums": [1], "target": 1}) == 0.0
     assert countdown_reward("<think>" + "x" * 1_000_000 + "</think><answer>(1 + 2) * 3</answer>",
                             {"nums": [1, 2, 3], "target": 9}) == 1.0
+    # a megabyte of padding is normalised away in one linear pass; a 100K-character expression hidden
+    # in padding is still refused before any parsing
+    assert countdown_reward("<answer>(1 + 2) * 3" + " \n" * 500_000 + "</answer>", {"nums": [1, 2, 3], "target": 9}) == 1.0
+    assert countdown_reward("<answer>" + "\n" * 500_000 + "1+" * 50_000 + "1</answer>", labels) == 0.0
     assert time.perf_counter() - t0 < 0.5
 
 

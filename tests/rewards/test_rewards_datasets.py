@@ -27,6 +27,9 @@ GSM8K_CASES = [  # (completion, gold label, expected)
     ("The change is -5 degrees.", "-5", 1), ("The change is 5 degrees.", "-5", 0), ("no number", "5", 0),
     ("1. First, 2. then the answer is 3", "3", 1), ("It costs $2.50 each, so 5.", "5", 1),
     ("Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips.\n#### 72", 72, 1),
+    # open-instruct's verifier style: explicit sign, trailing .0; a U+2212 minus is a minus
+    ("So the answer is +12", "12", 1), ("Final answer: 5.0", "5", 1), ("Final answer: 5.0", "12", 0),
+    ("#### +24.0", "24", 1), ("The change is \u22125 degrees.", "-5", 1), ("The change is \u22125 degrees.", "5", 0),
 ]
 
 
