@@ -19,7 +19,7 @@ class Backend(Protocol):
     device_type: str  # the torch device type string
     dist_backend: str  # torch.distributed backend: nccl | hccl | gloo
     visible_devices_env: str | None  # CUDA_VISIBLE_DEVICES | ASCEND_RT_VISIBLE_DEVICES | None
-    ray_resource: str  # Ray resource name a worker asks for: GPU | NPU | CPU
+    ray_resource: str  # Ray resource name a rank asks for: GPU | NPU | mindrl_cpu (custom)
     attention_impl: str  # flash_attn | npu_fusion_attention | sdpa
 
     @classmethod
