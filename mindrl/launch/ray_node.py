@@ -228,6 +228,22 @@ def _run_trainer(env: NodeEnv, train_args: list[str], extra_env: dict[str, str])
         raise
 
 
+def start_nodes(env: NodeEnv, logs: Path, extra_env: dict[str, str] | None = None) -> list[RayNode]:
+    """Start this machine's Ray head, plus NNODES-1 more nodes when simulating. Caller stops them."""
+    nodes: list[RayNode] = []
+    try:
+        nodes.append(RayNode("head", _ray_args(env, head=True), logs / "ray_head.log", extra_env))
+        _wait_up(nodes[0], env.node_ip, env.master_port, 180)
+        if env.simulate:
+            for i in range(1, env.nnodes):
+                nodes.append(RayNode(f"node{i}", _ray_args(env, head=False), logs / f"ray_node{i}.log", extra_env))
+    except BaseException:
+        for node in reversed(nodes):
+            node.stop()
+        raise
+    return nodes
+
+
 def run_head(env: NodeEnv, train_args: list[str]) -> int:
     """Head (or the whole simulated cluster): start Ray, train across it, stop what was started."""
     logs, nodes = _logs(env), []
@@ -239,12 +255,7 @@ def run_head(env: NodeEnv, train_args: list[str]) -> int:
         if not os.environ.get("RAY_NODE_TMPDIR"):
             os.environ["RAY_NODE_TMPDIR"] = f"/tmp/mindrl_ray_{os.getpid()}"
     try:
-        head = RayNode("head", _ray_args(env, head=True), logs / "ray_head.log", extra)
-        nodes.append(head)
-        _wait_up(head, env.node_ip, env.master_port, 120)
-        if env.simulate:
-            for i in range(1, env.nnodes):
-                nodes.append(RayNode(f"node{i}", _ray_args(env, head=False), logs / f"ray_node{i}.log", extra))
+        nodes = start_nodes(env, logs, extra)
         print(f"[mindrl] Ray head on {env.node_ip}:{env.master_port}; waiting for {env.nnodes} node(s) x "
               f"{env.devices_per_node} '{env.resource}'. Logs: {logs}", flush=True)
         return _run_trainer(env, train_args, extra)
