@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         except (RankFailure, PlacementError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # run_on_ray already stopped every rank
+            print("interrupted: every rank was stopped; rerun the same command to resume", file=sys.stderr)
+            return 130
     else:
         from mindrl.backends import get_backend
         from mindrl.utils.launch import LaunchError, check_local_ranks, spawn

@@ -271,10 +271,8 @@ def run_on_ray(fn: Callable[..., Any], cfg: Any, launch: RayLaunch) -> None:
             ref = actor.run.remote(fn, (cfg,), env, os.getcwd(), str(rank_log_path(log_dir, slot.rank)))
             refs[ref] = slot
         _wait_all(refs, actors, groups, launch.failure_timeout_s, log_dir, world)
-    except BaseException:
+    finally:  # success, a failed rank (already stopped: this is quick), Ctrl-C: no rank outlives the driver
         _stop(actors, groups, [], launch.failure_timeout_s)
-        raise
-    _stop(actors, groups, [], launch.failure_timeout_s)
 
 
 def _wait_all(refs: dict, actors: list, groups: list, bound_s: float, log_dir: str, world: int) -> None:

@@ -171,6 +171,8 @@ class RayNode:
 
 
 def _ray_args(env: NodeEnv, head: bool) -> list[str]:
+    from mindrl.launch.loopback import is_loopback
+
     resources = ["--num-gpus", str(env.devices_per_node)] if env.resource == "GPU" else [
         "--resources", json.dumps({env.resource: env.devices_per_node})]
     args = [*resources, "--node-ip-address", env.node_ip, "--disable-usage-stats",
@@ -182,7 +184,7 @@ def _ray_args(env: NodeEnv, head: bool) -> list[str]:
             args += ["--temp-dir", tmp]
     else:
         args += ["--address", f"{env.master_addr}:{env.master_port}"]
-    if env.simulate:
+    if env.simulate or is_loopback(env.node_ip):
         # Several raylets on one machine: every port random, so they never collide with each other
         # (or with another Ray on the box); CPUs logical (ranks ask num_cpus=0).
         args += ["--num-cpus", "1", "--min-worker-port", "0", "--max-worker-port", "0",
