@@ -220,13 +220,16 @@ def _run_trainer(env: NodeEnv, train_args: list[str], extra_env: dict[str, str])
     proc = subprocess.Popen(cmd, env={**os.environ, **extra_env})
     try:
         return proc.wait()
-    except BaseException:  # Ctrl-C / SIGTERM: the driver stops its ranks on SIGINT; give it a moment
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+    except BaseException:  # Ctrl-C (the driver got it too) or SIGTERM: the driver stops its ranks on SIGINT
+        for sig, wait_s in ((None, 5.0), (signal.SIGINT, 60.0), (signal.SIGKILL, 10.0)):
+            if proc.poll() is not None:
+                break
+            if sig is not None:
+                proc.send_signal(sig)
             try:
-                proc.wait(30)
+                proc.wait(wait_s)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                pass
         raise
 
 
