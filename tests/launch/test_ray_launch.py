@@ -1,7 +1,7 @@
 """The Ray launch path on a simulated 2-node cluster (two raylets on 127.0.0.1, one CPU "device" each).
 
-Default suite: placement that cannot be satisfied and nodes that never join fail fast with the
-numbers. Slow: 3 GRPO steps through Ray equal the spawn path exactly (DP=2, TP=2); a rank killed
+Default suite: placement that cannot be satisfied fails fast with the numbers. Slow: nodes that
+never join are named after the join timeout; 3 GRPO steps through Ray equal the spawn path exactly (DP=2, TP=2); a rank killed
 mid-step ends the job within the bound naming that rank, and rerunning resumes to the same numbers;
 the per-node script's head and worker roles as two invocations on this machine.
 """
@@ -91,6 +91,7 @@ def test_unsatisfiable_placement_fails_fast_with_counts(cluster, tiny_demo, tmp_
     assert time.monotonic() - t0 < 120
 
 
+@pytest.mark.slow
 def test_missing_nodes_are_reported_after_the_join_timeout(cluster, tiny_demo, tmp_path):
     cmd = train_cmd("ray", cluster, tiny_demo, tmp_path, "rl_config.launcher.node_join_timeout_s=3")
     cmd[cmd.index("--nnodes") + 1] = "3"
