@@ -117,3 +117,20 @@ def test_launcher_config_keys_are_validated():
 def test_loopback_detection():
     assert is_loopback("127.0.0.1:6379") and is_loopback("localhost") and is_loopback("127.0.0.1")
     assert not is_loopback("10.0.0.1:6379") and not is_loopback(None)
+
+
+def test_failure_message_names_rank_node_reason_and_log_tail(tmp_path):
+    import ray.exceptions as rex
+
+    from mindrl.launch.placement import RankSlot
+    from mindrl.launch.ray_driver import _failure_message, rank_log_path
+
+    rank_log_path(tmp_path, 3).write_text("".join(f"line {i}\n" for i in range(40)))
+    slot = RankSlot(rank=3, node_id="abcdef0123456789", ip="10.0.0.7")
+    raised = _failure_message(slot, rex.RayTaskError("run", "Traceback ...", ValueError("boom")), str(tmp_path), 8)
+    assert raised.startswith("rank 3 of 8 on node 10.0.0.7 (node abcdef01) raised ValueError: boom")
+    assert "line 39" in raised and "line 19" not in raised  # the last 20 lines
+    died = _failure_message(slot, rex.ActorDiedError(), str(tmp_path), 8)
+    assert "rank 3 of 8 on node 10.0.0.7 (node abcdef01) died (The actor died unexpectedly" in died
+    missing = _failure_message(RankSlot(rank=5, node_id="n", ip="10.0.0.8"), rex.ActorDiedError(), str(tmp_path), 8)
+    assert "no log readable here" in missing and "it is on the rank's node" in missing
