@@ -93,6 +93,8 @@ def node_env(cfg: Any) -> NodeEnv:
         default_dpn = num_npus // nnodes if num_npus % nnodes == 0 else None
     elif type(backend).is_available():
         default_dpn = backend.device_count()
+    if nnodes == 1 and not simulate:
+        default_dpn = default_dpn or num_npus  # one node: the spawn launcher checks the count itself
     dpn = _int_env("DEVICES_PER_NODE", default_dpn)
     if dpn is None or dpn < 1:
         raise NodeError(f"set DEVICES_PER_NODE (devices of each node; rl_config.actor_resource.num_npus={num_npus}, "

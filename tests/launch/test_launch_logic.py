@@ -60,6 +60,7 @@ def test_node_roles_and_defaults(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     env = node_env(_cfg())
     assert role(env) == "single" and env.resource == "mindrl_cpu"  # no variables needed
+    assert role(node_env(load_config("grpo_deepseek_r1_671b", []))) == "single"  # spawn then refuses, clearly
     monkeypatch.setenv("NNODES", "2")
     with pytest.raises(NodeError, match="needs MASTER_ADDR"):
         node_env(_cfg())
