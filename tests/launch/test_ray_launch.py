@@ -41,7 +41,13 @@ def cluster(tmp_path_factory):
     finally:
         os.environ.pop("RAY_NODE_TMPDIR", None)
     try:
-        yield f"127.0.0.1:{env.master_port}"
+        address = f"127.0.0.1:{env.master_port}"
+        # Both nodes registered before any test runs (tests that count nodes must not race node1's start).
+        ready = subprocess.run([sys.executable, "-c", "from mindrl.launch.ray_driver import connect, wait_for_devices; "
+                                f"connect('{address}'); wait_for_devices('mindrl_cpu', 2, 1, 300)"],
+                               cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+        assert ready.returncode == 0, ready.stderr[-3000:]
+        yield address
     finally:
         for node in reversed(nodes):
             node.stop()
