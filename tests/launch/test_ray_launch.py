@@ -1,9 +1,10 @@
 """The Ray launch path on a simulated 2-node cluster (two raylets on 127.0.0.1, one CPU "device" each).
 
 Default suite: placement that cannot be satisfied fails fast with the numbers. Slow: nodes that
-never join are named after the join timeout; 3 GRPO steps through Ray equal the spawn path exactly (DP=2, TP=2); a rank killed
-mid-step ends the job within the bound naming that rank, and rerunning resumes to the same numbers;
-the per-node script's head and worker roles as two invocations on this machine.
+never join are reported after the join timeout; 3 GRPO steps through Ray equal the spawn path
+exactly (DP=2, TP=2); a rank killed mid-step ends the job within the bound naming that rank, and
+rerunning resumes to the same numbers; the per-node script's head and worker roles as two
+invocations on this machine.
 """
 from __future__ import annotations
 
