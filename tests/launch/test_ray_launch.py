@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,7 +37,8 @@ def cluster(tmp_path_factory):
     env = NodeEnv(nnodes=2, devices_per_node=1, master_addr="127.0.0.1", master_port=_free_port(),
                   node_ip="127.0.0.1", node_rank=None, simulate=True, resource="mindrl_cpu", output_dir=str(logs),
                   num_npus=2)
-    os.environ["RAY_NODE_TMPDIR"] = f"/tmp/mindrl_ray_test_{os.getpid()}"
+    tmp = f"/tmp/mindrl_ray_test_{os.getpid()}"  # Ray's sockets need a short path
+    os.environ["RAY_NODE_TMPDIR"] = tmp
     try:
         nodes = start_nodes(env, logs, {"MINDRL_CPU_THREADS": "1"})
     finally:
@@ -52,6 +54,7 @@ def cluster(tmp_path_factory):
     finally:
         for node in reversed(nodes):
             node.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def overrides(demo: Path, out: Path, *extra: str) -> list[str]:
@@ -192,4 +195,5 @@ def test_per_node_script_head_and_worker_on_one_machine(tiny_demo, tmp_path):
     nodes = rank_nodes(out)
     assert len(set(nodes.values())) == 2 and all(n.startswith("127.0.0.1/") for n in nodes.values())
     left = subprocess.run(["pgrep", "-f", tmp], capture_output=True, text=True).stdout.split()
+    shutil.rmtree(tmp, ignore_errors=True)
     assert not left, f"Ray processes left behind: {left}"
