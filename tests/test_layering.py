@@ -16,6 +16,7 @@ ALLOWED = {
     "rewards": {"utils"},  # utils.io only: atomic writes (utils imports nothing heavy)
     "data": {"utils"},
     "utils": {"backends"},  # launch.free_port
+    "launch": {"backends", "config", "trainer", "utils"},  # Ray driver, rank actors, node roles
     "config": {"models", "algorithms"},  # validate() checks names against the algorithm registries
     "checkpoint": {"models", "utils"},
     "rollout": {"backends", "models", "checkpoint", "utils"},

@@ -6,10 +6,18 @@
 # Steps: prepare (tokenizer, tasks, prompt set, warm start as an HF checkpoint) -> convert HF to
 # megatron (the same tool as for real models) -> GRPO -> curves.png. Extra arguments are Hydra
 # overrides for the trainer, e.g. megatron_training.train_iters=50.
+# Several nodes (Ray; docs/multinode.md): the same command on every node with NNODES, DEVICES_PER_NODE,
+# MASTER_ADDR, MASTER_PORT (Ray head port), optional NODE_IP/NODE_RANK; or all on this machine:
+#   NNODES=2 SIMULATE_LOCAL=1 bash examples/grpo/grpo_trainer_tiny.sh   # two Ray nodes on 127.0.0.1
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUTPUT_DIR=${OUTPUT_DIR:-output/tiny}
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
+# A worker node only joins the head's Ray cluster and leaves when the job ends (mindrl/launch/ray_node.py).
+NODE_ARGS=(--config-name grpo_tiny_cpu megatron_training.output_dir="$OUTPUT_DIR")
+if [ "${NNODES:-1}" != 1 ] && [ "$(python -m mindrl.launch.ray_node role "${NODE_ARGS[@]}" "$@")" = worker ]; then
+  exec python -m mindrl.launch.ray_node join "${NODE_ARGS[@]}" "$@"
+fi
 
 if [ ! -f "$OUTPUT_DIR/warm_start/model.safetensors" ] || [ ! -f "$OUTPUT_DIR/data/tiny_meta.json" ]; then
   python -m mindrl.cli.prepare_tiny_demo --out "$OUTPUT_DIR" megatron_training.tokenizer_name_or_path="$OUTPUT_DIR/tokenizer"
@@ -18,7 +26,8 @@ if [ ! -f "$OUTPUT_DIR/warm_start_mg/mindrl_layout.json" ]; then
   python tools/convert_ckpt.py --model-type-hf qwen2 --load-model-type hf --save-model-type mg \
     --load-dir "$OUTPUT_DIR/warm_start" --save-dir "$OUTPUT_DIR/warm_start_mg" --target-tensor-parallel-size 1 --overwrite
 fi
-python -m mindrl.cli.train_grpo --config-name grpo_tiny_cpu \
+# One node: the spawn launcher (no Ray). Head / simulated cluster: Ray head (+ nodes), train, stop them.
+python -m mindrl.launch.ray_node train --config-name grpo_tiny_cpu \
   megatron_training.output_dir="$OUTPUT_DIR" \
   megatron_training.tokenizer_name_or_path="$OUTPUT_DIR/tokenizer" \
   megatron_training.data_path="$OUTPUT_DIR/data/tiny" \

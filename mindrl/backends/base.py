@@ -18,10 +18,10 @@ class Backend(Protocol):
     name: str  # "cuda" | "npu" | "cpu"
     device_type: str  # the torch device type string
     dist_backend: str  # torch.distributed backend: nccl | hccl | gloo
-    # For the Ray launch path (issue 9): which device variable a rank sees and which Ray resource
-    # a rank asks for. Nothing in this tree reads them yet.
+    # For the Ray launch path (mindrl/launch): which device variable a rank sees and which Ray
+    # resource a rank asks for.
     visible_devices_env: str | None  # CUDA_VISIBLE_DEVICES | ASCEND_RT_VISIBLE_DEVICES | None
-    ray_resource: str  # GPU | NPU | CPU
+    ray_resource: str  # Ray resource name a rank asks for: GPU | NPU | mindrl_cpu (custom)
     # megatron's `use_cpu_initialization`: initialise parameters on the host (then move them).
     use_cpu_initialization: bool
 

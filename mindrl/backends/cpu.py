@@ -16,7 +16,9 @@ class CpuBackend(BackendBase):
         self.device_type = "cpu"
         self.dist_backend = "gloo"
         self.visible_devices_env = None
-        self.ray_resource = "CPU"
+        # A custom resource, not Ray's CPU count: a CPU "device" is one rank, and ranks must not
+        # compete with Ray's own CPU accounting (actors ask num_cpus=0 plus one of these).
+        self.ray_resource = "mindrl_cpu"
         # No device to initialise on: parameters are created where they live.
         self.use_cpu_initialization = True
 

@@ -16,12 +16,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0
+
+
+def collective_timeout_s(timeout_s: float | None = None) -> float:
+    """The collective timeout: the argument, else MINDRL_COLLECTIVE_TIMEOUT_S, else 1800 s."""
+    if timeout_s is not None:
+        return float(timeout_s)
+    value = os.environ.get("MINDRL_COLLECTIVE_TIMEOUT_S", "")
+    try:
+        return float(value) if value.strip() else DEFAULT_COLLECTIVE_TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"MINDRL_COLLECTIVE_TIMEOUT_S={value!r}: expected a number of seconds") from None
+
+
 def init_distributed(backend: BackendBase, *, tp: int = 1, pp: int = 1, ep: int = 1, vpp: int | None = None,
-                     seed: int = 1234, timeout_s: int = 1800) -> None:
+                     seed: int = 1234, timeout_s: float | None = None) -> None:
     """Set up this process: bind the device, init the process group, megatron's parallel state, RNG.
 
     Rank, world size and rendezvous come from the usual torchrun variables (RANK, WORLD_SIZE,
     LOCAL_RANK, MASTER_ADDR, MASTER_PORT); a lone process needs none of them.
+    `timeout_s` bounds every collective (and the rendezvous), so ranks whose peer died raise
+    instead of hanging; None reads MINDRL_COLLECTIVE_TIMEOUT_S, which the launchers set from
+    `rl_config.launcher.collective_timeout_s` (default 1800 s).
     """
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
@@ -37,7 +54,7 @@ def init_distributed(backend: BackendBase, *, tp: int = 1, pp: int = 1, ep: int 
         if backend.device_type != "cpu":
             kwargs["device_id"] = backend.device(local_rank)
         dist.init_process_group(backend.dist_backend, rank=rank, world_size=world_size,
-                                timeout=timedelta(seconds=timeout_s), **kwargs)
+                                timeout=timedelta(seconds=collective_timeout_s(timeout_s)), **kwargs)
     if not ps.model_parallel_is_initialized():
         ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                      virtual_pipeline_model_parallel_size=vpp, expert_model_parallel_size=ep)

@@ -104,6 +104,16 @@ class RolloutISConfig:
 
 
 @dataclass
+class LauncherConfig:
+    """How ranks are started and stopped (mindrl.cli.train_grpo, mindrl.launch; docs/multinode.md)."""
+
+    collective_timeout_s: float = 1800.0  # every torch.distributed collective; a dead peer raises, never hangs
+    failure_timeout_s: float = 60.0  # Ray: after a rank dies or raises, all ranks are stopped within this
+    placement_timeout_s: float = 120.0  # Ray: devices not reserved by then -> error naming per-node counts
+    node_join_timeout_s: float = 600.0  # Ray per-node scripts: the head waits this long for the other nodes
+
+
+@dataclass
 class RLConfig:
     n_samples_per_prompt: int = 8
     mini_batch_size: Optional[int] = None  # prompts per policy update; None = global batch
@@ -134,6 +144,7 @@ class RLConfig:
     verifier_parallel: int = 2
     verifier_fallback: float = 0.0
     actor_resource: ResourceConfig = field(default_factory=ResourceConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     use_tensorboard: bool = False
     use_swanlab: bool = False
     keep_last_checkpoints: int = 2

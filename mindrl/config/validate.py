@@ -85,6 +85,9 @@ def validate(cfg: MindRLConfig, check_paths: bool = True) -> list[str]:
     if len(rl.verifier_function) != len(rl.verifier_weight):
         errors.append(f"rl_config.verifier_function has {len(rl.verifier_function)} entries but verifier_weight "
                       f"has {len(rl.verifier_weight)}")
+    for name, value in vars(rl.launcher).items():
+        if not value > 0:
+            errors.append(f"rl_config.launcher.{name}={value} must be > 0 seconds")
     if mt.global_batch_size < 1 or actor.micro_batch_size < 1:
         errors.append("megatron_training.global_batch_size and actor_config.micro_batch_size must be >= 1")
     s = cfg.generate_config.sampling_config

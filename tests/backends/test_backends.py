@@ -18,7 +18,7 @@ def test_registry_and_facts():
     assert table == {
         "cuda": ("cuda", "nccl", "CUDA_VISIBLE_DEVICES", "GPU"),
         "npu": ("npu", "hccl", "ASCEND_RT_VISIBLE_DEVICES", "NPU"),
-        "cpu": ("cpu", "gloo", None, "CPU"),
+        "cpu": ("cpu", "gloo", None, "mindrl_cpu"),
     }
     for name in BACKENDS:
         assert isinstance(get_backend(name), Backend)

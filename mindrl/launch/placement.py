@@ -1,0 +1,97 @@
+"""Which node gets which ranks: pure logic over a snapshot of the cluster (no Ray import).
+
+Ranks are ordered by node, then device, so rank r sits on node r // devices_per_node, and a
+model-parallel group (contiguous ranks in megatron's order) stays on one node whenever its size
+divides devices_per_node: tensor-parallel traffic then never crosses the network.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class PlacementError(RuntimeError):
+    """The cluster cannot host the job; the message says requested vs available per node."""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    ip: str
+    total: float  # devices of the job's resource on this node
+    available: float  # not reserved by anything else right now
+    is_head: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.ip} (node {self.node_id[:8]})"
+
+
+@dataclass
+class RankSlot:
+    """One rank: its node, its index among the node's ranks and the accelerator ids Ray gave it."""
+
+    rank: int
+    node_id: str
+    ip: str
+    local_rank: int = 0
+    local_world_size: int = 1
+    group: int = 0  # which placement group (one per node) and which bundle in it
+    bundle: int = 0
+    accelerator_ids: list[str] = field(default_factory=list)
+
+
+def describe_nodes(nodes: list[NodeInfo], resource: str) -> str:
+    if not nodes:
+        return f"no alive node offers resource '{resource}'"
+    return "; ".join(f"{n.name}: {n.available:g} of {n.total:g} {resource} free" for n in nodes)
+
+
+def check_capacity(nodes: list[NodeInfo], world_size: int, devices_per_node: int, resource: str) -> None:
+    """Fail now, with the numbers, when no assignment of `world_size` ranks can exist."""
+    if devices_per_node < 1 or world_size % devices_per_node:
+        raise PlacementError(f"{world_size} ranks cannot be split into nodes of devices_per_node="
+                             f"{devices_per_node}; rl_config.actor_resource.num_npus must be a multiple of it")
+    groups = world_size // devices_per_node
+    fits = sum(int(n.available // devices_per_node) for n in nodes)
+    if fits < groups:
+        raise PlacementError(
+            f"requested {world_size} '{resource}' devices as {groups} node(s) x {devices_per_node}, but the "
+            f"cluster can host only {fits} such group(s). Available per node: {describe_nodes(nodes, resource)}")
+
+
+def order_slots(bundle_nodes: list[list[tuple[str, str]]], head_node_id: str | None = None) -> list[RankSlot]:
+    """Ranks from reserved bundles: `bundle_nodes[g]` lists (node_id, ip) per bundle of group g.
+
+    Groups are sorted by node (the head's first, then by ip and node id) so the numbering is the
+    same on every run; within a group, bundle order is device order.
+    """
+    def key(g: int) -> tuple:
+        node_id, ip = bundle_nodes[g][0]
+        return (node_id != head_node_id, ip, node_id, g)
+
+    slots: list[RankSlot] = []
+    per_node: dict[str, int] = {}
+    for g in sorted(range(len(bundle_nodes)), key=key):
+        for b, (node_id, ip) in enumerate(bundle_nodes[g]):
+            local = per_node.get(node_id, 0)
+            per_node[node_id] = local + 1
+            slots.append(RankSlot(rank=len(slots), node_id=node_id, ip=ip, local_rank=local, group=g, bundle=b))
+    for slot in slots:
+        slot.local_world_size = per_node[slot.node_id]
+    return slots
+
+
+def assign_local_ranks(slots: list[RankSlot]) -> dict[str, list[str]]:
+    """With accelerator ids known, LOCAL_RANK is the index of a rank's id among its node's ids.
+
+    Returns node_id -> the sorted ids every rank of that node should see (the visible-devices list),
+    so `device(LOCAL_RANK)` is exactly the device Ray reserved for the rank.
+    """
+    by_node: dict[str, list[str]] = {}
+    for s in slots:
+        by_node.setdefault(s.node_id, []).extend(s.accelerator_ids)
+    visible = {n: sorted(set(ids), key=lambda x: (len(x), x)) for n, ids in by_node.items()}
+    for s in slots:
+        if s.accelerator_ids:
+            s.local_rank = visible[s.node_id].index(s.accelerator_ids[0])
+    return visible
