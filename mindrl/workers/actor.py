@@ -14,7 +14,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from mindrl.algorithms import compute_actor_loss, loss_normaliser
-from mindrl.models.logprobs import token_log_probs, vocab_parallel_entropy
+from mindrl.models.logprobs import token_log_probs, token_log_probs_and_entropy
 from mindrl.workers.megatron_engine import MegatronModel, forward_backward, gpt_forward
 
 
@@ -87,10 +87,6 @@ class PolicyWorker:
             out.append(mb)
         return out
 
-    def _scaled_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        # The rollout engine samples from softmax(logits / T); log-probs must be of that same distribution.
-        return logits.float() / self.temperature if self.temperature != 1.0 else logits.float()
-
     @torch.no_grad()
     def log_probs(self, batch: SequenceBatch) -> torch.Tensor:
         """[N, L-1] fp32 log-probs of every label under this model (on every rank)."""
@@ -101,7 +97,8 @@ class PolicyWorker:
             output = gpt_forward(chunk, mb)
 
             def collect(logits: torch.Tensor):
-                logp = token_log_probs(self._scaled_logits(logits), mb["labels"], self.vocab_size)
+                # The rollout engine samples from softmax(logits / T); log-probs are of that same distribution.
+                logp = token_log_probs(logits, mb["labels"], self.vocab_size, temperature=self.temperature)
                 return logp.sum() * 0.0, {"log_probs": logp}
             return output, collect
 
@@ -126,9 +123,10 @@ class PolicyWorker:
             output = gpt_forward(chunk, mb)
 
             def loss_fn(logits: torch.Tensor):
-                scaled = self._scaled_logits(logits)
-                logp = token_log_probs(scaled, mb["labels"], self.vocab_size)
-                entropy = vocab_parallel_entropy(scaled, self.vocab_size, grad=rl.entropy_coeff != 0)
+                logp, entropy = token_log_probs_and_entropy(logits, mb["labels"], self.vocab_size,
+                                                            temperature=self.temperature)
+                if rl.entropy_coeff == 0:
+                    entropy = entropy.detach()  # a metric only: no backward through it
                 adv = mb["advantages"].unsqueeze(1).expand_as(logp)
                 old = mb.get("old_log_probs", logp.detach())
                 loss, metrics = compute_actor_loss(
