@@ -1,0 +1,50 @@
+"""Token-budget micro-batches (`actor_config.max_tokens_per_micro_batch`) give the same log-probs,
+gradients and split-independent loss metrics as fixed micro-batches, at TP=1 and TP=2, on a
+long-tailed batch; plus the grouping rule itself. The model runs in microbatch_worker.py."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mindrl.workers.actor import SequenceBatch, sequence_lengths, token_budget_groups
+
+WORKER = Path(__file__).with_name("microbatch_worker.py")
+
+
+def test_groups_respect_the_budget_and_are_deterministic():
+    lengths = torch.tensor([5, 40, 7, 7, 100, 3, 7, 12])
+    groups = token_budget_groups(lengths, 30)
+    assert [(r.tolist(), n) for r, n in groups] == [([4], 100), ([1], 40), ([7, 2], 12), ([3, 6, 0, 5], 7)]
+    for rows, n in groups:
+        assert n == int(lengths[rows].max()) and (len(rows) * n <= 30 or len(rows) == 1)
+    assert sorted(i for r, _ in groups for i in r.tolist()) == list(range(8))
+    assert [(r.tolist(), n) for r, n in token_budget_groups(lengths, 30)] == [(r.tolist(), n) for r, n in groups]
+
+
+def test_sequence_lengths_from_the_response_mask():
+    mask = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    b = SequenceBatch(torch.zeros(3, 6, dtype=torch.long), mask, torch.zeros(3))
+    assert sequence_lengths(b).tolist() == [4, 6, 2]
+
+
+@pytest.mark.megatron
+def test_budget_equals_fixed_micro_batches(tmp_path):
+    proc = subprocess.run([sys.executable, str(WORKER), "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=400)
+    assert proc.returncode == 0, f"worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    runs = {p.stem: torch.load(p) for p in sorted(tmp_path.glob("*.pt"))}
+    assert sorted(runs) == ["tp1_rank0", "tp2_rank0", "tp2_rank1"]
+    for name, r in runs.items():
+        # Not vacuous: the budget really regrouped and trimmed the long-tailed batch.
+        assert r["shapes"] != r["fixed_shapes"] and min(s[1] for s in r["shapes"]) < 20, r["shapes"]
+        assert all(rows * length <= 96 or rows == 1 for rows, length in r["shapes"])
+        assert r["logp"] <= 1e-5 and r["logp_mean"] < -1.0, (name, r["logp"])
+        for mode in ("token-mean", "seq-mean-token-mean"):
+            assert r[f"{mode}_grad_scale"] > 1e-2, name
+            assert r[f"{mode}_grad"] <= 1e-5 * max(1.0, r[f"{mode}_grad_scale"]), (name, mode, r[f"{mode}_grad"])
+            for k, diff in r[f"{mode}_metrics"].items():
+                assert diff <= 1e-5 * max(1.0, abs(diff)) + 1e-5, (name, mode, k, diff)
