@@ -99,8 +99,8 @@ def run_mindrl(workdir: Path, prompts_per_step: int, steps: int, out: Path) -> d
                      "megatron_training.seq_length=512", "megatron_training.no_shuffle=true",
                      f"actor_config.load={workdir / 'mg'}", f"actor_config.micro_batch_size={rows}",
                      f"actor_config.lr={LR}", f"rl_config.n_samples_per_prompt={N}", "rl_config.max_prompt_length=256",
-                     f"rl_config.kl_coef={KL}", "rl_config.use_kl_loss=true", "rl_config.verifier_function=[countdown]",
-                     "rl_config.verifier_weight=[1.0]", "rl_config.verifier_options={}", "rl_config.log_samples_interval=0",
+                     f"rl_config.kl_coef={KL}", "rl_config.use_kl_loss=true", "rl_config.verifier_function=[format,countdown]",
+                     "rl_config.verifier_weight=[1.0,1.0]", "rl_config.log_samples_interval=0",
                      "rl_config.actor_resource.num_npus=1", "generate_config.max_model_len=512",
                      f"generate_config.sampling_config.max_tokens={NEW_TOKENS}",
                      "generate_config.sampling_config.temperature=1.0"])
