@@ -117,7 +117,9 @@ def inverse_cdf(weights: torch.Tensor, u: torch.Tensor, block: int = BLOCK) -> t
     rest = ((target - before) / mass).clamp_(0.0, 1.0) * within[:, -1]
     j = torch.searchsorted(within, rest[:, None], right=True)
     last = torch.searchsorted(within, within[:, -1:].contiguous(), right=False)  # the block's last non-zero entry
-    return (b * block + torch.minimum(j, last)[:, 0]).long()
+    # Clamped: NaN logits (a diverged model) must still give an in-range token; the trainer then
+    # sees the non-finite log-prob and skips the step.
+    return (b * block + torch.minimum(j, last)[:, 0]).clamp_(max=vocab - 1).long()
 
 
 def sample(logits: torch.Tensor, *, temperature: float, top_k: int = -1, top_p: float = 1.0, min_p: float = 0.0,

@@ -104,6 +104,16 @@ def test_inverse_cdf_blocks_and_zero_weights(block):
     assert edge.tolist() == [1, 6]
 
 
+def test_nan_logits_still_give_in_range_tokens():
+    """A diverged model (NaN logits) must not crash the sampler: the token is in range, the log-prob NaN
+    (the trainer skips non-finite steps)."""
+    logits = torch.full((3, 64), float("nan"))
+    logits[1, :5] = 0.0  # partly NaN
+    keys = row_keys(0, torch.arange(3), torch.zeros(3, dtype=torch.long))
+    tokens, logps = sample(logits, temperature=1.0, keys=keys, steps=torch.zeros(3, dtype=torch.long))
+    assert ((tokens >= 0) & (tokens < 64)).all() and torch.isnan(logps[0])
+
+
 def test_samples_do_not_depend_on_the_batch():
     """A row's token depends on its own (key, step, logits) only: the same rows sampled alone, in a
     different order, or inside a bigger batch with other rows (and a real-size vocabulary, several
