@@ -48,3 +48,22 @@ def test_budget_equals_fixed_micro_batches(tmp_path):
             assert r[f"{mode}_grad"] <= 1e-5 * max(1.0, r[f"{mode}_grad_scale"]), (name, mode, r[f"{mode}_grad"])
             for k, diff in r[f"{mode}_metrics"].items():
                 assert diff <= 1e-5 * max(1.0, abs(diff)) + 1e-5, (name, mode, k, diff)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"max_tokens_per_micro_batch": 1}, "max_tokens_per_micro_batch=1 must be >= 2"),
+    ({"max_tokens_per_micro_batch": 512, "pipeline_model_parallel_size": 2},
+     "max_tokens_per_micro_batch needs pipeline_model_parallel_size=1"),
+    ({"max_tokens_per_micro_batch": 512, "loss_agg_mode": "seq-mean-token-sum-norm"}, "seq-mean-token-sum-norm"),
+    ({"max_tokens_per_micro_batch": 512}, None),
+])
+def test_validate_refuses_what_token_budgets_cannot_do(changes, message):
+    from mindrl.config import config_from_dict, validate
+    from tests.config.test_config import base
+
+    actor = {k: v for k, v in changes.items() if k != "loss_agg_mode"}
+    cfg = base(**{f"actor_config__{k}": v for k, v in actor.items()})
+    if "loss_agg_mode" in changes:
+        cfg["rl_config"]["loss_agg_mode"] = changes["loss_agg_mode"]
+    errors = [e for e in validate(config_from_dict(cfg)) if "max_tokens_per_micro_batch" in e]
+    assert (errors == []) if message is None else any(message in e for e in errors), errors
