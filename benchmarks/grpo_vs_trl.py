@@ -90,6 +90,8 @@ def run_mindrl(workdir: Path, prompts_per_step: int, steps: int, out: Path) -> d
 
     run_dir = out / "mindrl_run"
     rows = prompts_per_step * N
+    # Micro-batches of 8 sequences: [rows, length, 151,936] fp32 logits of all 64 rows at once would
+    # be ~8 GiB (TRL bounds its own the same way: logits of completion positions only, in chunks).
     rc = train_main(["--config-name", "grpo_tiny_cpu", "model=qwen25_0.5b", f"model.hf_config_path={workdir / 'hf'}",
                      "~model.scale_down", "model.make_vocab_size_divisible_by=128",
                      f"megatron_training.tokenizer_name_or_path={workdir / 'hf'}",
@@ -97,7 +99,7 @@ def run_mindrl(workdir: Path, prompts_per_step: int, steps: int, out: Path) -> d
                      f"megatron_training.output_dir={run_dir}", f"megatron_training.global_batch_size={prompts_per_step}",
                      f"megatron_training.train_iters={steps}", "megatron_training.save_interval=100000",
                      "megatron_training.seq_length=512", "megatron_training.no_shuffle=true",
-                     f"actor_config.load={workdir / 'mg'}", f"actor_config.micro_batch_size={rows}",
+                     f"actor_config.load={workdir / 'mg'}", f"actor_config.micro_batch_size={min(rows, N)}",
                      f"actor_config.lr={LR}", f"rl_config.n_samples_per_prompt={N}", "rl_config.max_prompt_length=256",
                      f"rl_config.kl_coef={KL}", "rl_config.use_kl_loss=true", "rl_config.verifier_function=[format,countdown]",
                      "rl_config.verifier_weight=[1.0,1.0]", "rl_config.log_samples_interval=0",
