@@ -91,7 +91,7 @@ def run_mindrl(workdir: Path, prompts_per_step: int, steps: int, out: Path) -> d
     run_dir = out / "mindrl_run"
     rows = prompts_per_step * N
     # Micro-batches of 8 sequences: [rows, length, 151,936] fp32 logits of all 64 rows at once would
-    # be ~8 GiB (TRL bounds its own the same way: logits of completion positions only, in chunks).
+    # be ~8 GiB (TRL bounds its own by computing logits of completion positions only, `logits_to_keep`).
     rc = train_main(["--config-name", "grpo_tiny_cpu", "model=qwen25_0.5b", f"model.hf_config_path={workdir / 'hf'}",
                      "~model.scale_down", "model.make_vocab_size_divisible_by=128",
                      f"megatron_training.tokenizer_name_or_path={workdir / 'hf'}",
