@@ -67,3 +67,28 @@ def test_validate_refuses_what_token_budgets_cannot_do(changes, message):
         cfg["rl_config"]["loss_agg_mode"] = changes["loss_agg_mode"]
     errors = [e for e in validate(config_from_dict(cfg)) if "max_tokens_per_micro_batch" in e]
     assert (errors == []) if message is None else any(message in e for e in errors), errors
+
+
+@pytest.mark.slow
+@pytest.mark.megatron
+def test_trainer_step_with_token_budget_matches_fixed(tiny_demo, tmp_path):
+    """`actor_config.max_tokens_per_micro_batch` reaches the trainer (train.py) and one GRPO step
+    with it equals the fixed-micro-batch step: same samples, same gradient norm and loss metrics
+    that do not depend on the split."""
+    import json
+
+    from tests.conftest import run_cli
+    from tests.trainer.test_grpo_e2e import train_cmd
+
+    out = {}
+    for name, extra in (("fixed", ["actor_config.micro_batch_size=4"]),
+                        ("budget", ["actor_config.micro_batch_size=4", "actor_config.max_tokens_per_micro_batch=64"])):
+        proc = run_cli(train_cmd(tiny_demo, tmp_path / name, "megatron_training.train_iters=1",
+                                 "megatron_training.save_interval=0", *extra))
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        out[name] = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])
+    f, b = out["fixed"], out["budget"]
+    assert f["response_length/mean"] == b["response_length/mean"] and f["reward/mean"] == b["reward/mean"]
+    for key in ("actor/grad_norm", "actor/entropy", "actor/pg_clipfrac", "actor/ppo_kl"):
+        assert abs(f[key] - b[key]) <= 1e-5 * max(1.0, abs(f[key])), (key, f[key], b[key])
+    assert f["actor/grad_norm"] > 0
