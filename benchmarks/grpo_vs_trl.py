@@ -162,6 +162,56 @@ def run_trl(workdir: Path, prompts_per_step: int, steps: int, prompts: list[str]
     return {"steps": timer.rows}
 
 
+def rollout_vs_hf(workdir: Path, rows: int, new: int, rounds: int) -> list[tuple[str, str, str]]:
+    """Generation alone, in this process: the built-in engine vs HF `generate` (what TRL runs), the
+    same weights and prompts, `rows` = prompts x 8 rows, `new` tokens each, temperature 1; alternating
+    `rounds` times, medians."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    from mindrl.backends import get_backend
+    from mindrl.backends.distributed import init_distributed
+    from mindrl.checkpoint.live import load_megatron_checkpoint
+    from mindrl.models import ParallelLayout, load_hf_config, plan_model
+    from mindrl.rollout import BuiltinRolloutEngine, SamplingParams
+    from mindrl.workers.megatron_engine import setup_model
+
+    meta = json.loads((workdir / "prepared.json").read_text())
+    prompts = meta["prompts"][:rows // N]
+    tokenizer = AutoTokenizer.from_pretrained(workdir / "hf", padding_side="left")
+    hf = AutoModelForCausalLM.from_pretrained(workdir / "hf", dtype=torch.float32).eval()
+    backend = get_backend("cpu")
+    plan = plan_model(load_hf_config(workdir / "hf"), ParallelLayout(), dtype="fp32")
+    init_distributed(backend)
+    model = setup_model(plan, backend.core_attention_cls(), train=False)
+    load_megatron_checkpoint(model.unwrapped, workdir / "mg")
+    engine = BuiltinRolloutEngine.from_plan(plan, model.chunks, eos_token_id=[])
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+
+    def ours() -> None:
+        engine.generate(ids, SamplingParams(n=N, temperature=1.0, max_tokens=new, ignore_eos=True, seed=0))
+
+    def theirs() -> None:
+        with torch.no_grad():
+            hf.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new,
+                        min_new_tokens=new, num_return_sequences=N, pad_token_id=tokenizer.pad_token_id)
+    times: dict[str, list[float]] = {"mindrl built-in engine": [], "HF generate": []}
+    for r in range(rounds):
+        for name, fn in ((("mindrl built-in engine", ours), ("HF generate", theirs)) if r % 2 == 0
+                         else (("HF generate", theirs), ("mindrl built-in engine", ours))):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    n_tok = rows * new
+    return [(f"rollout only, {rows} rows x {new} new tokens", f"HF generate {med['HF generate']:.1f} s = "
+             f"{n_tok / med['HF generate']:.1f} tok/s", f"built-in {med['mindrl built-in engine']:.1f} s = "
+             f"{n_tok / med['mindrl built-in engine']:.1f} tok/s = "
+             f"{med['HF generate'] / med['mindrl built-in engine']:.2f}x")]
+
+
 # ---------------------------------------------------------------------------------------------- driver
 def side_main(args: argparse.Namespace) -> None:
     workdir = Path(args.workdir)
@@ -256,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=str(REPO / "output" / "bench_grpo_vs_trl"))
     p.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER))
     p.add_argument("--trl-python", default=None)
+    p.add_argument("--rollout-only", type=int, default=0, metavar="ROWS",
+                   help="only time generation at ROWS rows: built-in engine vs HF generate, one process")
+    p.add_argument("--new", type=int, default=16, help="new tokens for --rollout-only")
     p.add_argument("--side", choices=["mindrl", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--setting", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -265,6 +318,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not Path(args.tokenizer, "tokenizer.json").exists():
         print(f"skipped: the Qwen2.5 tokenizer is not at {args.tokenizer} (pass --tokenizer DIR)")
+        return 0
+    if args.rollout_only:
+        prepare(Path(args.workdir), Path(args.tokenizer))
+        rows = rollout_vs_hf(Path(args.workdir), args.rollout_only, args.new, args.rounds)
+        print("| part | baseline (same run) | mindrl |\n|---|---|---|")
+        for r in rows:
+            print(f"| {r[0]} | {r[1]} | {r[2]} |")
+        print(f"\nload average {os.getloadavg()[0]:.1f}")
         return 0
     settings = [s for s in args.settings.split(",") if s]
     rows = compare(settings, args.steps, args.warmup, args.rounds, Path(args.workdir), Path(args.tokenizer),
