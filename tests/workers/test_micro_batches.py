@@ -83,8 +83,9 @@ def test_trainer_step_with_token_budget_matches_fixed(tiny_demo, tmp_path):
     out = {}
     for name, extra in (("fixed", ["actor_config.micro_batch_size=4"]),
                         ("budget", ["actor_config.micro_batch_size=4", "actor_config.max_tokens_per_micro_batch=64"])):
+        # An entropy bonus: step 1's policy gradient can be all zero (flat groups, ratio 1, KL 0).
         proc = run_cli(train_cmd(tiny_demo, tmp_path / name, "megatron_training.train_iters=1",
-                                 "megatron_training.save_interval=0", *extra))
+                                 "megatron_training.save_interval=0", "rl_config.entropy_coeff=0.01", *extra))
         assert proc.returncode == 0, proc.stderr[-4000:]
         out[name] = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])
     f, b = out["fixed"], out["budget"]
