@@ -28,6 +28,8 @@ EXTRAS = {
     "gpu": ["vllm", "flash-attn"],
     "npu": ["torch-npu", "vllm-ascend"],
     "tracking": ["swanlab>=0.6", "tensorboard>=2.15"],
+    # benchmarks/grpo_vs_trl.py: the version measured in docs/benchmarks.md (pulls accelerate).
+    "bench": ["trl==1.16.0"],
 }
 
 setup(

@@ -54,6 +54,9 @@ class ActorConfig:
     # Where training checkpoints go (and a rerun resumes from); None: <output_dir>/checkpoints.
     save: Optional[str] = None
     micro_batch_size: int = 1
+    # Token-budget micro-batches (verl use_dynamic_bsz, slime --max-tokens-per-gpu): rows x longest row
+    # per micro-batch at most this; rows grouped by length. None: fixed micro_batch_size rows.
+    max_tokens_per_micro_batch: Optional[int] = None
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
     expert_model_parallel_size: int = 1

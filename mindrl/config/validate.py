@@ -88,6 +88,16 @@ def validate(cfg: MindRLConfig, check_paths: bool = True) -> list[str]:
     for name, value in vars(rl.launcher).items():
         if not value > 0:
             errors.append(f"rl_config.launcher.{name}={value} must be > 0 seconds")
+    budget = actor.max_tokens_per_micro_batch
+    if budget is not None:
+        if budget < 2:
+            errors.append(f"actor_config.max_tokens_per_micro_batch={budget} must be >= 2 (or null)")
+        if layout.pp > 1:
+            errors.append("actor_config.max_tokens_per_micro_batch needs pipeline_model_parallel_size=1 "
+                          "(pipeline schedules need one micro-batch shape per call)")
+        if rl.loss_agg_mode == "seq-mean-token-sum-norm":
+            errors.append("actor_config.max_tokens_per_micro_batch with loss_agg_mode=seq-mean-token-sum-norm: "
+                          "that mode divides by the micro-batch width, which token budgets change")
     if mt.global_batch_size < 1 or actor.micro_batch_size < 1:
         errors.append("megatron_training.global_batch_size and actor_config.micro_batch_size must be >= 1")
     s = cfg.generate_config.sampling_config

@@ -1,14 +1,17 @@
-"""Token sampling: temperature, top-k, top-p, min-p, and counter-based noise.
+"""Token sampling: temperature, top-k, top-p, min-p, and counter-based randomness.
 
-Reproducibility. A sample's random numbers come from a hash of (seed, row key, step, token id)
-(splitmix64 in int64 tensor ops), not from a stateful generator. So a sample depends only on its
-own key — (prompt index, sample index) — and the model's logits, never on which other prompts share
-the batch, how the batch is split, which rows finished early, or the device (integer ops are
-exact everywhere). TP ranks see identical gathered logits and draw identical noise, so they pick
-the same token without any communication.
+Reproducibility. A sample's random number comes from a hash of (seed, row key, step) (splitmix64 in
+int64 tensor ops), not from a stateful generator. So a sample depends only on its own key —
+(prompt index, sample index) — its step and the model's logits, never on which other prompts share
+the batch, how the batch is split, which rows finished early (integer ops are exact everywhere).
+TP ranks see identical gathered logits and draw the same number, so they pick the same token
+without any communication.
 
-Drawing: the exponential race (Gumbel-max), `argmax_i(log p_i - log E_i)` with `E_i = -log u_i`,
-picks token i with probability p_i — one vectorised pass, no per-row generator.
+Drawing: one uniform per row and step, and inverse-CDF selection over the (filtered) softmax
+(`inverse_cdf`). An earlier version raced one hashed uniform per (row, vocabulary entry) — 64 x 151k
+int64 hash chains per decode step, which cost more than the model's forward; this costs one softmax
+pass plus a block reduction. Only row-wise kernels touch the vocabulary dimension, so a row's token
+is the same whichever rows share its batch.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ def _signed(x: int) -> int:
 _GOLDEN = _signed(0x9E3779B97F4A7C15)
 _MIX1 = _signed(0xBF58476D1CE4E5B9)
 _MIX2 = _signed(0x94D049BB133111EB)
+BLOCK = 1024  # inverse-CDF block: vocab entries per first-level bucket
 
 
 def _srl(z: torch.Tensor, k: int) -> torch.Tensor:
@@ -55,12 +59,10 @@ def row_keys(seed: int, prompt_index: torch.Tensor, sample_index: torch.Tensor) 
     return splitmix64(splitmix64(base ^ prompt_index.long()) ^ sample_index.long())
 
 
-def uniform_noise(keys: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
-    """[rows, vocab] uniforms in (0, 1), a pure function of (row key, step, token id)."""
-    rows = splitmix64(keys.long() ^ splitmix64(steps.long()))
-    tokens = torch.arange(vocab, device=keys.device, dtype=torch.int64)
-    bits = _srl(splitmix64(rows[:, None] ^ splitmix64(tokens)[None, :]), 40)  # top 24 bits: exact in fp32
-    return (bits.float() + 0.5) * (1.0 / (1 << 24))
+def row_uniforms(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """One float64 uniform in (0, 1) per row, a pure function of (row key, step): 53 hash bits."""
+    bits = _srl(splitmix64(splitmix64(keys.long() ^ splitmix64(steps.long()))), 11)  # top 53 bits
+    return (bits.double() + 0.5) * (1.0 / (1 << 53))
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = -1, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
@@ -84,6 +86,42 @@ def filter_logits(logits: torch.Tensor, top_k: int = -1, top_p: float = 1.0, min
     return out
 
 
+def inverse_cdf(weights: torch.Tensor, u: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """Index i with probability weights[r, i] / sum(weights[r]) for each row r, given u[r] in (0, 1).
+
+    Two levels, so no full-vocabulary cumulative sum: the row's mass is split into blocks of `block`
+    entries (fp32 block sums, one cheap reduction), the block is chosen by `u` against the float64
+    cumulative block sums, then the entry inside it by the rescaled remainder against that block's
+    float64 cumulative sum. Block b is chosen with probability S_b / sum(S) and entry j inside it with
+    w_j / sum(block), so token j's probability is w_j / total up to the fp32 rounding of S_b (a
+    relative 1e-7, spread over the block, never piled on one token). Every op is row-wise, so a row's
+    choice does not depend on the other rows in the batch. Zero-weight entries are never chosen.
+    """
+    rows, vocab = weights.shape
+    block = min(block, vocab)
+    full = vocab // block * block
+    sums = []
+    if full:
+        sums.append(weights[:, :full].unflatten(-1, (full // block, block)).sum(-1))
+    if full < vocab:
+        sums.append(weights[:, full:].sum(-1, keepdim=True))
+    cum = torch.cumsum(torch.cat(sums, dim=-1).double(), dim=-1)  # [rows, blocks], tiny
+    target = u.double() * cum[:, -1]
+    b = torch.searchsorted(cum, target[:, None], right=True)[:, 0].clamp_(max=cum.shape[1] - 1)
+    before = torch.where(b > 0, cum.gather(1, (b - 1).clamp(min=0)[:, None])[:, 0], torch.zeros_like(target))
+    mass = cum.gather(1, b[:, None])[:, 0] - before
+    cols = b[:, None] * block + torch.arange(block, device=weights.device)[None, :]
+    inside = weights.gather(1, cols.clamp(max=vocab - 1)).double()
+    inside = inside.masked_fill(cols >= vocab, 0.0) if full < vocab else inside  # tail block's overhang
+    within = torch.cumsum(inside, dim=-1)
+    rest = ((target - before) / mass).clamp_(0.0, 1.0) * within[:, -1]
+    j = torch.searchsorted(within, rest[:, None], right=True)
+    last = torch.searchsorted(within, within[:, -1:].contiguous(), right=False)  # the block's last non-zero entry
+    # Clamped: NaN logits (a diverged model) must still give an in-range token; the trainer then
+    # sees the non-finite log-prob and skips the step.
+    return (b * block + torch.minimum(j, last)[:, 0]).clamp_(max=vocab - 1).long()
+
+
 def sample(logits: torch.Tensor, *, temperature: float, top_k: int = -1, top_p: float = 1.0, min_p: float = 0.0,
            keys: torch.Tensor | None = None, steps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens [rows] and their log-probs [rows] (fp32) from logits [rows, vocab].
@@ -93,15 +131,16 @@ def sample(logits: torch.Tensor, *, temperature: float, top_k: int = -1, top_p: 
     greedy), which is what the trainer recomputes; see mindrl/rollout/base.py.
     """
     logits = logits.float()
-    scaled = logits / temperature if temperature > 0 else logits
-    logp = torch.log_softmax(scaled, dim=-1)
     if temperature == 0:
         tokens = torch.argmax(logits, dim=-1)
-    else:
-        if keys is None or steps is None:
-            raise ValueError("sampling with temperature > 0 needs row keys and steps")
-        kept = filter_logits(scaled, top_k, top_p, min_p)
-        # argmax(log p_i - log E_i); log p_i = kept_i - logsumexp(kept) and the constant drops out.
-        race = kept - torch.log(-torch.log(uniform_noise(keys, steps, logits.shape[-1])))
-        tokens = torch.argmax(race, dim=-1)
-    return tokens, logp.gather(-1, tokens[:, None])[:, 0]
+        return tokens, torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None])[:, 0]
+    if keys is None or steps is None:
+        raise ValueError("sampling with temperature > 0 needs row keys and steps")
+    scaled = logits / temperature if temperature != 1.0 else logits
+    probs = torch.softmax(scaled, dim=-1)  # row-wise kernel: a row's values never depend on other rows
+    weights = probs
+    if (top_k is not None and 0 < top_k < logits.shape[-1]) or top_p < 1.0 or min_p > 0.0:
+        weights = probs.masked_fill(torch.isinf(filter_logits(scaled, top_k, top_p, min_p)), 0.0)
+    tokens = inverse_cdf(weights, row_uniforms(keys, steps))
+    # log p of the unfiltered tempered distribution; a sampled token's p is far from fp32 underflow.
+    return tokens, probs.gather(-1, tokens[:, None])[:, 0].log()

@@ -58,9 +58,11 @@ def setup(cfg: MindRLConfig) -> Run:
         # The reference is the frozen initial policy: the same weights, copied before any update.
         ref_model = frozen_copy(actor_model, backend)
         reference = PolicyWorker(ref_model, micro_batch_size=cfg.actor_config.micro_batch_size,
-                                 temperature=cfg.generate_config.sampling_config.temperature)
+                                 temperature=cfg.generate_config.sampling_config.temperature,
+                                 max_tokens_per_micro_batch=cfg.actor_config.max_tokens_per_micro_batch)
     actor = PolicyWorker(actor_model, micro_batch_size=cfg.actor_config.micro_batch_size,
-                         temperature=cfg.generate_config.sampling_config.temperature)
+                         temperature=cfg.generate_config.sampling_config.temperature,
+                         max_tokens_per_micro_batch=cfg.actor_config.max_tokens_per_micro_batch)
     tokenizer = AutoTokenizer.from_pretrained(mt.tokenizer_name_or_path)
     engine = BuiltinRolloutEngine.from_plan(plan, actor_model.chunks, tokenizer=tokenizer,
                                             eos_token_id=tokenizer.eos_token_id, seed=mt.seed,

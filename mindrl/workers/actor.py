@@ -14,7 +14,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from mindrl.algorithms import compute_actor_loss, loss_normaliser
-from mindrl.models.logprobs import token_log_probs, vocab_parallel_entropy
+from mindrl.models.logprobs import token_log_probs, token_log_probs_and_entropy
 from mindrl.workers.megatron_engine import MegatronModel, forward_backward, gpt_forward
 
 
@@ -55,6 +55,30 @@ def build_sequence_batch(prompts: list[list[int]], responses: list[list[int]], a
     return SequenceBatch(tokens, mask, advantages.float())
 
 
+def sequence_lengths(batch: SequenceBatch) -> torch.Tensor:
+    """Tokens each row needs in a forward: up to its last response token (at least 2)."""
+    mask = batch.response_mask
+    last = torch.where(mask.any(1), mask.shape[1] - 1 - mask.flip(1).int().argmax(1), torch.zeros(len(mask)).long())
+    return (last + 2).clamp(min=2)
+
+
+def token_budget_groups(lengths: torch.Tensor, max_tokens: int) -> list[tuple[torch.Tensor, int]]:
+    """Split rows into micro-batches of at most `max_tokens` padded tokens (rows x longest row), as
+    verl's `use_dynamic_bsz` / slime's `--max-tokens-per-gpu` do. Deterministic: rows sorted by
+    length, longest first (ties by index), filled greedily; a row longer than the budget goes alone.
+    Returns (row indices, padded length) per micro-batch. Sorting by length keeps the padding small,
+    so long-tailed batches do not pay the longest row's length on every row."""
+    order = torch.sort(-lengths, stable=True).indices.tolist()
+    groups: list[tuple[list[int], int]] = []
+    for i in order:
+        n = int(lengths[i])
+        if groups and (len(groups[-1][0]) + 1) * groups[-1][1] <= max_tokens:
+            groups[-1][0].append(i)
+        else:
+            groups.append(([i], n))
+    return [(torch.tensor(rows), length) for rows, length in groups]
+
+
 def _last_stage_broadcast(tensor: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
     """Give every pipeline stage the last stage's tensor (forward-only results live there)."""
     if ps.get_pipeline_model_parallel_world_size() == 1:
@@ -68,28 +92,40 @@ def _last_stage_broadcast(tensor: torch.Tensor | None, shape: tuple[int, ...]) -
 class PolicyWorker:
     """A megatron model (actor or frozen reference) on this rank."""
 
-    def __init__(self, model: MegatronModel, *, micro_batch_size: int, temperature: float = 1.0) -> None:
+    def __init__(self, model: MegatronModel, *, micro_batch_size: int, temperature: float = 1.0,
+                 max_tokens_per_micro_batch: int | None = None) -> None:
         self.model = model
         self.micro_batch_size = micro_batch_size
+        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
+        if max_tokens_per_micro_batch is not None and ps.get_pipeline_model_parallel_world_size() > 1:
+            raise ValueError("max_tokens_per_micro_batch needs pipeline_model_parallel_size=1 (megatron's "
+                             "pipeline schedules need one micro-batch shape per call)")
         self.temperature = temperature if temperature > 0 else 1.0
         self.vocab_size = model.plan.vocab_size
 
     def _micro_batches(self, batch: SequenceBatch) -> list[dict[str, torch.Tensor]]:
+        """Fixed `micro_batch_size` rows each, or token-budget groups (see `token_budget_groups`),
+        each cut to its own longest row. `rows` says which batch rows a micro-batch holds."""
+        if self.max_tokens_per_micro_batch is None:
+            groups = [(torch.arange(s, min(s + self.micro_batch_size, len(batch))), batch.tokens.shape[1])
+                      for s in range(0, len(batch), self.micro_batch_size)]
+        else:
+            groups = token_budget_groups(sequence_lengths(batch), self.max_tokens_per_micro_batch)
+            # Inputs a multiple of TP long (sequence parallelism splits them), never past the batch width.
+            tp, width = ps.get_tensor_model_parallel_world_size(), batch.tokens.shape[1]
+            groups = [(rows, min(width, 1 + -(-(n - 1) // tp) * tp)) for rows, n in groups]
         out = []
-        for start in range(0, len(batch), self.micro_batch_size):
-            rows = slice(start, start + self.micro_batch_size)
-            mb = {"tokens": batch.tokens[rows, :-1], "labels": batch.tokens[rows, 1:],
-                  "response_mask": batch.response_mask[rows], "advantages": batch.advantages[rows]}
+        for rows, length in groups:
+            adv = batch.advantages[rows]
+            mb = {"rows": rows, "tokens": batch.tokens[rows, :length - 1], "labels": batch.tokens[rows, 1:length],
+                  "response_mask": batch.response_mask[rows, :length - 1],
+                  "advantages": adv if adv.dim() == 1 else adv[:, :length - 1]}  # [N] or per token [N, L-1]
             for name in ("old_log_probs", "ref_log_probs", "rollout_log_probs"):
                 value = getattr(batch, name)
                 if value is not None:
-                    mb[name] = value[rows]
+                    mb[name] = value[rows, :length - 1]
             out.append(mb)
         return out
-
-    def _scaled_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        # The rollout engine samples from softmax(logits / T); log-probs must be of that same distribution.
-        return logits.float() / self.temperature if self.temperature != 1.0 else logits.float()
 
     @torch.no_grad()
     def log_probs(self, batch: SequenceBatch) -> torch.Tensor:
@@ -101,12 +137,18 @@ class PolicyWorker:
             output = gpt_forward(chunk, mb)
 
             def collect(logits: torch.Tensor):
-                logp = token_log_probs(self._scaled_logits(logits), mb["labels"], self.vocab_size)
+                # The rollout engine samples from softmax(logits / T); log-probs are of that same distribution.
+                logp = token_log_probs(logits, mb["labels"], self.vocab_size, temperature=self.temperature)
                 return logp.sum() * 0.0, {"log_probs": logp}
             return output, collect
 
-        reported = forward_backward(self.model, self._micro_batches(batch), forward, forward_only=True)
-        local = torch.cat([r["log_probs"] for r in reported]) if reported else None
+        micro = self._micro_batches(batch)
+        reported = forward_backward(self.model, micro, forward, forward_only=True)
+        local = None
+        if reported:  # back to batch order and width; labels past a row's micro-batch width are not response
+            local = torch.zeros(len(batch), batch.tokens.shape[1] - 1)
+            for mb, r in zip(micro, reported):
+                local[mb["rows"], :r["log_probs"].shape[1]] = r["log_probs"]
         return _last_stage_broadcast(local, (len(batch), batch.tokens.shape[1] - 1))
 
     def update(self, batch: SequenceBatch, rl: Any, max_response_length: int | None = None) -> dict[str, float]:
@@ -128,9 +170,10 @@ class PolicyWorker:
             output = gpt_forward(chunk, mb)
 
             def loss_fn(logits: torch.Tensor):
-                scaled = self._scaled_logits(logits)
-                logp = token_log_probs(scaled, mb["labels"], self.vocab_size)
-                entropy = vocab_parallel_entropy(scaled, self.vocab_size, grad=rl.entropy_coeff != 0)
+                logp, entropy = token_log_probs_and_entropy(logits, mb["labels"], self.vocab_size,
+                                                            temperature=self.temperature)
+                if rl.entropy_coeff == 0:
+                    entropy = entropy.detach()  # a metric only: no backward through it
                 adv = mb["advantages"]
                 adv = adv.unsqueeze(1).expand_as(logp) if adv.dim() == 1 else adv
                 old = mb.get("old_log_probs", logp.detach())

@@ -9,7 +9,8 @@ import torch
 
 from mindrl.rollout import ROLLOUT_ENGINES, BuiltinRolloutEngine, RolloutEngine, SamplingParams, group_outputs
 from mindrl.rollout.base import RolloutOutput
-from mindrl.rollout.sampling import filter_logits, row_keys, sample, splitmix64, splitmix64_py, uniform_noise
+from mindrl.rollout.sampling import (filter_logits, inverse_cdf, row_keys, row_uniforms, sample, splitmix64,
+                                    splitmix64_py)
 from mindrl.rollout.stops import StopChecker
 from mindrl.rollout.vllm_engine import VllmRolloutEngine
 
@@ -50,14 +51,90 @@ def test_hash_matches_python_reference():
     assert [g & (2**64 - 1) for g in got] == [splitmix64_py(x & (2**64 - 1)) for x in xs]
 
 
-def test_noise_is_uniform_and_keyed():
-    keys = row_keys(5, torch.arange(4), torch.zeros(4, dtype=torch.long))
-    u = uniform_noise(keys, torch.zeros(4, dtype=torch.long), 50000)
-    assert 0 < u.min() and u.max() < 1
+def test_row_uniforms_are_uniform_and_keyed():
+    keys = row_keys(5, torch.arange(50000), torch.zeros(50000, dtype=torch.long))
+    u = row_uniforms(keys, torch.zeros(50000, dtype=torch.long))
+    assert u.dtype == torch.float64 and 0 < u.min() and u.max() < 1
     assert abs(u.mean().item() - 0.5) < 0.01 and abs(u.var().item() - 1 / 12) < 0.005
-    assert not torch.equal(u[0], u[1])
-    assert torch.equal(u, uniform_noise(keys, torch.zeros(4, dtype=torch.long), 50000))
-    assert not torch.equal(u, uniform_noise(keys, torch.ones(4, dtype=torch.long), 50000))
+    assert len(set(u.tolist())) == 50000
+    assert torch.equal(u, row_uniforms(keys, torch.zeros(50000, dtype=torch.long)))
+    other_step = row_uniforms(keys, torch.ones(50000, dtype=torch.long))
+    assert (other_step != u).all()
+    # Independent of the step's value for the same row: consecutive steps are uncorrelated.
+    assert abs(torch.corrcoef(torch.stack([u, other_step]))[0, 1].item()) < 0.02
+
+
+def chi_square_p(tokens: torch.Tensor, probs: torch.Tensor) -> float:
+    """p-value of Pearson's chi-square test of sampled `tokens` against `probs` (zero-prob tokens
+    must never appear)."""
+    from scipy.stats import chisquare
+
+    counts = torch.bincount(tokens, minlength=len(probs)).double()
+    assert counts[probs == 0].sum() == 0, "a zero-probability token was sampled"
+    keep = probs > 0
+    return float(chisquare(counts[keep].numpy(), (probs[keep] / probs[keep].sum() * len(tokens)).numpy()).pvalue)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampler_matches_softmax_chi_square(temperature):
+    """Pearson chi-square of 40,000 draws against softmax(logits / T) on a 12-token vocabulary."""
+    rows = 40000
+    logits = torch.randn(1, 12, generator=torch.Generator().manual_seed(3)) * 1.5
+    keys = row_keys(21, torch.arange(rows), torch.zeros(rows, dtype=torch.long))
+    tokens, logps = sample(logits.expand(rows, -1), temperature=temperature, keys=keys,
+                           steps=torch.zeros(rows, dtype=torch.long))
+    probs = torch.softmax(logits[0].double() / temperature, -1)
+    assert chi_square_p(tokens, probs) > 1e-3
+    assert torch.allclose(logps, torch.log_softmax(logits[0] / temperature, -1)[tokens], atol=1e-6)
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 1024])
+def test_inverse_cdf_blocks_and_zero_weights(block):
+    """Two-level selection with the vocabulary split into whole blocks and a partial tail block
+    (7 entries), zero weights anywhere (also a block's first / last entry and a whole block):
+    chi-square against the normalised weights; zero weights never drawn."""
+    w = torch.tensor([0.0, 0.3, 0.0, 0.0, 1e-3, 0.9, 0.25])
+    rows = 30000
+    u = row_uniforms(row_keys(2, torch.arange(rows), torch.zeros(rows, dtype=torch.long)),
+                     torch.zeros(rows, dtype=torch.long))
+    tokens = inverse_cdf(w.expand(rows, -1), u, block=block)
+    assert chi_square_p(tokens, w.double()) > 1e-3
+    # Extremes of u: the first and the last non-zero entries.
+    edge = inverse_cdf(w.expand(2, -1), torch.tensor([1e-300, 1 - 2**-53], dtype=torch.float64), block=block)
+    assert edge.tolist() == [1, 6]
+
+
+def test_nan_logits_still_give_in_range_tokens():
+    """A diverged model (NaN logits) must not crash the sampler: the token is in range, the log-prob NaN
+    (the trainer skips non-finite steps)."""
+    logits = torch.full((3, 64), float("nan"))
+    logits[1, :5] = 0.0  # partly NaN
+    keys = row_keys(0, torch.arange(3), torch.zeros(3, dtype=torch.long))
+    tokens, logps = sample(logits, temperature=1.0, keys=keys, steps=torch.zeros(3, dtype=torch.long))
+    assert ((tokens >= 0) & (tokens < 64)).all() and torch.isnan(logps[0])
+
+
+def test_samples_do_not_depend_on_the_batch():
+    """A row's token depends on its own (key, step, logits) only: the same rows sampled alone, in a
+    different order, or inside a bigger batch with other rows (and a real-size vocabulary, several
+    inverse-CDF blocks) give the same tokens and log-probs, bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 151936, generator=g) * 3
+    logits[:, 151665:] = float("-inf")  # TP padding columns
+    keys = row_keys(9, torch.arange(6), torch.arange(6) % 2)
+    steps = torch.tensor([0, 1, 2, 3, 40, 41])
+    for kwargs in (dict(), dict(top_k=50), dict(top_p=0.9, min_p=0.01)):
+        tokens, logps = sample(logits, temperature=0.9, keys=keys, steps=steps, **kwargs)
+        for r in range(6):
+            t, lp = sample(logits[r:r + 1], temperature=0.9, keys=keys[r:r + 1], steps=steps[r:r + 1], **kwargs)
+            assert (t.item(), lp.item()) == (tokens[r].item(), logps[r].item()), (kwargs, r)
+        perm = torch.tensor([5, 3, 1, 0, 2, 4])
+        others = torch.randn(58, 151936, generator=g)
+        big_t, big_lp = sample(torch.cat([logits[perm], others]), temperature=0.9,
+                               keys=torch.cat([keys[perm], row_keys(1, torch.arange(58), torch.zeros(58).long())]),
+                               steps=torch.cat([steps[perm], torch.zeros(58).long()]), **kwargs)
+        assert torch.equal(big_t[:6], tokens[perm]) and torch.equal(big_lp[:6], logps[perm]), kwargs
+        assert (tokens < 151665).all()
 
 
 @pytest.mark.parametrize("kwargs,dist", [

@@ -1,0 +1,97 @@
+"""Token-budget micro-batches against fixed ones on one tiny Qwen2 model: log-probs, loss metrics
+and gradients; driven by test_micro_batches.py. TP=1 in this process, then TP=2 (two gloo ranks).
+
+    python tests/workers/microbatch_worker.py --out DIR
+
+Writes DIR/tp{T}_rank{R}.pt with max abs differences and the micro-batch shapes used.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+VOCAB = 250
+HF = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+      "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": VOCAB, "rope_theta": 1e4,
+      "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 256}
+# Long-tailed response lengths: most short, two long (as GRPO batches are).
+RESPONSES = [3, 2, 5, 4, 41, 3, 2, 6, 63, 4, 3, 1]
+
+
+def batch():
+    from mindrl.workers.actor import build_sequence_batch
+
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, VOCAB, (int(n),), generator=g).tolist() for n in torch.randint(4, 9, (12,), generator=g)]
+    responses = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in RESPONSES]
+    return build_sequence_batch(prompts, responses, torch.randn(12, generator=g))
+
+
+def run(tp: int, out: Path) -> None:
+    warnings.filterwarnings("ignore")
+    from mindrl.backends import get_backend
+    from mindrl.backends.distributed import destroy_distributed, init_distributed
+    from mindrl.config.schema import RLConfig
+    from mindrl.models import ParallelLayout, plan_model
+    from mindrl.workers.actor import PolicyWorker
+    from mindrl.workers.megatron_engine import OptimConfig, setup_model
+
+    backend = get_backend("cpu")
+    plan = plan_model(HF, ParallelLayout(tp=tp), dtype="fp32", init_method_std=0.2)
+    init_distributed(backend, tp=tp, seed=1234)
+    # lr 0: the weights stay put, so both updates see the same model; no clipping (compare raw grads).
+    model = setup_model(plan, backend.core_attention_cls(), optim=OptimConfig(lr=0.0, clip_grad=1e9))
+    fixed = PolicyWorker(model, micro_batch_size=3, temperature=0.9)
+    budget = PolicyWorker(model, micro_batch_size=3, temperature=0.9, max_tokens_per_micro_batch=96)
+    b = batch()
+    mask = b.response_mask
+    result: dict = {"shapes": [tuple(mb["tokens"].shape) for mb in budget._micro_batches(b)],
+                    "fixed_shapes": [tuple(mb["tokens"].shape) for mb in fixed._micro_batches(b)]}
+    lp_fixed, lp_budget = fixed.log_probs(b), budget.log_probs(b)
+    result["logp"] = (lp_fixed - lp_budget)[mask].abs().max().item()
+    result["logp_mean"] = lp_fixed[mask].mean().item()
+    g = torch.Generator().manual_seed(1)
+    b.old_log_probs = lp_fixed + 0.3 * torch.randn(lp_fixed.shape, generator=g)  # ratios != 1: clipping active
+    b.ref_log_probs = lp_fixed + 0.3 * torch.randn(lp_fixed.shape, generator=g)
+    params = [p for chunk in model.chunks for p in chunk.parameters()]
+    for mode in ("token-mean", "seq-mean-token-mean"):
+        rl = RLConfig(entropy_coeff=0.01, use_kl_loss=True, kl_coef=0.1, loss_agg_mode=mode)
+        m_fixed = fixed.update(b, rl)
+        g_fixed = [p.main_grad.clone() for p in params]
+        m_budget = budget.update(b, rl)
+        g_budget = [p.main_grad.clone() for p in params]
+        # pg_loss / kl_loss metrics are per-micro-batch shares of the global loss averaged by tokens,
+        # so they depend on the split by construction; the loss itself is compared through its gradient.
+        result[f"{mode}_metrics"] = {k: abs(m_fixed[k] - m_budget[k]) for k in m_fixed
+                                     if k not in ("actor/pg_loss", "actor/kl_loss")}
+        result[f"{mode}_pg_loss"] = m_fixed["actor/pg_loss"]
+        result[f"{mode}_grad"] = max((a - c).abs().max().item() for a, c in zip(g_fixed, g_budget))
+        result[f"{mode}_grad_scale"] = max(a.abs().max().item() for a in g_fixed)
+    torch.save(result, out / f"tp{tp}_rank{torch.distributed.get_rank()}.pt")
+    destroy_distributed()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    run(1, out)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+        os.environ.pop(key, None)
+    from mindrl.utils.launch import spawn
+
+    spawn(run, 2, 2, out)
+
+
+if __name__ == "__main__":
+    main()
