@@ -15,7 +15,9 @@ export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
 
 if [ ! -f "$OUTPUT_DIR/warm_start/model.safetensors" ] || [ ! -f "$OUTPUT_DIR/data/tiny_meta.json" ] \
    || [ ! -f "$OUTPUT_DIR/data/tiny_eval_meta.json" ]; then
-  python -m mindrl.cli.prepare_tiny_demo --out "$OUTPUT_DIR" megatron_training.tokenizer_name_or_path="$OUTPUT_DIR/tokenizer"
+  # One thread: a 64-wide model's matmuls are too small for a second one to help, and on shared
+  # cores it only contends (measured under load: 40 warm-start steps took 2 min with two threads, 400 took 1 min with one).
+  MINDRL_CPU_THREADS=${MINDRL_CPU_THREADS:-1} python -m mindrl.cli.prepare_tiny_demo --out "$OUTPUT_DIR" megatron_training.tokenizer_name_or_path="$OUTPUT_DIR/tokenizer"
 fi
 if [ ! -f "$OUTPUT_DIR/warm_start_mg/mindrl_layout.json" ]; then
   python tools/convert_ckpt.py --model-type-hf qwen2 --load-model-type hf --save-model-type mg \
@@ -25,13 +27,13 @@ fi
 EVAL_ARGS=(--tokenizer "$OUTPUT_DIR/tokenizer" --datasets "heldout=$OUTPUT_DIR/data/tiny_eval" --n 8
   --temperature 0.7 --top-p 1.0 --max-tokens 40 --make-vocab-size-divisible-by 1)
 if [ ! -f "$OUTPUT_DIR/eval/warm_start/summary.json" ]; then
-  python -m mindrl.evaluate --model "$OUTPUT_DIR/warm_start" "${EVAL_ARGS[@]}" --output "$OUTPUT_DIR/eval/warm_start"
+  MINDRL_CPU_THREADS=${MINDRL_CPU_THREADS:-1} python -m mindrl.evaluate --model "$OUTPUT_DIR/warm_start" "${EVAL_ARGS[@]}" --output "$OUTPUT_DIR/eval/warm_start"
 fi
 python -m mindrl.cli.train_grpo --config-name grpo_tiny_cpu \
   megatron_training.output_dir="$OUTPUT_DIR" \
   megatron_training.tokenizer_name_or_path="$OUTPUT_DIR/tokenizer" \
   megatron_training.data_path="$OUTPUT_DIR/data/tiny" \
   actor_config.load="$OUTPUT_DIR/warm_start_mg" "$@"
-python -m mindrl.evaluate --model "$OUTPUT_DIR/checkpoints" "${EVAL_ARGS[@]}" --output "$OUTPUT_DIR/eval/trained"
+MINDRL_CPU_THREADS=${MINDRL_CPU_THREADS:-1} python -m mindrl.evaluate --model "$OUTPUT_DIR/checkpoints" "${EVAL_ARGS[@]}" --output "$OUTPUT_DIR/eval/trained"
 python -m mindrl.plot "$OUTPUT_DIR"
 python -m mindrl.cli.summarize "$OUTPUT_DIR"
