@@ -104,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         if "trained" in evals:
             cells.append(_eval_cell(evals["trained"], key))
         table.add_row(*cells)
-    Console().print(table)
-    for name, e in evals.items():
+    console = Console()
+    (console if console.is_terminal else Console(width=120)).print(table)  # logs: no 80-column cut
+    for name, e in sorted(evals.items(), key=lambda kv: kv[0] != "warm_start"):
         print(f"{name}: accuracy {e['accuracy']:.3f} (avg@{e['k']} over {e['items']} held-out prompts)"
               + (f", format {e['format']:.3f}" if isinstance(e.get("format"), (int, float)) else ""))
     ok, line = verdict(rows, args.window, args.min_gain, args.min_format)
