@@ -59,7 +59,7 @@ def warm_start(config_name: str, overrides: list[str], tasks: list[dict], comple
         reported = forward_backward(model, [{"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "loss_mask": loss_mask}],
                                     next_token_loss_forward(plan.vocab_size))
         model.optimizer.step()
-        if step % 20 == 0 or step == steps - 1:
+        if step % 100 == 0 or step == steps - 1:
             print(f"[warm start] step {step + 1}/{steps} loss {reported[0]['loss'].item():.3f}", flush=True)
     tensors = {name: t.contiguous() for bucket in iter_hf_buckets(model.unwrapped, plan.hf) for name, t in bucket}
     out_dir = Path(out_dir)
