@@ -82,6 +82,7 @@ def test_warm_start_targets_do_not_depend_on_the_answer():
 
 @pytest.mark.slow
 @pytest.mark.megatron
+@pytest.mark.timeout(1800)  # ~3 min on 2 idle cores; shared cores have taken over 10
 def test_short_demo_run_raises_accuracy(tmp_path):
     """The demo's own recipe, shortened to 30 GRPO steps: task accuracy (never format) already moves.
 
@@ -92,7 +93,7 @@ def test_short_demo_run_raises_accuracy(tmp_path):
     from tests.conftest import run_cli
 
     proc = run_cli([sys.executable, "-m", "mindrl.cli.prepare_tiny_demo", "--out", str(tmp_path),
-                    f"megatron_training.tokenizer_name_or_path={tmp_path / 'tokenizer'}"])
+                    f"megatron_training.tokenizer_name_or_path={tmp_path / 'tokenizer'}"], timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run_cli([sys.executable, "tools/convert_ckpt.py", "--model-type-hf", "qwen2", "--load-model-type", "hf",
                     "--save-model-type", "mg", "--load-dir", str(tmp_path / "warm_start"),
