@@ -1,7 +1,10 @@
 """Draw training curves: `python -m mindrl.plot OUTPUT_DIR [--out curves.png] [--smooth 10]`.
 
-Reads `<OUTPUT_DIR>/metrics.jsonl` and draws reward (with each scorer's part), accuracy, response
-length and KL against the step, raw and smoothed, into one PNG.
+Reads `<OUTPUT_DIR>/metrics.jsonl` and draws task accuracy (the large top panel: whether the
+policy learned the task, not just the format), then reward (with each scorer's part, format
+included), response length and KL against the step, raw and smoothed, into one PNG. When
+`OUTPUT_DIR/eval/warm_start/summary.json` exists (the tiny demo evaluates its warm start there),
+the warm start's accuracy is drawn as the starting line, and `eval/trained` as the end point.
 """
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+ACCURACY_PANEL = ("task accuracy (the task scorer, not format)", lambda k: k == "accuracy")
 PANELS = [
-    ("reward", lambda k: k == "reward/mean" or (k.startswith("reward/") and k.endswith("/mean"))),
-    ("accuracy", lambda k: k in ("accuracy", "acc/mean")),
+    ("reward (format and each scorer)", lambda k: k == "reward/mean" or (k.startswith("reward/") and k.endswith("/mean"))),
     ("response length", lambda k: k in ("response_length/mean", "response_length/max")),
     ("KL", lambda k: k in ("kl", "actor/kl", "kl/mean")),
 ]
@@ -40,29 +43,60 @@ def plot(output_dir: str | Path, out: str | Path | None = None, smooth: int = 10
     if not rows:
         raise ValueError(f"{output_dir}/metrics.jsonl has no steps yet")
     keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))})
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
-    for ax, (title, wanted) in zip(axes.flat, PANELS):
-        drawn = False
-        for key in (k for k in keys if wanted(k)):
-            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-            if not pts:
-                continue
-            steps, values = zip(*pts)
-            line, = ax.plot(steps, values, alpha=0.3, linewidth=1)
-            ax.plot(steps, moving_average(list(values), smooth), color=line.get_color(), label=key, linewidth=2)
-            drawn = True
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        if drawn:
-            ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+    fig = plt.figure(figsize=(12, 8), constrained_layout=True)
+    grid = fig.add_gridspec(2, 3, height_ratios=[1.4, 1])
+    top = fig.add_subplot(grid[0, :])
+    _draw(top, rows, keys, ACCURACY_PANEL, smooth, linewidth=3)
+    top.set_ylim(-0.02, 1.02)
+    _draw_evals(top, output_dir, rows[-1]["step"])
+    acc = [r["accuracy"] for r in rows if isinstance(r.get("accuracy"), (int, float))]
+    if len(acc) >= 2 * smooth:
+        first, last = sum(acc[:smooth]) / smooth, sum(acc[-smooth:]) / smooth
+        top.set_title(f"{ACCURACY_PANEL[0]}: first {smooth} steps {first:.2f} -> last {smooth} steps {last:.2f} "
+                      f"({last - first:+.2f})")
+    top.title.set_fontsize(14)
+    for i, panel in enumerate(PANELS):
+        _draw(fig.add_subplot(grid[1, i]), rows, keys, panel, smooth)
     fig.suptitle(f"{Path(output_dir).name}: {len(rows)} steps (smoothed over {smooth})")
     out = Path(out) if out else Path(output_dir) / "curves.png"
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def _draw(ax, rows: list[dict], keys: list[str], panel, smooth: int, linewidth: float = 2) -> None:
+    title, wanted = panel
+    drawn = False
+    for key in (k for k in keys if wanted(k)):
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        if not pts:
+            continue
+        steps, values = zip(*pts)
+        line, = ax.plot(steps, values, alpha=0.3, linewidth=1)
+        ax.plot(steps, moving_average(list(values), smooth), color=line.get_color(), label=key, linewidth=linewidth)
+        drawn = True
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def _draw_evals(ax, output_dir: str | Path, last_step: int) -> None:
+    """The warm start's accuracy (before GRPO) as a dashed line; the trained model's as a point."""
+    from mindrl.cli.summarize import read_evals
+
+    evals = read_evals(output_dir)
+    if "warm_start" in evals:
+        ax.axhline(evals["warm_start"]["accuracy"], color="gray", linestyle="--", linewidth=1.5,
+                   label=f"warm start (eval): {evals['warm_start']['accuracy']:.2f}")
+    if "trained" in evals:
+        ax.plot([last_step], [evals["trained"]["accuracy"]], marker="*", markersize=14, color="black", linestyle="",
+                label=f"trained (eval): {evals['trained']['accuracy']:.2f}")
+    if evals:
+        ax.legend(fontsize=9)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ which `tools/convert_ckpt.py` turns into the training layout, exactly as a user'
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -40,6 +41,10 @@ def warm_start(config_name: str, overrides: list[str], tasks: list[dict], comple
     rng = random.Random(seed)
     eos = tokenizer.eos_token_id
     for step in range(steps):
+        # Cosine decay to 0: the last steps settle the copy of the operands, so that the policy GRPO
+        # starts from writes its scratchpad reliably and varies only where the data vary (the answer).
+        for group in model.optimizer.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         rows = [tasks[rng.randrange(len(tasks))] for _ in range(batch)]
         seqs, masks = [], []
         for row in rows:
@@ -54,7 +59,7 @@ def warm_start(config_name: str, overrides: list[str], tasks: list[dict], comple
         reported = forward_backward(model, [{"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "loss_mask": loss_mask}],
                                     next_token_loss_forward(plan.vocab_size))
         model.optimizer.step()
-        if step % 20 == 0 or step == steps - 1:
+        if step % 100 == 0 or step == steps - 1:
             print(f"[warm start] step {step + 1}/{steps} loss {reported[0]['loss'].item():.3f}", flush=True)
     tensors = {name: t.contiguous() for bucket in iter_hf_buckets(model.unwrapped, plan.hf) for name, t in bucket}
     out_dir = Path(out_dir)

@@ -51,11 +51,11 @@ def hf_run(demo, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 @pytest.fixture(scope="module")
 def mg_run(demo, tmp_path_factory) -> Path:
-    """The megatron conversion, on the prompt set and on the dataset-config path (tiny_addition
+    """The megatron conversion, on the prompt set and on the dataset-config path (tiny_demo
     re-preprocessed from the demo's tasks.jsonl with the eval tokenizer)."""
     out = tmp_path_factory.mktemp("eval_mg")
-    evaluate(demo, "mg", out, "--datasets", f"{demo / 'data' / 'tiny'},tiny_addition",
-             f"tiny_addition.input={demo / 'tasks.jsonl'}")
+    evaluate(demo, "mg", out, "--datasets", f"{demo / 'data' / 'tiny'},tiny_demo",
+             f"tiny_demo.input={demo / 'tasks.jsonl'}")
     return out
 
 
@@ -97,12 +97,12 @@ def test_hf_and_megatron_loads_give_identical_completions(hf_run, mg_run):
 
 
 def test_dataset_config_path_gives_the_same_prompts(mg_run):
-    """tiny_addition preprocessed by the eval CLI = the demo's prompt set: same prompts, same samples."""
-    a, b = rows(mg_run / "tiny.jsonl"), rows(mg_run / "tiny_addition.jsonl")
+    """tiny_demo preprocessed by the eval CLI = the demo's prompt set: same prompts, same samples."""
+    a, b = rows(mg_run / "tiny.jsonl"), rows(mg_run / "tiny_demo.jsonl")
     assert [r["prompt"] for r in a] == [r["prompt"] for r in b]
     assert [r["completion"] for r in a] == [r["completion"] for r in b]
-    assert (mg_run / "prompts" / "tiny_addition_meta.json").is_file()
-    assert "dataset config" in json.loads((mg_run / "summary.json").read_text())["datasets"]["tiny_addition"]["source"]
+    assert (mg_run / "prompts" / "tiny_demo_meta.json").is_file()
+    assert "dataset config" in json.loads((mg_run / "summary.json").read_text())["datasets"]["tiny_demo"]["source"]
 
 
 def test_summarize_on_hand_made_rows():
@@ -141,7 +141,7 @@ def test_bad_inputs_fail_before_loading(demo, tmp_path, capsys):
     assert "does not divide num_attention_heads" in err
     err = bad(capsys, "--model", str(demo / "mg"), "--datasets", tiny, "--tp", "2", "--nproc", "3", *base)
     assert "world size 3 is not divisible" in err
-    err = bad(capsys, "--model", str(demo / "mg"), "--datasets", "tiny_addition", "tiny_addition.inpt=x", *base)
+    err = bad(capsys, "--model", str(demo / "mg"), "--datasets", "tiny_demo", "tiny_demo.inpt=x", *base)
     assert "Did you mean 'input'" in err
     err = bad(capsys, "--model", str(demo / "mg"), "--datasets", tiny, "tiny.input=x", *base)
     assert "preprocessed prompt set" in err
