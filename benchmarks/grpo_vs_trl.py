@@ -171,20 +171,18 @@ def rollout_vs_hf(workdir: Path, rows: int, new: int, rounds: int) -> list[tuple
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     from mindrl.backends import get_backend
-    from mindrl.backends.distributed import init_distributed
     from mindrl.checkpoint.live import load_megatron_checkpoint
-    from mindrl.models import ParallelLayout, load_hf_config, plan_model
+    from mindrl.models import load_hf_config
     from mindrl.rollout import BuiltinRolloutEngine, SamplingParams
-    from mindrl.workers.megatron_engine import setup_model
+    from mindrl.workers.bringup import PolicySpec, build_policy
 
     meta = json.loads((workdir / "prepared.json").read_text())
     prompts = meta["prompts"][:rows // N]
     tokenizer = AutoTokenizer.from_pretrained(workdir / "hf", padding_side="left")
     hf = AutoModelForCausalLM.from_pretrained(workdir / "hf", dtype=torch.float32).eval()
     backend = get_backend("cpu")
-    plan = plan_model(load_hf_config(workdir / "hf"), ParallelLayout(), dtype="fp32")
-    init_distributed(backend)
-    model = setup_model(plan, backend.core_attention_cls(), train=False)
+    model = build_policy(PolicySpec(hf=load_hf_config(workdir / "hf"), dtype="fp32"), backend, train=False)
+    plan = model.plan
     load_megatron_checkpoint(model.unwrapped, workdir / "mg")
     engine = BuiltinRolloutEngine.from_plan(plan, model.chunks, eos_token_id=[])
     ids = [tokenizer(p)["input_ids"] for p in prompts]

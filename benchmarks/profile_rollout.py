@@ -27,19 +27,16 @@ def main() -> None:
     import mindrl.rollout.builtin as builtin
     from benchmarks.step_parts import old_hash_race
     from mindrl.backends import get_backend
-    from mindrl.backends.distributed import init_distributed
-    from mindrl.models import ParallelLayout, plan_model
     from mindrl.rollout import BuiltinRolloutEngine, SamplingParams
     from mindrl.rollout.sampling import sample
-    from mindrl.workers.megatron_engine import setup_model
+    from mindrl.workers.bringup import PolicySpec, build_policy
 
     hf = {"model_type": "qwen2", "hidden_size": 256, "intermediate_size": 1024, "num_attention_heads": 4,
           "num_key_value_heads": 2, "num_hidden_layers": 4, "vocab_size": args.vocab, "rope_theta": 1e6,
           "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 4096}
     backend = get_backend("cpu")
-    plan = plan_model(hf, ParallelLayout(), init_method_std=0.02)
-    init_distributed(backend)
-    model = setup_model(plan, backend.core_attention_cls(), train=False)
+    model = build_policy(PolicySpec(hf=hf, overrides={"init_method_std": 0.02}), backend, train=False)
+    plan = model.plan
     prompts = torch.randint(0, args.vocab, (args.rows // 8, args.prompt), generator=torch.Generator().manual_seed(0))
     engine = BuiltinRolloutEngine.from_plan(plan, model.chunks, eos_token_id=[])
     params = SamplingParams(n=8, temperature=1.0, max_tokens=args.new, ignore_eos=True, seed=1)

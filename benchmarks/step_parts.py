@@ -105,19 +105,16 @@ def bench_logprobs(tokens: int, vocab: int) -> list[tuple[str, str, str]]:
 def bench_micro(repeats: int) -> list[tuple[str, str, str]]:
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     from mindrl.backends import get_backend
-    from mindrl.backends.distributed import init_distributed
     from mindrl.config.schema import RLConfig
-    from mindrl.models import ParallelLayout, plan_model
     from mindrl.workers.actor import PolicyWorker, build_sequence_batch
-    from mindrl.workers.megatron_engine import OptimConfig, setup_model
+    from mindrl.workers.bringup import PolicySpec, build_policy
+    from mindrl.workers.megatron_engine import OptimConfig
 
     hf = {"model_type": "qwen2", "hidden_size": 128, "intermediate_size": 512, "num_attention_heads": 4,
           "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 32768, "rope_theta": 1e6,
           "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 4096}
     backend = get_backend("cpu")
-    plan = plan_model(hf, ParallelLayout(), dtype="fp32")
-    init_distributed(backend)
-    model = setup_model(plan, backend.core_attention_cls(), optim=OptimConfig(lr=0.0))
+    model = build_policy(PolicySpec(hf=hf, dtype="fp32"), backend, optim=OptimConfig(lr=0.0))
     g = torch.Generator().manual_seed(0)
     # 32 rows, prompt 64; responses long-tailed: most 16-48 tokens, one in eight 512.
     lens = [512 if i % 8 == 0 else int(torch.randint(16, 48, (1,), generator=g)) for i in range(32)]

@@ -37,17 +37,18 @@ def batch():
 def run(tp: int, out: Path) -> None:
     warnings.filterwarnings("ignore")
     from mindrl.backends import get_backend
-    from mindrl.backends.distributed import destroy_distributed, init_distributed
+    from mindrl.backends.distributed import destroy_distributed
     from mindrl.config.schema import RLConfig
-    from mindrl.models import ParallelLayout, plan_model
+    from mindrl.models import ParallelLayout
     from mindrl.workers.actor import PolicyWorker
-    from mindrl.workers.megatron_engine import OptimConfig, setup_model
+    from mindrl.workers.bringup import PolicySpec, build_policy
+    from mindrl.workers.megatron_engine import OptimConfig
 
     backend = get_backend("cpu")
-    plan = plan_model(HF, ParallelLayout(tp=tp), dtype="fp32", init_method_std=0.2)
-    init_distributed(backend, tp=tp, seed=1234)
     # lr 0: the weights stay put, so both updates see the same model; no clipping (compare raw grads).
-    model = setup_model(plan, backend.core_attention_cls(), optim=OptimConfig(lr=0.0, clip_grad=1e9))
+    model = build_policy(PolicySpec(hf=HF, layout=ParallelLayout(tp=tp), dtype="fp32", seed=1234,
+                                    overrides={"init_method_std": 0.2}), backend,
+                         optim=OptimConfig(lr=0.0, clip_grad=1e9))
     fixed = PolicyWorker(model, micro_batch_size=3, temperature=0.9)
     budget = PolicyWorker(model, micro_batch_size=3, temperature=0.9, max_tokens_per_micro_batch=96)
     b = batch()

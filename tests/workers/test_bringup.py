@@ -28,6 +28,9 @@ def test_nothing_else_sets_up_process_groups_or_builds_models():
                 if name in ("init_distributed", "setup_model", "build_model"):
                     offenders.append(f"{path.relative_to(REPO)}:{node.lineno} calls {name}")
     allowed = {"mindrl/workers/megatron_engine.py"}  # setup_model itself calls build_model
+    # Process groups only, no model: the vocab-parallel log-prob kernels measured / checked alone.
+    groups_only = {"benchmarks/step_parts.py", "tests/models/logprobs_worker.py"}
+    offenders = [o for o in offenders if not (o.split(":")[0] in groups_only and o.endswith("init_distributed"))]
     assert [o for o in offenders if o.split(":")[0] not in allowed] == []
 
 
