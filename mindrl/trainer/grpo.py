@@ -19,7 +19,7 @@ from megatron.core import parallel_state as ps
 
 from mindrl.algorithms import estimate_kl, group_norm_advantages, masked_mean
 from mindrl.config import MindRLConfig
-from mindrl.rollout import BuiltinRolloutEngine, SamplingParams
+from mindrl.rollout import RolloutRunner, SamplingParams
 from mindrl.trainer.tracking import Tracker
 from mindrl.workers.actor import PolicyWorker, SequenceBatch, build_sequence_batch
 
@@ -37,7 +37,7 @@ class Run:
     cfg: MindRLConfig
     actor: PolicyWorker
     reference: PolicyWorker | None
-    engine: BuiltinRolloutEngine
+    engine: RolloutRunner
     tokenizer: Any
     dataset: Any
     reward_fn: Any
@@ -115,6 +115,7 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
         for _ in range(rl.epochs):
             for start in range(0, len(batch), rows_per_mini):
                 update_metrics.append(run.actor.update(batch.select(slice(start, start + rows_per_mini)), rl))
+        run.engine.weights_updated()  # a rollout copy (another layout or engine) is pushed before next generate
 
     # 7. Metrics (all-reduced over DP ranks).
     metrics = _step_metrics(run, batch, outputs, scored, rewards, update_metrics)

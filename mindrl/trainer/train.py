@@ -14,7 +14,7 @@ from mindrl.backends import get_backend
 from mindrl.backends.distributed import destroy_distributed, init_distributed
 from mindrl.config import MindRLConfig, actor_layout, resolve_hf_config
 from mindrl.models import plan_model
-from mindrl.rollout import BuiltinRolloutEngine
+from mindrl.rollout import build_rollout
 from mindrl.trainer.checkpointing import latest_step, load_checkpoint, save_checkpoint
 from mindrl.trainer.grpo import Run, TrainingError, grpo_step
 from mindrl.trainer.tracking import Tracker
@@ -74,9 +74,11 @@ def setup(cfg: MindRLConfig) -> Run:
     actor = PolicyWorker(actor_model, micro_batch_size=cfg.actor_config.micro_batch_size,
                          temperature=cfg.generate_config.sampling_config.temperature)
     tokenizer = AutoTokenizer.from_pretrained(mt.tokenizer_name_or_path)
-    engine = BuiltinRolloutEngine.from_plan(plan, actor_model.chunks, tokenizer=tokenizer,
-                                            eos_token_id=tokenizer.eos_token_id, seed=mt.seed,
-                                            max_batch_size=cfg.generate_config.max_num_seqs)
+    engine = build_rollout(cfg.generate_config, plan=plan, actor_chunks=actor_model.chunks, tokenizer=tokenizer,
+                           core_attention=backend.core_attention_cls(), seed=mt.seed,
+                           use_cpu_initialization=backend.device_type == "cpu",
+                           make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
+                           tokenizer_path=mt.tokenizer_name_or_path)
     output_dir = Path(mt.output_dir)
     ckpt_root = output_dir / "checkpoints"
     expected = {"architecture": plan.hf.get("model_type"), "world_size": dist.get_world_size(),
