@@ -131,7 +131,8 @@ def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list
     a = cfg.actor_config
     tp = a.tensor_model_parallel_size if g.infer_tensor_parallel_size is None else g.infer_tensor_parallel_size
     ep = a.expert_model_parallel_size if g.infer_expert_parallel_size is None else g.infer_expert_parallel_size
-    if hf is not None:
+    explicit = g.infer_tensor_parallel_size is not None or g.infer_expert_parallel_size is not None
+    if hf is not None and explicit:  # None, None: the training layout's TP / EP, checked above already
         heads = int(hf.get("num_attention_heads", 0))
         experts = hf.get("n_routed_experts") or hf.get("num_experts") or hf.get("num_local_experts")
         errors += _rollout_layout_errors(tp, ep, heads, int(hf.get("num_key_value_heads") or heads),
