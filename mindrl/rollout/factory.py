@@ -99,6 +99,7 @@ def build_builtin_copy(hf: dict[str, Any], layout: RolloutLayout, state: Rollout
         loader = HFShardLoader([_unwrap(c) for c in chunks], hf)
         engine = BuiltinRolloutEngine.from_plan(plan, chunks, weight_loader=loader, **engine_kwargs)
     engine.rollout_plan = plan  # the rollout copy's own plan (tests build a reference model from it)
+    engine.loads_canonical = True  # a megatron model: take the mapping's canonical tensors, skip the HF split
     return engine
 
 

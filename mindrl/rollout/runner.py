@@ -91,7 +91,8 @@ class RolloutRunner:
         loader = getattr(self.engine, "weight_loader", None)
         if loader is not None:
             loader.counts.clear()
-        for bucket in iter_buckets(self.source_chunks, self.hf_cfg, self.bucket_bytes):
+        hf_names = not getattr(self.engine, "loads_canonical", False)  # megatron copies take canonical tensors
+        for bucket in iter_buckets(self.source_chunks, self.hf_cfg, self.bucket_bytes, hf_names):
             nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
             with self._rollout_state():
                 self.engine.load_weights(bucket)
@@ -159,7 +160,7 @@ class RolloutRunner:
         return [o for _, _, o in out]
 
 
-def iter_buckets(chunks: list[torch.nn.Module], hf_cfg: dict[str, Any], bucket_bytes: int) -> Any:
+def iter_buckets(chunks: list[torch.nn.Module], hf_cfg: dict[str, Any], bucket_bytes: int, hf_names: bool) -> Any:
     from mindrl.checkpoint.live import iter_hf_buckets
 
-    return iter_hf_buckets(chunks, hf_cfg, bucket_bytes)
+    return iter_hf_buckets(chunks, hf_cfg, bucket_bytes, hf_names=hf_names)
