@@ -137,6 +137,9 @@ def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list
         experts = hf.get("n_routed_experts") or hf.get("num_experts") or hf.get("num_local_experts")
         errors += _rollout_layout_errors(tp, ep, heads, int(hf.get("num_key_value_heads") or heads),
                                          int(experts) if experts else None, world)
+        if g.engine == "vllm" and ep > 1 and ep % tp:
+            errors.append(f"generate_config.infer_expert_parallel_size={ep} must be a multiple of "
+                          f"infer_tensor_parallel_size={tp} for engine=vllm (vLLM splits experts over TP x DP)")
     return errors
 
 

@@ -13,7 +13,8 @@ consecutive ranks of the existing torch.distributed world one vLLM instance, i.e
     vllm.LLM(model=<dir with the HF config.json>, load_format="dummy", tensor_parallel_size=<infer TP>,
              distributed_executor_backend="external_launcher", seed=<fixed per replica>,
              enable_sleep_mode=True, logprobs_mode="processed_logprobs", dtype, max_model_len,
-             max_num_seqs, gpu_memory_utilization, enable_expert_parallel=<infer EP > 1>)
+             max_num_seqs, gpu_memory_utilization,
+             enable_expert_parallel=<infer EP > 1>, data_parallel_size=<infer EP / TP when EP > TP>)
 The weights never come from disk ("dummy"); the first push fills them.
 
 Per step (driven by `mindrl.rollout.runner.RolloutRunner`):
@@ -85,7 +86,11 @@ class VllmRolloutEngine:
             dtype=DTYPES.get(gen_cfg.dtype, gen_cfg.dtype), max_model_len=gen_cfg.max_model_len,
             max_num_seqs=gen_cfg.max_num_seqs, gpu_memory_utilization=gen_cfg.gpu_memory_utilization)
         if layout.ep > 1:
+            # vLLM splits experts over TP x DP of one engine: EP/TP data-parallel ranks (each its own
+            # replica for prompts) share one expert-parallel group, e.g. TP4 EP8 -> DP 2.
             kwargs["enable_expert_parallel"] = True
+            if layout.ep > layout.tp:
+                kwargs["data_parallel_size"] = layout.ep // layout.tp
         if tokenizer_path:
             kwargs["tokenizer"] = tokenizer_path
         else:

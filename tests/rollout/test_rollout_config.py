@@ -103,3 +103,11 @@ def test_replica_split_is_contiguous_and_covers_everything():
 
     assert split_evenly(7, 3) == [(0, 3), (3, 5), (5, 7)]
     assert split_evenly(2, 4) == [(0, 1), (1, 2), (2, 2), (2, 2)]
+
+
+def test_vllm_expert_parallel_is_a_multiple_of_tp():
+    errors = errors_of(generate_config__engine="vllm", generate_config__infer_tensor_parallel_size=2,
+                       generate_config__infer_expert_parallel_size=3, rl_config__actor_resource__num_npus=6,
+                       megatron_training__global_batch_size=6)
+    assert ("generate_config.infer_expert_parallel_size=3 must be a multiple of infer_tensor_parallel_size=2 for "
+            "engine=vllm (vLLM splits experts over TP x DP)") in errors
