@@ -92,7 +92,12 @@ class RolloutRunner:
         if loader is not None:
             loader.counts.clear()
         hf_names = not getattr(self.engine, "loads_canonical", False)  # megatron copies take canonical tensors
-        for bucket in iter_buckets(self.source_chunks, self.hf_cfg, self.bucket_bytes, hf_names):
+        target = None
+        if loader is not None and not hf_names:
+            def target(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Any:
+                with self._rollout_state():
+                    return loader.target(name, shape, dtype)
+        for bucket in iter_buckets(self.source_chunks, self.hf_cfg, self.bucket_bytes, hf_names, target):
             nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
             with self._rollout_state():
                 self.engine.load_weights(bucket)
@@ -160,7 +165,8 @@ class RolloutRunner:
         return [o for _, _, o in out]
 
 
-def iter_buckets(chunks: list[torch.nn.Module], hf_cfg: dict[str, Any], bucket_bytes: int, hf_names: bool) -> Any:
+def iter_buckets(chunks: list[torch.nn.Module], hf_cfg: dict[str, Any], bucket_bytes: int, hf_names: bool,
+                 target: Any = None) -> Any:
     from mindrl.checkpoint.live import iter_hf_buckets
 
-    return iter_hf_buckets(chunks, hf_cfg, bucket_bytes, hf_names=hf_names)
+    return iter_hf_buckets(chunks, hf_cfg, bucket_bytes, hf_names=hf_names, target=target)
