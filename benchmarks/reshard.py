@@ -6,9 +6,10 @@ same bytes in the same run.
 
 Builds a random fp32 Qwen2 (untied, vocab 32K) at the training layout and a built-in rollout copy
 at the rollout layout (gloo on CPU), then times, best of `--repeats`:
-  push : RolloutRunner.push_weights(): iter_hf_buckets (spec exchange, each piece broadcast by its
-         owner into its slot of the full tensor) + the built-in copy's load_weights (slice this
-         rank's rollout shard, copy it into the model);
+  push : RolloutRunner.push_weights(): iter_hf_buckets (spec exchange, one flat broadcast per
+         sending rank, pieces copied into their slots of the full tensors, in the rollout copy's
+         own parameters where it holds them whole) + the built-in copy's load_weights (slice and
+         copy the rest);
   copy : the same bytes moved the plain way: per bucket, each rank broadcasts a flat buffer as
          large as its share, and every rank copies the whole bucket into a preallocated buffer.
 Target (issue 12): push <= 1.5x the copy's seconds per GB.
