@@ -51,8 +51,8 @@ def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any], b
 
     Collective: every rank of the world must iterate it to the end, in step. Buckets follow the
     mapping's rule order, which every rank knows from the config alone, so ranks agree on them
-    without talking; per bucket the ranks exchange their pieces' specs, then each sender broadcasts
-    its pieces in one flat buffer and every rank copies them into their slots (`_gather_full`). Only the first
+    without talking; per bucket the ranks exchange their pieces' specs, then each piece is broadcast
+    by its owner straight into its slot of the full tensor (`_gather_full`). Only the first
     data-parallel copy of a piece is sent (the first expert-data-parallel copy for experts), and
     only the current bucket is materialised: peak extra memory is about one bucket (plus its HF
     split when `hf_names`, for q/k/v and gate/up).
@@ -90,12 +90,13 @@ def _gather_full(pieces: list[tuple[dict[str, Any], torch.Tensor]], world: int, 
                  vocab_size: int, target: Any = None) -> dict[str, torch.Tensor]:
     """The bucket's canonical tensors, whole, on every rank.
 
-    The specs travel as objects (small). The bytes: each sending rank packs its pieces into one
-    flat buffer and broadcasts it (one collective per sender and bucket: few synchronisations,
-    large messages, no pickling); every rank then copies each piece from the buffer into its slot
-    of the full tensor (a TP slice, or SwiGLU fc1's gate and up blocks), and the owner copies its
-    own pieces straight from its parameters. One source per (tensor, TP rank): data-parallel
-    copies send nothing. `target` may place a full tensor in the consumer's own parameter."""
+    The specs travel as objects (small); the bytes go from the owning rank straight into their slot
+    of the full tensor with one `broadcast` per piece (a TP slice along dim 0 is a contiguous slot;
+    SwiGLU fc1's [gate_r; up_r] is two), so each byte is sent once and written once: no pickling,
+    no packing, no concatenation. Only a piece split along another dim goes through a receive
+    buffer. One source per (tensor, TP rank): data-parallel copies send nothing. `target` may
+    place a full tensor in the consumer's own parameter (then nothing is copied on receivers).
+    """
     meta = [(d, tuple(t.shape), t.dtype) for d, t in pieces]
     metas: list[Any] = [meta]
     if world > 1:
@@ -117,40 +118,24 @@ def _gather_full(pieces: list[tuple[dict[str, Any], torch.Tensor]], world: int, 
                 size[spec.split_dim] *= spec.tp_size
             into = None if target is None or spec.vocab else target(name, tuple(size), dt)
             full[name] = into if into is not None else torch.empty(size, dtype=dt, device=device)
-    for src in range(world):
-        mine = [(k, v) for k, v in chosen.items() if v[0] == src]
-        if not mine:
-            continue
-        offsets, total = [], 0
-        for _, (_, _, shape, dt) in mine:
-            offsets.append(total)
-            total += _nbytes(shape, dt)
-        buf = None
-        if world > 1:
-            buf = torch.empty(total, dtype=torch.uint8, device=device)
-            if src == me:
-                for ((name, _), (_, spec, shape, dt)), off in zip(mine, offsets):
-                    t = own[(name, spec.tp_rank)]
-                    buf[off:off + t.numel() * t.element_size()] = t.contiguous().view(-1).view(torch.uint8)
-            dist.broadcast(buf, src=src)
-        for ((name, _), (_, spec, shape, dt)), off in zip(mine, offsets):
-            if src == me:
-                piece = own[(name, spec.tp_rank)]
-            else:
-                n = torch.Size(shape).numel() * torch.empty((), dtype=dt).element_size()
-                piece = buf[off:off + n].view(dt).view(shape)
-            for slot, part in _slots(full[name], spec, shape):
-                slot.copy_(part(piece))
+    for (name, _), (src, spec, shape, dt) in chosen.items():  # the same order on every rank
+        mine = own.get((name, spec.tp_rank)) if src == me else None
+        for slot, part in _slots(full[name], spec, shape):
+            local = None if mine is None else part(mine)
+            if world == 1:
+                slot.copy_(local)
+            elif slot.is_contiguous():  # straight into place: no receive buffer, no copy
+                if local is not None:
+                    slot.copy_(local)
+                dist.broadcast(slot, src=src)
+            else:  # a TP slice along dim > 0
+                buf = local.contiguous() if local is not None else torch.empty(slot.shape, dtype=dt, device=device)
+                dist.broadcast(buf, src=src)
+                slot.copy_(buf)
     for (name, _), (_, spec, _, _) in chosen.items():
         if spec.vocab:
             full[name] = full[name][:vocab_size]
     return full
-
-
-def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
-    """Bytes of a piece in a flat buffer, rounded up to 8 so every piece starts aligned for `view(dtype)`."""
-    n = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
-    return -(-n // 8) * 8
 
 
 def _slots(full: torch.Tensor, spec: ShardSpec, shape: tuple[int, ...]) -> list[tuple[torch.Tensor, Any]]:
