@@ -25,8 +25,10 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # The tracking packages are in `test` too, so CI checks SwanLab (offline) and TensorBoard output.
     "test": ["pytest>=8.0", "pytest-timeout>=2.3", "swanlab>=0.6", "tensorboard>=2.15"],
-    "gpu": ["vllm", "flash-attn"],
-    "npu": ["torch-npu", "vllm-ascend"],
+    # The vLLM adapter (mindrl/rollout/vllm_engine.py) is written against these; not verified on
+    # hardware (docs/hardware.md). vllm pins its own torch: install it before mindrl.
+    "gpu": ["vllm==0.11.0", "flash-attn"],
+    "npu": ["torch-npu", "vllm==0.11.0", "vllm-ascend==0.11.0rc0"],
     "tracking": ["swanlab>=0.6", "tensorboard>=2.15"],
     # benchmarks/grpo_vs_trl.py: the version measured in docs/benchmarks.md (pulls accelerate).
     "bench": ["trl==1.16.0"],

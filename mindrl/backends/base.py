@@ -41,6 +41,10 @@ class Backend(Protocol):
 
     def manual_seed(self, seed: int) -> None: ...
 
+    def local_device_count(self) -> int | None:
+        """How many ranks this machine can host, one per device; None when ranks are not tied to devices
+        (CPU: a rank is a process, so any number per node works, within what the launcher allows)."""
+
 
 @dataclass
 class BackendBase:

@@ -50,3 +50,6 @@ class CpuBackend(BackendBase):
 
     def manual_seed(self, seed: int) -> None:
         torch.manual_seed(seed)
+
+    def local_device_count(self) -> int | None:
+        return None  # ranks are processes, not devices

@@ -39,3 +39,6 @@ class CudaBackend(BackendBase):
     def manual_seed(self, seed: int) -> None:
         torch.manual_seed(seed)
         torch.cuda.manual_seed_all(seed)
+
+    def local_device_count(self) -> int | None:
+        return torch.cuda.device_count()

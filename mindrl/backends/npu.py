@@ -64,3 +64,6 @@ class NpuBackend(BackendBase):
     def manual_seed(self, seed: int) -> None:
         torch.manual_seed(seed)
         self._npu().manual_seed_all(seed)
+
+    def local_device_count(self) -> int | None:
+        return int(self._npu().device_count())

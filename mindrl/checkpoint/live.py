@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from mindrl.checkpoint.convert import MegatronSource
 from mindrl.checkpoint.hf_mapping import Mapping
-from mindrl.models.sharding import ShardSpec, local_shards, merge_shards, shard_specs, slice_canonical
+from mindrl.models.sharding import ShardSpec, shard_specs, slice_canonical
 
 
 @torch.no_grad()
@@ -40,52 +40,179 @@ def load_megatron_checkpoint(chunks: list[torch.nn.Module], ckpt_dir: str | Path
         f.close()
 
 
-def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any],
-                    bucket_bytes: int = 512 * 1024**2) -> Iterator[list[tuple[str, torch.Tensor]]]:
+def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any], bucket_bytes: int = 512 * 1024**2,
+                    hf_names: bool = True, target: Any = None) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """HF-named, full (unsharded, vocab unpadded) tensors in buckets of about `bucket_bytes`.
+    `hf_names=False`: the canonical megatron tensors of the same mapping instead (a megatron
+    consumer, e.g. the built-in rollout copy, then skips the HF split and its re-merge).
+    `target(canonical_name, shape, dtype)` may return the tensor a full canonical tensor should be
+    received into (a rollout copy's own parameter when its shard is the whole tensor): the bytes
+    then land in place and the consumer's load is a no-op for it.
 
     Collective: every rank of the world must iterate it to the end, in step. Buckets follow the
     mapping's rule order, which every rank knows from the config alone, so ranks agree on them
-    without talking; each bucket is one all_gather of the pieces the ranks hold.
+    without talking; per bucket the ranks exchange their pieces' specs, then each piece is broadcast
+    by its owner straight into its slot of the full tensor (`_gather_full`). Only the first
+    data-parallel copy of a piece is sent (the first expert-data-parallel copy for experts), and
+    only the current bucket is materialised: peak extra memory is about one bucket (plus its HF
+    split when `hf_names`, for q/k/v and gate/up).
     """
     m = Mapping(hf_cfg)
     mine: dict[str, list[tuple[dict[str, Any], torch.Tensor]]] = {}
-    for spec_d, t in _param_shards(chunks, m.num_experts):
-        spec = ShardSpec(**spec_d)
-        if spec.duplicate:
-            continue
-        mine.setdefault(spec.global_name, []).append((spec_d, t))
+    sender = _first_copies()
+    for chunk, specs in zip(chunks, shard_specs(chunks, m.num_experts)):
+        for name, t in chunk.state_dict(keep_vars=True).items():
+            if name.endswith("_extra_state") or t is None:
+                continue
+            spec = specs[name]
+            if spec.duplicate or not sender(".experts.local_experts." in name):
+                continue
+            mine.setdefault(spec.global_name, []).append((spec.to_dict(), t))
     world = dist.get_world_size() if dist.is_initialized() else 1
+    device = next(p.device for c in chunks for p in c.parameters())
     bucket: list[str] = []
     size = 0
     for i, rule in enumerate(m.rules):
         bucket.append(rule.canonical)
         size += torch.Size(rule.shape).numel() * 4
         if size >= bucket_bytes or i == len(m.rules) - 1:
-            pieces = [p for name in bucket for p in mine.get(name, [])]
-            if world > 1:
-                gathered: list[Any] = [None] * world
-                dist.all_gather_object(gathered, pieces)
-                pieces = _dedupe(p for g in gathered for p in g)
-            full = merge_shards(pieces, m.vocab_size)
+            pieces = [(d, t.detach()) for name in bucket for d, t in mine.get(name, [])]
+            full = _gather_full(pieces, world, device, m.vocab_size, target)
             out = []
             for name in bucket:
                 r = m.by_canonical[name]
-                out += list(zip(r.hf, m.to_hf(r, full[name])))
+                out += list(zip(r.hf, m.to_hf(r, full[name]))) if hf_names else [(name, full[name])]
             yield out
             bucket, size = [], 0
 
 
-def _param_shards(chunks: list[torch.nn.Module], num_experts: int | None) -> list[tuple[dict[str, Any], torch.Tensor]]:
-    return local_shards(chunks, num_experts, what="param")
+def _gather_full(pieces: list[tuple[dict[str, Any], torch.Tensor]], world: int, device: torch.device,
+                 vocab_size: int, target: Any = None) -> dict[str, torch.Tensor]:
+    """The bucket's canonical tensors, whole, on every rank.
+
+    The specs travel as objects (small); the bytes go from the owning rank straight into their slot
+    of the full tensor with one `broadcast` per piece (a TP slice along dim 0 is a contiguous slot;
+    SwiGLU fc1's [gate_r; up_r] is two), so each byte is sent once and written once: no pickling,
+    no packing, no concatenation. Only a piece split along another dim goes through a receive
+    buffer. One source per (tensor, TP rank): data-parallel copies send nothing. `target` may
+    place a full tensor in the consumer's own parameter (then nothing is copied on receivers).
+    """
+    meta = [(d, tuple(t.shape), t.dtype) for d, t in pieces]
+    metas: list[Any] = [meta]
+    if world > 1:
+        metas = [None] * world
+        dist.all_gather_object(metas, meta)
+    me = dist.get_rank() if world > 1 else 0
+    own = {(d["global_name"], d["tp_rank"]): t for d, t in pieces}
+    chosen: dict[tuple[str, int], tuple[int, ShardSpec, tuple[int, ...], torch.dtype]] = {}
+    for src, m in enumerate(metas):  # the same order on every rank
+        for d, shape, dt in m:
+            spec = ShardSpec(**d)
+            chosen.setdefault((spec.global_name, spec.tp_rank if spec.split_dim is not None else 0),
+                              (src, spec, shape, dt))
+    full: dict[str, torch.Tensor] = {}
+    for (name, _), (src, spec, shape, dt) in chosen.items():
+        if name not in full:
+            size = list(shape)
+            if spec.split_dim is not None:
+                size[spec.split_dim] *= spec.tp_size
+            into = None if target is None or spec.vocab else target(name, tuple(size), dt)
+            full[name] = into if into is not None else torch.empty(size, dtype=dt, device=device)
+    for (name, _), (src, spec, shape, dt) in chosen.items():  # the same order on every rank
+        mine = own.get((name, spec.tp_rank)) if src == me else None
+        for slot, part in _slots(full[name], spec, shape):
+            local = None if mine is None else part(mine)
+            if world == 1:
+                slot.copy_(local)
+            elif slot.is_contiguous():  # straight into place: no receive buffer, no copy
+                if local is not None:
+                    slot.copy_(local)
+                dist.broadcast(slot, src=src)
+            else:  # a TP slice along dim > 0
+                buf = local.contiguous() if local is not None else torch.empty(slot.shape, dtype=dt, device=device)
+                dist.broadcast(buf, src=src)
+                slot.copy_(buf)
+    for (name, _), (_, spec, _, _) in chosen.items():
+        if spec.vocab:
+            full[name] = full[name][:vocab_size]
+    return full
 
 
-def _dedupe(pieces: Any) -> list[tuple[dict[str, Any], torch.Tensor]]:
-    """Keep one copy per (tensor, TP rank): DP and EP replicas send the same piece."""
-    seen, out = set(), []
-    for spec_d, t in pieces:
-        key = (spec_d["global_name"], spec_d["tp_rank"] if spec_d["split_dim"] is not None else 0)
-        if key not in seen:
-            seen.add(key)
-            out.append((spec_d, t))
-    return out
+def _slots(full: torch.Tensor, spec: ShardSpec, shape: tuple[int, ...]) -> list[tuple[torch.Tensor, Any]]:
+    """(view of `full` a piece fills, how to cut that part from the piece) for one piece."""
+    if spec.split_dim is None:
+        return [(full, lambda t: t)]
+    dim, n = spec.split_dim, shape[spec.split_dim]
+    if not spec.gated:
+        return [(full.narrow(dim, spec.tp_rank * n, n), lambda t: t)]
+    h, total = n // 2, full.shape[dim] // 2  # [gate_r; up_r] -> gate block r of [gate; up], up block r
+    return [(full.narrow(dim, spec.tp_rank * h, h), lambda t: t.narrow(dim, 0, h)),
+            (full.narrow(dim, total + spec.tp_rank * h, h), lambda t: t.narrow(dim, h, h))]
+
+
+def _first_copies() -> Any:
+    """is_expert -> whether this rank sends its copy (data-parallel replicas hold the same pieces)."""
+    from megatron.core import parallel_state as ps
+
+    if not ps.model_parallel_is_initialized():
+        return lambda is_expert: True
+    dense = ps.get_data_parallel_rank() == 0
+    expert = ps.get_expert_data_parallel_rank() == 0
+    return lambda is_expert: expert if is_expert else dense
+
+
+class HFShardLoader:
+    """Loads full tensors from `iter_hf_buckets` (HF or canonical names) into this rank's shard of `chunks`.
+
+    Built and called inside the target model's parallel state (its TP/EP ranks decide the slices).
+    HF tensors that together make one canonical tensor (q/k/v, gate/up) may arrive in any order
+    and any buckets; the canonical tensor is assembled and copied when its last piece arrives.
+    `counts` records how often each local tensor was written (a push must write each exactly once).
+    """
+
+    def __init__(self, chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any]) -> None:
+        self.m = Mapping(hf_cfg)
+        self.targets: dict[str, list[tuple[ShardSpec, torch.Tensor]]] = {}
+        for chunk, specs in zip(chunks, shard_specs(chunks, self.m.num_experts)):
+            for name, t in chunk.state_dict(keep_vars=True).items():
+                if name.endswith("_extra_state") or t is None:
+                    continue
+                spec = specs[name]
+                key = "embedding.word_embeddings.weight" if spec.duplicate else spec.global_name
+                self.targets.setdefault(key, []).append((spec, t))
+        self.pending: dict[str, dict[str, torch.Tensor]] = {}
+        self.counts: dict[str, int] = {}
+
+    @torch.no_grad()
+    def load(self, named_tensors: Any) -> None:
+        for name, tensor in named_tensors:
+            if name in self.m.by_canonical:
+                rule, full = self.m.by_canonical[name], tensor
+            else:
+                rule = self.m.by_hf.get(name)
+                if rule is None:
+                    raise KeyError(f"'{name}' is not a tensor of this {self.m.model_type} model")
+                got = self.pending.setdefault(rule.canonical, {})
+                got[name] = tensor
+                if len(got) < len(rule.hf):
+                    continue
+                del self.pending[rule.canonical]
+                full = self.m.to_canonical(rule, [got[n] for n in rule.hf])
+            for spec, t in self.targets.get(rule.canonical, []):  # experts of other EP ranks: none here
+                if full.data_ptr() != t.data_ptr():  # not already received in place (`target`)
+                    t.copy_(slice_canonical(full, spec, t.shape).to(t.dtype))
+                self.counts[rule.canonical] = self.counts.get(rule.canonical, 0) + 1
+
+    def target(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+        """This rank's tensor for `name` when it is the whole canonical tensor (receive in place)."""
+        found = self.targets.get(name, [])
+        if len(found) == 1:
+            spec, t = found[0]
+            if spec.split_dim is None and not spec.vocab and tuple(t.shape) == shape and t.dtype == dtype \
+                    and t.is_contiguous():
+                return t.data
+        return None
+
+    def missing(self) -> list[str]:
+        """Local tensors not written since `counts` was last cleared."""
+        return sorted(set(self.targets) - set(self.counts))

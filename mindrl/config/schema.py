@@ -157,26 +157,32 @@ class RLConfig:
 
 @dataclass
 class SamplingConfig:
+    """mindrl.rollout.SamplingParams for every rollout (n is rl_config.n_samples_per_prompt)."""
+
     max_tokens: int = 1024
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
     min_p: float = 0.0
     stop: list[str] = field(default_factory=list)
-    logprobs: int = 1
     detokenize: bool = False
 
 
 @dataclass
 class GenerateConfig:
-    engine: str = "builtin"  # builtin | vllm
-    infer_tensor_parallel_size: int = 1
-    infer_pipeline_parallel_size: int = 1
-    infer_expert_parallel_size: int = 1
-    max_num_seqs: int = 256
-    max_model_len: int = 2048
-    dtype: str = "bfloat16"
-    gpu_memory_utilization: float = 0.9
+    """The rollout: engine, layout, limits. See docs/rollout.md."""
+
+    engine: str = "builtin"  # builtin | vllm (mindrl.rollout.ROLLOUT_ENGINES)
+    # Rollout layout: TP x EP with PP = 1; the remaining ranks are data-parallel replicas.
+    # None = the training value. Equal to the training layout (and dtype), the built-in engine shares
+    # the actor's weights; otherwise they are pushed to the rollout copy after every update.
+    infer_tensor_parallel_size: Optional[int] = None
+    infer_expert_parallel_size: Optional[int] = None
+    max_num_seqs: int = 256  # rows (prompts x samples) per batch
+    max_model_len: int = 2048  # prompt + generated tokens, at most
+    dtype: str = "auto"  # rollout weights: auto (the training dtype) | bfloat16 | float16 | float32
+    gpu_memory_utilization: float = 0.9  # vllm only: fraction of device memory vLLM may take when awake
+    weight_bucket_mb: float = 512  # size of the buckets the training -> rollout weight push moves
     sampling_config: SamplingConfig = field(default_factory=SamplingConfig)
 
 

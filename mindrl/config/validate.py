@@ -13,6 +13,10 @@ from mindrl.models.layout import ParallelLayout
 BACKEND_NAMES = ("auto", "cuda", "npu", "cpu")
 # Estimators whose baseline is the prompt's group: they need n_samples_per_prompt >= 2.
 GROUP_ESTIMATORS = ("group_norm", "grpo", "dr_grpo", "rloo", "reinforce_plus_plus_baseline", "grpo_passk")
+# generate_config.engine -> the packages it needs (mindrl.rollout.ROLLOUT_ENGINES has the same names;
+# tests/rollout/test_rollout_config.py keeps the two in step).
+ENGINE_PACKAGES: dict[str, tuple[str, ...]] = {"builtin": (), "vllm": ("vllm",)}
+GENERATE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 def resolve_hf_config(cfg: MindRLConfig) -> HFConfig:
@@ -105,6 +109,7 @@ def validate(cfg: MindRLConfig, check_paths: bool = True) -> list[str]:
         errors.append(f"generate_config.sampling_config.temperature={s.temperature} must be >= 0")
     if not 0 < s.top_p <= 1:
         errors.append(f"generate_config.sampling_config.top_p={s.top_p} must be in (0, 1]")
+    errors += _generate_errors(cfg, hf, world)
     if rl.max_prompt_length < 1:
         errors.append(f"rl_config.max_prompt_length={rl.max_prompt_length} must be >= 1")
     elif rl.max_prompt_length + s.max_tokens > cfg.generate_config.max_model_len:
@@ -167,6 +172,63 @@ def _rl_algorithm_errors(cfg: MindRLConfig) -> list[str]:
     if isinstance(overlong.get("max_length"), int) and overlong["max_length"] > max_tokens:
         errors.append(f"rl_config.verifier_options.overlong.max_length={overlong['max_length']} exceeds "
                       f"generate_config.sampling_config.max_tokens={max_tokens}: no response gets that long")
+def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list[str]:
+    """generate_config: an engine that can run here, a rollout layout that fits the model and the world."""
+    import importlib.util
+
+    g, errors = cfg.generate_config, []
+    if g.engine not in ENGINE_PACKAGES:
+        return [f"generate_config.engine: unknown engine '{g.engine}'; expected one of {', '.join(ENGINE_PACKAGES)}"]
+    missing = [p for p in ENGINE_PACKAGES[g.engine] if importlib.util.find_spec(p) is None]
+    if missing:
+        errors.append(f"generate_config.engine={g.engine} needs the '{missing[0]}' package, which is not installed "
+                      f"(pip install -e .[gpu], or .[npu] plus vllm-ascend; see docs/hardware.md), or use "
+                      f"engine=builtin")
+    if g.dtype not in GENERATE_DTYPES:
+        errors.append(f"generate_config.dtype: unknown value '{g.dtype}'; expected one of {', '.join(GENERATE_DTYPES)}")
+    if not 0 < g.gpu_memory_utilization <= 1:
+        errors.append(f"generate_config.gpu_memory_utilization={g.gpu_memory_utilization} must be in (0, 1]")
+    if g.weight_bucket_mb <= 0:
+        errors.append(f"generate_config.weight_bucket_mb={g.weight_bucket_mb} must be > 0")
+    if g.max_num_seqs < 1:
+        errors.append(f"generate_config.max_num_seqs={g.max_num_seqs} must be >= 1")
+    a = cfg.actor_config
+    tp = a.tensor_model_parallel_size if g.infer_tensor_parallel_size is None else g.infer_tensor_parallel_size
+    ep = a.expert_model_parallel_size if g.infer_expert_parallel_size is None else g.infer_expert_parallel_size
+    explicit = g.infer_tensor_parallel_size is not None or g.infer_expert_parallel_size is not None
+    if hf is not None and explicit:  # None, None: the training layout's TP / EP, checked above already
+        heads = int(hf.get("num_attention_heads", 0))
+        experts = hf.get("n_routed_experts") or hf.get("num_experts") or hf.get("num_local_experts")
+        errors += _rollout_layout_errors(tp, ep, heads, int(hf.get("num_key_value_heads") or heads),
+                                         int(experts) if experts else None, world)
+        if g.engine == "vllm" and ep > 1 and ep % tp:
+            errors.append(f"generate_config.infer_expert_parallel_size={ep} must be a multiple of "
+                          f"infer_tensor_parallel_size={tp} for engine=vllm (vLLM splits experts over TP x DP)")
+    return errors
+
+
+def _rollout_layout_errors(tp: int, ep: int, heads: int, kv_heads: int, experts: int | None, world: int) -> list[str]:
+    """mindrl.rollout.parallel.RolloutLayout on this model and world: TP x EP, PP = 1, replicas whole."""
+    if tp < 1 or ep < 1:
+        return [f"generate_config.infer_tensor_parallel_size={tp} and infer_expert_parallel_size={ep} must be >= 1"]
+    errors = []
+    if heads % tp:
+        errors.append(f"generate_config.infer_tensor_parallel_size={tp} does not divide num_attention_heads={heads}")
+    elif kv_heads % tp:
+        errors.append(f"generate_config.infer_tensor_parallel_size={tp} does not divide num_key_value_heads={kv_heads}")
+    if tp > world:
+        errors.append(f"generate_config.infer_tensor_parallel_size={tp} needs more ranks than the {world} of "
+                      f"rl_config.actor_resource.num_npus: not even one rollout replica fits")
+    elif world % tp:
+        errors.append(f"generate_config.infer_tensor_parallel_size={tp} does not divide the world size {world}: "
+                      f"the rollout replicas would not be whole")
+    if ep > 1 and not experts:
+        errors.append(f"generate_config.infer_expert_parallel_size={ep} but the model has no experts")
+    elif experts and experts % ep:
+        errors.append(f"generate_config.infer_expert_parallel_size={ep} does not divide num_experts={experts}")
+    elif ep > 1 and world % (tp * ep):
+        errors.append(f"generate_config: infer_tensor_parallel_size x infer_expert_parallel_size = {tp} x {ep} does "
+                      f"not divide the world size {world} (experts are split over TP x EP ranks)")
     return errors
 
 

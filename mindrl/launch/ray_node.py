@@ -89,10 +89,11 @@ def node_env(cfg: Any) -> NodeEnv:
     simulate = os.environ.get("SIMULATE_LOCAL", "0") not in ("", "0", "false", "no")
     num_npus = cfg.rl_config.actor_resource.num_npus
     default_dpn = None
-    if backend.device_type == "cpu" or simulate:
+    devices = backend.local_device_count() if type(backend).is_available() else None
+    if simulate or (type(backend).is_available() and devices is None):  # ranks are processes: split evenly
         default_dpn = num_npus // nnodes if num_npus % nnodes == 0 else None
-    elif type(backend).is_available():
-        default_dpn = backend.device_count()
+    else:
+        default_dpn = devices
     if nnodes == 1 and not simulate:
         default_dpn = default_dpn or num_npus  # one node: the spawn launcher checks the count itself
     dpn = _int_env("DEVICES_PER_NODE", default_dpn)

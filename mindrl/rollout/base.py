@@ -89,13 +89,15 @@ class RolloutEngine(Protocol):
         """`params.n` samples per prompt; outputs grouped per prompt in prompt order."""
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Replace the policy weights (HF names for vLLM). No-op for an engine sharing the actor's model."""
+        """Replace (some of) the policy weights with HF-named full tensors; the engine keeps its own
+        shard. No-op for an engine sharing the actor's model."""
 
     def sleep(self) -> None:
         """Release rollout memory (KV cache, weights) while the trainer runs. No-op where unsupported."""
 
-    def wake_up(self) -> None:
-        """Undo `sleep()` before the next `generate`."""
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Undo `sleep()`: `["weights"]` before `load_weights`, then `["kv_cache"]` before `generate`
+        (None: both). No-op where unsupported."""
 
 
 def group_outputs(outputs: list[RolloutOutput], n: int) -> list[list[RolloutOutput]]:

@@ -180,7 +180,7 @@ class BuiltinRolloutEngine:
 
     def __init__(self, model: torch.nn.Module | Sequence[torch.nn.Module], *, vocab_size: int,
                  eos_token_id: int | Sequence[int] | None = None, tokenizer: Any = None,
-                 max_batch_size: int = 256, seed: int = 0) -> None:
+                 max_batch_size: int = 256, seed: int = 0, weight_loader: Any = None) -> None:
         if isinstance(model, Sequence):
             if len(model) != 1:
                 raise ValueError(f"the built-in rollout engine needs one model chunk, got {len(model)} "
@@ -208,6 +208,7 @@ class BuiltinRolloutEngine:
             None if tokenizer is None else (tokenizer.decode if hasattr(tokenizer, "decode") else tokenizer))
         self.max_batch_size = max_batch_size
         self.seed = seed
+        self.weight_loader = weight_loader
         self._calls = 0
         self.device = next(_unwrap(model).parameters()).device
 
@@ -219,7 +220,11 @@ class BuiltinRolloutEngine:
         return cls(list(chunks), vocab_size=plan.vocab_size, **kwargs)
 
     # -- RolloutEngine --------------------------------------------------------------------------
-    def generate(self, prompt_token_ids: list[list[int]], params: SamplingParams) -> list[RolloutOutput]:
+    def generate(self, prompt_token_ids: list[list[int]], params: SamplingParams,
+                 prompt_keys: Sequence[int] | None = None) -> list[RolloutOutput]:
+        """`prompt_keys`: the prompt index each prompt's samples are keyed by (default its position),
+        so a caller that splits one request over replicas draws the same samples as one call would.
+        `RolloutOutput.prompt_index` is always the position in `prompt_token_ids`."""
         errors = params.check()
         if errors:
             raise ValueError("invalid sampling params: " + "; ".join(errors))
@@ -231,7 +236,13 @@ class BuiltinRolloutEngine:
         seed = params.seed if params.seed is not None else splitmix64_py(
             (self.seed << 32) ^ (self._dp_rank() << 16) ^ self._calls)
         per_batch = max(1, self.max_batch_size // params.n)
-        indexed = list(enumerate([list(p) for p in prompt_token_ids]))
+        keys = list(range(len(prompt_token_ids))) if prompt_keys is None else [int(k) for k in prompt_keys]
+        if len(keys) != len(prompt_token_ids):
+            raise ValueError(f"{len(keys)} prompt_keys for {len(prompt_token_ids)} prompts")
+        position = {k: i for i, k in enumerate(keys)}
+        if len(position) != len(keys):
+            raise ValueError("prompt_keys must be distinct")
+        indexed = list(zip(keys, [list(p) for p in prompt_token_ids]))
         batches = [indexed[i:i + per_batch] for i in range(0, len(indexed), per_batch)]
         results: list[RolloutOutput] = []
         with _inference_mode(self.model), self._pipeline_input_reset():
@@ -246,17 +257,23 @@ class BuiltinRolloutEngine:
                 elif current.step():
                     results.extend(current.outputs())
                     current = None
+        for o in results:
+            o.prompt_index = position[o.prompt_index]
         return results
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """No-op: the engine generates from the actor's live parameters."""
+        """HF-named full tensors into this engine's own shard (`weight_loader`, a
+        `mindrl.checkpoint.live.HFShardLoader`; call inside the model's parallel state). Without
+        one the engine generates from the actor's live parameters and this is a no-op."""
+        if self.weight_loader is not None:
+            self.weight_loader.load(named_tensors)
 
     update_weights = load_weights
 
     def sleep(self) -> None:
         """No-op: the KV cache lives only inside `generate`."""
 
-    def wake_up(self) -> None:
+    def wake_up(self, tags: list[str] | None = None) -> None:
         """No-op."""
 
     # -- model calls ----------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from mindrl.algorithms import (AdaptiveKLController, DynamicSamplingBuffer, Fixe
                                estimate_kl, filter_groups, get_advantage_estimator, masked_mean,
                                overlong_filter_mask, scores_on_last_token)
 from mindrl.config import MindRLConfig
-from mindrl.rollout import BuiltinRolloutEngine, SamplingParams
+from mindrl.rollout import RolloutRunner, SamplingParams
 from mindrl.trainer.tracking import Tracker
 from mindrl.workers.actor import PolicyWorker, SequenceBatch, build_sequence_batch
 
@@ -51,7 +51,7 @@ class Run:
     cfg: MindRLConfig
     actor: PolicyWorker
     reference: PolicyWorker | None
-    engine: BuiltinRolloutEngine
+    engine: RolloutRunner
     tokenizer: Any
     dataset: Any
     reward_fn: Any
@@ -231,6 +231,7 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
                 for start in range(0, len(batch), rows_per_mini):
                     update_metrics.append(run.actor.update(batch.select(slice(start, start + rows_per_mini)), rl,
                                                            max_response_length=max_tokens))
+            run.engine.weights_updated()  # a rollout copy (another layout or engine) is pushed before next generate
 
     # 7. Metrics (all-reduced over DP ranks): rewards over every generated sample, KL over the trained ones.
     metrics = _step_metrics(run, batch, generated, counters, update_metrics)

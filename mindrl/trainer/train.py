@@ -13,7 +13,7 @@ from megatron.core import parallel_state as ps
 from mindrl.backends import get_backend
 from mindrl.backends.distributed import destroy_distributed
 from mindrl.config import MindRLConfig, actor_layout
-from mindrl.rollout import BuiltinRolloutEngine
+from mindrl.rollout import build_rollout
 from mindrl.trainer.checkpointing import latest_step, load_checkpoint, save_checkpoint
 from mindrl.trainer.grpo import Run, TrainingError, grpo_step, restore_trainer_state, trainer_state
 from mindrl.trainer.tracking import Tracker
@@ -64,9 +64,11 @@ def setup(cfg: MindRLConfig) -> Run:
                          temperature=cfg.generate_config.sampling_config.temperature,
                          max_tokens_per_micro_batch=cfg.actor_config.max_tokens_per_micro_batch)
     tokenizer = AutoTokenizer.from_pretrained(mt.tokenizer_name_or_path)
-    engine = BuiltinRolloutEngine.from_plan(plan, actor_model.chunks, tokenizer=tokenizer,
-                                            eos_token_id=tokenizer.eos_token_id, seed=mt.seed,
-                                            max_batch_size=cfg.generate_config.max_num_seqs)
+    engine = build_rollout(cfg.generate_config, plan=plan, actor_chunks=actor_model.chunks, tokenizer=tokenizer,
+                           core_attention=backend.core_attention_cls(), seed=mt.seed,
+                           use_cpu_initialization=backend.use_cpu_initialization,
+                           make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
+                           tokenizer_path=mt.tokenizer_name_or_path)
     output_dir = Path(mt.output_dir)
     ckpt_root = checkpoint_root(cfg)
     expected = {"architecture": plan.hf.get("model_type"), "world_size": dist.get_world_size(),

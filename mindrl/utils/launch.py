@@ -21,15 +21,15 @@ def check_local_ranks(nprocs: int, backend: Any) -> None:
     """Refuse to spawn more local ranks than this machine has devices (CPU: cores, at least 8)."""
     hint = ("the spawn launcher runs every rank on this one machine; for several machines run "
             "examples/grpo/grpo_trainer_<recipe>.sh on every node (Ray; docs/multinode.md)")
-    if backend.device_type == "cpu":
-        limit = max(MAX_LOCAL_CPU_RANKS, os.cpu_count() or 1)
-        what = f"{limit} CPU ranks (max of {MAX_LOCAL_CPU_RANKS} and the core count)"
-    elif not type(backend).is_available():
+    if not type(backend).is_available():
         raise LaunchError(f"rl_config.actor_resource.num_npus={nprocs} on backend '{backend.name}', which this "
                           f"machine does not have; {hint}")
+    devices = backend.local_device_count()
+    if devices is None:  # ranks are processes (cpu)
+        limit = max(MAX_LOCAL_CPU_RANKS, os.cpu_count() or 1)
+        what = f"{limit} CPU ranks (max of {MAX_LOCAL_CPU_RANKS} and the core count)"
     else:
-        limit = backend.device_count()
-        what = f"{limit} {backend.name} device(s)"
+        limit, what = devices, f"{devices} {backend.name} device(s)"
     if nprocs > limit:
         raise LaunchError(f"rl_config.actor_resource.num_npus={nprocs} ranks but this machine has {what}; {hint}")
 

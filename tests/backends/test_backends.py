@@ -24,6 +24,14 @@ def test_registry_and_facts():
         assert isinstance(get_backend(name), Backend)
 
 
+def test_cpu_ranks_are_not_tied_to_devices(monkeypatch):
+    """CPU ranks are processes (any count per node); an accelerator counts its devices."""
+    assert get_backend("cpu").local_device_count() is None
+    cuda = get_backend("cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert cuda.local_device_count() == 8
+
+
 def test_auto_detects_cpu_here(monkeypatch):
     monkeypatch.delenv("MINDRL_BACKEND", raising=False)
     if torch.cuda.is_available() or importlib.util.find_spec("torch_npu"):

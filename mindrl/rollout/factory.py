@@ -1,0 +1,131 @@
+"""`build_rollout`: the trainer's one call that turns `generate_config` into a `RolloutRunner`.
+
+- `engine` picks the class from `ROLLOUT_ENGINES` (validate() has already refused one that cannot
+  run here).
+- The rollout layout is `infer_tensor_parallel_size` x `infer_expert_parallel_size` (None: the
+  training TP / EP), PP = 1. With the built-in engine, a layout equal to the training layout
+  (same TP and EP, training PP = 1, no virtual stages) and `dtype` equal to the training dtype
+  shares the actor's live weights; anything else builds a rollout copy and pushes weights into it.
+- `max_num_seqs` bounds the rows of a batch; `max_model_len` bounds prompt + max_tokens (checked by
+  validate(), and passed to vLLM); `gpu_memory_utilization` goes to vLLM; `weight_bucket_mb` sizes
+  the push buckets.
+
+Collective (every rank calls it, in step). May import: torch, megatron-core, mindrl.models,
+mindrl.checkpoint, mindrl.rollout.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+
+from mindrl.rollout.parallel import RolloutLayout, RolloutParallelState
+from mindrl.rollout.runner import RolloutRunner
+
+DTYPE_NAMES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+               "float32": torch.float32, "fp32": torch.float32}
+
+
+def rollout_layout(gen_cfg: Any, train_tp: int, train_ep: int) -> RolloutLayout:
+    tp = gen_cfg.infer_tensor_parallel_size
+    ep = gen_cfg.infer_expert_parallel_size
+    return RolloutLayout(tp=train_tp if tp is None else int(tp), ep=train_ep if ep is None else int(ep))
+
+
+def rollout_dtype(gen_cfg: Any, train_dtype: torch.dtype) -> torch.dtype:
+    return train_dtype if gen_cfg.dtype == "auto" else DTYPE_NAMES[gen_cfg.dtype]
+
+
+def shares_weights(gen_cfg: Any, plan: Any) -> bool:
+    """True when the built-in engine can generate from the actor's parameters as they are."""
+    layout = rollout_layout(gen_cfg, plan.layout.tp, plan.layout.ep)
+    cfg = plan.config
+    return (gen_cfg.engine == "builtin" and (layout.tp, layout.ep) == (plan.layout.tp, plan.layout.ep)
+            and plan.layout.pp == 1 and not cfg.virtual_pipeline_model_parallel_size
+            and rollout_dtype(gen_cfg, cfg.params_dtype) == cfg.params_dtype)
+
+
+def build_rollout(gen_cfg: Any, *, plan: Any, actor_chunks: Sequence[torch.nn.Module], tokenizer: Any,
+                  core_attention: type, seed: int, use_cpu_initialization: bool = False,
+                  make_vocab_size_divisible_by: int = 128, tokenizer_path: str | None = None) -> RolloutRunner:
+    """The rollout for this rank (see the module docstring)."""
+    from mindrl.rollout import ROLLOUT_ENGINES
+
+    if gen_cfg.engine not in ROLLOUT_ENGINES:
+        raise ValueError(f"generate_config.engine: unknown engine '{gen_cfg.engine}'; "
+                         f"expected one of {', '.join(ROLLOUT_ENGINES)}")
+    eos = getattr(tokenizer, "eos_token_id", None)
+    eos = plan.hf.get("eos_token_id") if eos is None else eos
+    bucket = int(gen_cfg.weight_bucket_mb * 1024**2)
+    if shares_weights(gen_cfg, plan):
+        engine = ROLLOUT_ENGINES["builtin"].from_plan(plan, list(actor_chunks), tokenizer=tokenizer, eos_token_id=eos,
+                                                      seed=seed, max_batch_size=gen_cfg.max_num_seqs)
+        return RolloutRunner(engine, shared=True, seed=seed)
+    layout = rollout_layout(gen_cfg, plan.layout.tp, plan.layout.ep)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    common = dict(shared=False, source_chunks=_unwrapped(actor_chunks), hf_cfg=plan.hf, bucket_bytes=bucket, seed=seed)
+    if gen_cfg.engine == "builtin":
+        state = RolloutParallelState(layout)
+        engine = build_builtin_copy(plan.hf, layout, state, core_attention=core_attention, tokenizer=tokenizer,
+                                    eos_token_id=eos, seed=seed, max_batch_size=gen_cfg.max_num_seqs,
+                                    dtype=rollout_dtype(gen_cfg, plan.config.params_dtype),
+                                    use_cpu_initialization=use_cpu_initialization,
+                                    make_vocab_size_divisible_by=make_vocab_size_divisible_by)
+        return RolloutRunner(engine, state=state, replica=state.replica(), replica_leader=state.tp_rank() == 0,
+                             **common)
+    replica = rank // layout.tp  # vLLM's external launcher: consecutive ranks form one TP instance
+    engine = ROLLOUT_ENGINES[gen_cfg.engine].from_generate_config(gen_cfg, hf_cfg=plan.hf, layout=layout,
+                                                                  replica=replica, seed=seed,
+                                                                  tokenizer_path=tokenizer_path)
+    return RolloutRunner(engine, replica=(replica, layout.replicas(world)), replica_leader=rank % layout.tp == 0,
+                         **common)
+
+
+def build_builtin_copy(hf: dict[str, Any], layout: RolloutLayout, state: RolloutParallelState, *,
+                       core_attention: type, dtype: torch.dtype, use_cpu_initialization: bool = False,
+                       make_vocab_size_divisible_by: int = 128, **engine_kwargs: Any) -> Any:
+    """A built-in engine over its own model in the rollout layout, loading pushed HF tensors."""
+    from mindrl.checkpoint.live import HFShardLoader
+    from mindrl.models import ParallelLayout, plan_model
+    from mindrl.rollout.builtin import BuiltinRolloutEngine
+
+    with state.active(), torch.random.fork_rng(devices=[]):  # the copy's random init must not move the RNG
+        plan = plan_model(hf, ParallelLayout(tp=layout.tp, pp=1, ep=layout.ep), dtype=dtype,
+                          use_cpu_initialization=use_cpu_initialization,
+                          make_vocab_size_divisible_by=make_vocab_size_divisible_by)
+        chunks = setup_inference_model(plan, core_attention)
+        loader = HFShardLoader([_unwrap(c) for c in chunks], hf)
+        engine = BuiltinRolloutEngine.from_plan(plan, chunks, weight_loader=loader, **engine_kwargs)
+    engine.rollout_plan = plan  # the rollout copy's own plan (tests build a reference model from it)
+    engine.loads_canonical = True  # a megatron model: take the mapping's canonical tensors, skip the HF split
+    return engine
+
+
+def setup_inference_model(plan: Any, core_attention: type) -> list[torch.nn.Module]:
+    """This rank's chunks for generation only: frozen, eval, half-precision wrapped like the actor's."""
+    from megatron.core.transformer.module import Float16Module
+
+    from mindrl.models import build_model
+
+    chunks: list[torch.nn.Module] = build_model(plan, core_attention)
+    if plan.config.bf16 or plan.config.fp16:
+        chunks = [Float16Module(plan.config, c) for c in chunks]
+    for c in chunks:
+        c.eval()
+        c.requires_grad_(False)
+    return chunks
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(module, "module"):
+        module = module.module
+    return module
+
+
+def _unwrapped(chunks: Sequence[torch.nn.Module]) -> list[torch.nn.Module]:
+    return [_unwrap(c) for c in chunks]
+
+
+__all__ = ["build_builtin_copy", "build_rollout", "rollout_layout", "setup_inference_model", "shares_weights"]
