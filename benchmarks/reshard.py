@@ -65,19 +65,19 @@ def rank_main(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from mindrl.backends import get_backend
-    from mindrl.backends.distributed import destroy_distributed, init_distributed
+    from mindrl.backends.distributed import destroy_distributed
     from mindrl.checkpoint import live
     from mindrl.config import GenerateConfig
-    from mindrl.models import ParallelLayout, plan_model
+    from mindrl.models import ParallelLayout
     from mindrl.rollout import build_rollout
-    from mindrl.workers.megatron_engine import setup_model
+    from mindrl.workers.bringup import PolicySpec, build_policy
 
     torch.set_num_threads(1)
     backend = get_backend("cpu")
     hf = qwen2_config(args.hidden, args.layers)
-    plan = plan_model(hf, ParallelLayout(tp=args.train_tp), dtype="fp32")
-    init_distributed(backend, tp=args.train_tp, seed=1234)
-    model = setup_model(plan, backend.core_attention_cls(), train=False)
+    model = build_policy(PolicySpec(hf=hf, layout=ParallelLayout(tp=args.train_tp), dtype="fp32", seed=1234),
+                         backend, train=False)
+    plan = model.plan
     gen = GenerateConfig(infer_tensor_parallel_size=args.rollout_tp, weight_bucket_mb=args.bucket_mb)
     runner = build_rollout(gen, plan=plan, actor_chunks=model.chunks, tokenizer=None,
                            core_attention=backend.core_attention_cls(), seed=1, use_cpu_initialization=True)

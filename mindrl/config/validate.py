@@ -172,6 +172,9 @@ def _rl_algorithm_errors(cfg: MindRLConfig) -> list[str]:
     if isinstance(overlong.get("max_length"), int) and overlong["max_length"] > max_tokens:
         errors.append(f"rl_config.verifier_options.overlong.max_length={overlong['max_length']} exceeds "
                       f"generate_config.sampling_config.max_tokens={max_tokens}: no response gets that long")
+    return errors
+
+
 def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list[str]:
     """generate_config: an engine that can run here, a rollout layout that fits the model and the world."""
     import importlib.util

@@ -64,7 +64,8 @@ def setup(cfg: MindRLConfig) -> Run:
                          temperature=cfg.generate_config.sampling_config.temperature,
                          max_tokens_per_micro_batch=cfg.actor_config.max_tokens_per_micro_batch)
     tokenizer = AutoTokenizer.from_pretrained(mt.tokenizer_name_or_path)
-    engine = build_rollout(cfg.generate_config, plan=plan, actor_chunks=actor_model.chunks, tokenizer=tokenizer,
+    gen_cfg = cfg.generate_config
+    engine = build_rollout(gen_cfg, plan=plan, actor_chunks=actor_model.chunks, tokenizer=tokenizer,
                            core_attention=backend.core_attention_cls(), seed=mt.seed,
                            use_cpu_initialization=backend.use_cpu_initialization,
                            make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,

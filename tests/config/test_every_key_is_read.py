@@ -42,15 +42,7 @@ GENERIC_CONSUMERS = {"SamplingParams": "mindrl.rollout.base"}
 # algorithm keys; issue 12: every generate_config key). Each must be read by the trainer or deleted
 # there; the lead removes an entry here as soon as its branch lands. An entry that is read already
 # fails `test_pending_allowlist_has_no_stale_entries`, so the list only shrinks.
-PENDING = {
-    "generate_config.engine",  # issue 12: build the engine from ROLLOUT_ENGINES
-    "generate_config.infer_tensor_parallel_size",  # issue 12: rollout layout
-    "generate_config.infer_pipeline_parallel_size",  # issue 12
-    "generate_config.infer_expert_parallel_size",  # issue 12
-    "generate_config.max_model_len",  # issue 12
-    "generate_config.dtype",  # issue 12
-    "generate_config.gpu_memory_utilization",  # issue 12
-}
+PENDING: set[str] = set()
 
 
 def sections() -> dict[str, tuple[type, str | None]]:

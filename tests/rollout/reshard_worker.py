@@ -60,22 +60,23 @@ def rank_main(job: dict) -> None:
     from megatron.core import parallel_state as ps
 
     from mindrl.backends import get_backend
-    from mindrl.backends.distributed import destroy_distributed, init_distributed
+    from mindrl.backends.distributed import destroy_distributed
     from mindrl.checkpoint.live import load_megatron_checkpoint
     from mindrl.config import GenerateConfig
-    from mindrl.models import ParallelLayout, load_hf_config, plan_model
+    from mindrl.models import ParallelLayout, load_hf_config
     from mindrl.models.sharding import load_canonical
     from mindrl.rollout import SamplingParams, build_rollout
     from mindrl.rollout.factory import setup_inference_model
-    from mindrl.workers.megatron_engine import OptimConfig, forward_backward, next_token_loss_forward, setup_model
+    from mindrl.workers.bringup import PolicySpec, build_policy
+    from mindrl.workers.megatron_engine import OptimConfig, forward_backward, next_token_loss_forward
     from tests.rollout.rollout_worker import prompts, trainer_log_probs
 
     backend = get_backend("cpu")
     hf = load_hf_config(Path(job["train_ckpt"]) / "hf")
-    plan = plan_model(hf, ParallelLayout(tp=job["tp"], pp=job["pp"], ep=job["ep"]), dtype="fp32")
-    init_distributed(backend, tp=job["tp"], pp=job["pp"], ep=job["ep"], seed=1234)
+    model = build_policy(PolicySpec(hf=hf, layout=ParallelLayout(tp=job["tp"], pp=job["pp"], ep=job["ep"]),
+                                    dtype="fp32", seed=1234), backend, optim=OptimConfig(lr=1e-2))
+    plan = model.plan
     rank = torch.distributed.get_rank()
-    model = setup_model(plan, backend.core_attention_cls(), optim=OptimConfig(lr=1e-2))
     load_megatron_checkpoint(model.unwrapped, job["train_ckpt"])
     gen = GenerateConfig(infer_tensor_parallel_size=job["rollout_tp"], infer_expert_parallel_size=job["rollout_ep"],
                          weight_bucket_mb=0.05)  # several buckets even for a tiny model

@@ -34,20 +34,17 @@ def main() -> None:
     from megatron.core import parallel_state as ps
 
     from mindrl.backends import get_backend
-    from mindrl.backends.distributed import init_distributed
     from mindrl.config import GenerateConfig
-    from mindrl.models import ParallelLayout, plan_model
     from mindrl.rollout import SamplingParams, build_rollout
-    from mindrl.workers.megatron_engine import setup_model
+    from mindrl.workers.bringup import PolicySpec, build_policy
     from tests.checkpoint.tiny import tiny_config
     from tests.conftest import shared_path
 
     backend = get_backend("cpu")
     for arch in args.arch.split(","):
         hf = tiny_config(shared_path("models"), arch)
-        plan = plan_model(hf, ParallelLayout(), dtype="fp32")
-        init_distributed(backend, seed=1234)
-        model = setup_model(plan, backend.core_attention_cls(), train=False)
+        model = build_policy(PolicySpec(hf=hf, dtype="fp32", seed=1234), backend, train=False)
+        plan = model.plan
         rec = vllm_standin.RECORD
         rec.__init__()  # fresh record per architecture
         gen = GenerateConfig(engine="vllm", infer_tensor_parallel_size=1, max_num_seqs=64, max_model_len=512,
