@@ -20,10 +20,12 @@ class NodeInfo:
     total: float  # devices of the job's resource on this node
     available: float  # not reserved by anything else right now
     is_head: bool = False
+    node_rank: int | None = None  # the NODE_RANK its per-node script declared (a `mindrl_node_rank_<r>` resource)
 
     @property
     def name(self) -> str:
-        return f"{self.ip} (node {self.node_id[:8]})"
+        rank = "" if self.node_rank is None else f"NODE_RANK {self.node_rank}, "
+        return f"{self.ip} ({rank}node {self.node_id[:8]})"
 
 
 @dataclass
@@ -44,6 +46,24 @@ def describe_nodes(nodes: list[NodeInfo], resource: str) -> str:
     if not nodes:
         return f"no alive node offers resource '{resource}'"
     return "; ".join(f"{n.name}: {n.available:g} of {n.total:g} {resource} free" for n in nodes)
+
+
+NODE_RANK_RESOURCE = "mindrl_node_rank_"  # + r: a per-node script's own declaration of which node it is
+
+
+def node_rank_of(resources: dict[str, float]) -> int | None:
+    """The node rank a node declared through its `mindrl_node_rank_<r>` resource, if any."""
+    ranks = [int(k[len(NODE_RANK_RESOURCE):]) for k in resources
+             if k.startswith(NODE_RANK_RESOURCE) and k[len(NODE_RANK_RESOURCE):].isdigit()]
+    return ranks[0] if len(ranks) == 1 else None
+
+
+def missing_node_ranks(nodes: list[NodeInfo], nnodes: int) -> list[int] | None:
+    """Which of node ranks 0..nnodes-1 have not joined; None when some joined node did not say which
+    rank it is (then the missing ones cannot be named, only counted)."""
+    if any(n.node_rank is None for n in nodes):
+        return None
+    return sorted(set(range(nnodes)) - {n.node_rank for n in nodes})
 
 
 def check_capacity(nodes: list[NodeInfo], world_size: int, devices_per_node: int, resource: str) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mindrl.launch.placement import (NodeInfo, PlacementError, RankSlot, assign_local_ranks, check_capacity,
-                                     describe_nodes, order_slots)
+                                     describe_nodes, missing_node_ranks, node_rank_of, order_slots)
 
 
 class RankFailure(RuntimeError):
@@ -82,7 +82,8 @@ def cluster_nodes(resource: str) -> list[NodeInfo]:
             continue
         free = available.get(n["NodeID"], {}).get(resource, total) if available else total
         nodes.append(NodeInfo(node_id=n["NodeID"], ip=n["NodeManagerAddress"], total=total, available=free,
-                              is_head="node:__internal_head__" in n.get("Resources", {})))
+                              is_head="node:__internal_head__" in n.get("Resources", {}),
+                              node_rank=node_rank_of(n.get("Resources", {}))))
     return sorted(nodes, key=lambda x: (not x.is_head, x.ip, x.node_id))
 
 
@@ -95,10 +96,13 @@ def wait_for_devices(resource: str, nnodes: int, devices_per_node: int, timeout_
             return nodes
         if time.monotonic() > deadline:
             joined = describe_nodes(nodes, resource)
+            missing = missing_node_ranks(nodes, nnodes)
+            which = (f" Missing: NODE_RANK {', '.join(map(str, missing))}." if missing else
+                     " (Set NODE_RANK on every node to have the missing ones named.)" if missing is None else "")
             raise PlacementError(
                 f"waited {timeout_s:.0f}s for {nnodes} node(s) x {devices_per_node} '{resource}' devices; "
-                f"{max(0, nnodes - len(nodes))} node(s) missing. Joined: {joined}. Start the same script on "
-                f"the missing nodes with MASTER_ADDR/MASTER_PORT pointing at this head")
+                f"{max(0, nnodes - len(nodes))} node(s) missing. Joined: {joined}.{which} Start the same script "
+                f"on the missing nodes with MASTER_ADDR/MASTER_PORT pointing at this head")
         time.sleep(1.0)
 
 

@@ -173,11 +173,18 @@ class RayNode:
             return ""
 
 
-def _ray_args(env: NodeEnv, head: bool) -> list[str]:
+def _ray_args(env: NodeEnv, head: bool, node_rank: int | None = None) -> list[str]:
+    """`ray start` arguments. A node that knows its rank (the head is 0; a worker from NODE_RANK;
+    simulated nodes by index) declares it as a resource, so a head that times out waiting can name
+    the nodes that never joined."""
     from mindrl.launch.loopback import is_loopback
+    from mindrl.launch.placement import NODE_RANK_RESOURCE
 
-    resources = ["--num-gpus", str(env.devices_per_node)] if env.resource == "GPU" else [
-        "--resources", json.dumps({env.resource: env.devices_per_node})]
+    custom: dict[str, int] = {} if env.resource == "GPU" else {env.resource: env.devices_per_node}
+    if node_rank is not None:
+        custom[f"{NODE_RANK_RESOURCE}{node_rank}"] = 1
+    resources = (["--num-gpus", str(env.devices_per_node)] if env.resource == "GPU" else []) + (
+        ["--resources", json.dumps(custom)] if custom else [])
     args = [*resources, "--node-ip-address", env.node_ip, "--disable-usage-stats",
             "--object-store-memory", str(_int_env("RAY_OBJECT_STORE_BYTES", 256 * 2**20))]
     if head:
@@ -240,11 +247,12 @@ def start_nodes(env: NodeEnv, logs: Path, extra_env: dict[str, str] | None = Non
     """Start this machine's Ray head, plus NNODES-1 more nodes when simulating. Caller stops them."""
     nodes: list[RayNode] = []
     try:
-        nodes.append(RayNode("head", _ray_args(env, head=True), logs / "ray_head.log", extra_env))
+        nodes.append(RayNode("head", _ray_args(env, head=True, node_rank=0), logs / "ray_head.log", extra_env))
         _wait_up(nodes[0], env.node_ip, env.master_port, 180)
         if env.simulate:
             for i in range(1, env.nnodes):
-                nodes.append(RayNode(f"node{i}", _ray_args(env, head=False), logs / f"ray_node{i}.log", extra_env))
+                nodes.append(RayNode(f"node{i}", _ray_args(env, head=False, node_rank=i), logs / f"ray_node{i}.log",
+                                     extra_env))
     except BaseException:
         for node in reversed(nodes):
             node.stop()
@@ -282,7 +290,7 @@ def run_worker(env: NodeEnv) -> int:
             print(f"[mindrl] head {where} not up yet (try {attempt}/{retries})", flush=True)
             time.sleep(interval)
             continue
-        node = RayNode("worker", _ray_args(env, head=False), log)
+        node = RayNode("worker", _ray_args(env, head=False, node_rank=env.node_rank), log)
         try:
             down = 0
             while node.alive():

@@ -1,6 +1,7 @@
 """Launch logic without Ray: rank order, capacity errors, node roles, spawn limits, timeouts, config keys."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ from mindrl.backends import get_backend
 from mindrl.backends.distributed import collective_timeout_s
 from mindrl.config import ConfigError, check_config, load_config
 from mindrl.launch.loopback import is_loopback
-from mindrl.launch.placement import NodeInfo, PlacementError, assign_local_ranks, check_capacity, order_slots
-from mindrl.launch.ray_node import NodeError, node_env, role
+from mindrl.launch.placement import (NodeInfo, PlacementError, assign_local_ranks, check_capacity, missing_node_ranks,
+                                     node_rank_of, order_slots)
+from mindrl.launch.ray_node import NodeError, _ray_args, node_env, role
 from mindrl.utils.launch import LaunchError, check_local_ranks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,6 +79,22 @@ def test_node_roles_and_defaults(monkeypatch):
     monkeypatch.setenv("MASTER_ADDR", "10.1.1.1")
     env = node_env(_cfg("rl_config.actor_resource.num_npus=4"))
     assert (role(env), env.master_addr, env.node_ip) == ("simulate", "127.0.0.1", "127.0.0.1")
+
+
+def test_nodes_declare_their_rank_so_missing_ones_can_be_named(monkeypatch):
+    for var in ("NNODES", "SIMULATE_LOCAL", "MASTER_ADDR", "NODE_IP", "NODE_RANK", "DEVICES_PER_NODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NNODES", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    env = node_env(_cfg())
+    args = _ray_args(env, head=False, node_rank=3)
+    assert json.loads(args[args.index("--resources") + 1]) == {"mindrl_cpu": 1, "mindrl_node_rank_3": 1}
+    assert "mindrl_node_rank_" not in " ".join(_ray_args(env, head=False))  # a worker without NODE_RANK
+    assert node_rank_of({"mindrl_cpu": 1.0, "mindrl_node_rank_2": 1.0}) == 2 and node_rank_of({"CPU": 4.0}) is None
+    head, two = (NodeInfo("h" * 10, "10.0.0.1", 8, 8, True, 0), NodeInfo("w" * 10, "10.0.0.3", 8, 8, False, 2))
+    assert missing_node_ranks([head, two], 4) == [1, 3]
+    assert missing_node_ranks([head, NodeInfo("x" * 10, "10.0.0.9", 8, 8)], 4) is None  # one did not say: count only
+    assert two.name == "10.0.0.3 (NODE_RANK 2, node wwwwwwww)"
 
 
 def test_spawn_refuses_more_local_ranks_than_devices():
