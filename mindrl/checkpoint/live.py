@@ -16,26 +16,21 @@ import torch.distributed as dist
 
 from mindrl.checkpoint.convert import MegatronSource
 from mindrl.checkpoint.hf_mapping import Mapping
-from mindrl.models.sharding import ShardSpec, shard_specs, slice_canonical
+from mindrl.models.sharding import ShardSpec, iter_local, slice_canonical
 
 
 @torch.no_grad()
 def load_megatron_checkpoint(chunks: list[torch.nn.Module], ckpt_dir: str | Path) -> None:
     """Copy this rank's slices of a tools/convert_ckpt.py checkpoint into `chunks` (any layout)."""
     source = MegatronSource(Path(ckpt_dir))
-    specs = shard_specs(chunks, source.m.num_experts)
     cache: dict[str, torch.Tensor] = {}
-    for chunk, chunk_specs in zip(chunks, specs):
-        for name, tensor in chunk.state_dict(keep_vars=True).items():
-            if name.endswith("_extra_state") or tensor is None:
-                continue
-            spec = chunk_specs[name]
-            if spec.global_name not in source.pieces:
-                raise KeyError(f"{ckpt_dir}: checkpoint has no tensor '{spec.global_name}' (for local '{name}')")
-            if spec.global_name not in cache:
-                cache.clear()  # one canonical tensor in memory at a time (tied copies read it twice)
-                cache[spec.global_name] = source.read(spec.global_name)
-            tensor.copy_(slice_canonical(cache[spec.global_name], spec, tensor.shape).to(tensor.dtype))
+    for name, spec, tensor in iter_local(chunks, source.m.num_experts):
+        if spec.global_name not in source.pieces:
+            raise KeyError(f"{ckpt_dir}: checkpoint has no tensor '{spec.global_name}' (for local '{name}')")
+        if spec.global_name not in cache:
+            cache.clear()  # one canonical tensor in memory at a time (tied copies read it twice)
+            cache[spec.global_name] = source.read(spec.global_name)
+        tensor.copy_(slice_canonical(cache[spec.global_name], spec, tensor.shape).to(tensor.dtype))
     for f in source.files:
         f.close()
 
@@ -60,14 +55,10 @@ def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any], b
     m = Mapping(hf_cfg)
     mine: dict[str, list[tuple[dict[str, Any], torch.Tensor]]] = {}
     sender = _first_copies()
-    for chunk, specs in zip(chunks, shard_specs(chunks, m.num_experts)):
-        for name, t in chunk.state_dict(keep_vars=True).items():
-            if name.endswith("_extra_state") or t is None:
-                continue
-            spec = specs[name]
-            if spec.duplicate or not sender(".experts.local_experts." in name):
-                continue
-            mine.setdefault(spec.global_name, []).append((spec.to_dict(), t))
+    for name, spec, t in iter_local(chunks, m.num_experts):
+        if spec.duplicate or not sender(".experts.local_experts." in name):
+            continue
+        mine.setdefault(spec.global_name, []).append((spec.to_dict(), t))
     world = dist.get_world_size() if dist.is_initialized() else 1
     device = next(p.device for c in chunks for p in c.parameters())
     bucket: list[str] = []
@@ -173,13 +164,9 @@ class HFShardLoader:
     def __init__(self, chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any]) -> None:
         self.m = Mapping(hf_cfg)
         self.targets: dict[str, list[tuple[ShardSpec, torch.Tensor]]] = {}
-        for chunk, specs in zip(chunks, shard_specs(chunks, self.m.num_experts)):
-            for name, t in chunk.state_dict(keep_vars=True).items():
-                if name.endswith("_extra_state") or t is None:
-                    continue
-                spec = specs[name]
-                key = "embedding.word_embeddings.weight" if spec.duplicate else spec.global_name
-                self.targets.setdefault(key, []).append((spec, t))
+        for _, spec, t in iter_local(chunks, self.m.num_experts):
+            key = "embedding.word_embeddings.weight" if spec.duplicate else spec.global_name
+            self.targets.setdefault(key, []).append((spec, t))
         self.pending: dict[str, dict[str, torch.Tensor]] = {}
         self.counts: dict[str, int] = {}
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from megatron.core import parallel_state as ps
@@ -51,6 +51,14 @@ def _local_tensors(chunk: torch.nn.Module) -> Iterable[tuple[str, torch.Tensor, 
         if name.endswith("_extra_state") or tensor is None:
             continue
         yield name, tensor, name in params
+
+
+def iter_local(chunks: list[torch.nn.Module], num_experts: int | None = None
+               ) -> Iterator[tuple[str, ShardSpec, torch.Tensor]]:
+    """(local name, spec, tensor) for every parameter and persistent buffer of this rank's chunks."""
+    for chunk, specs in zip(chunks, shard_specs(chunks, num_experts)):
+        for name, tensor, _ in _local_tensors(chunk):
+            yield name, specs[name], tensor
 
 
 def _layer_numbers(chunk: torch.nn.Module) -> dict[int, int]:
@@ -124,15 +132,12 @@ def slice_canonical(full: torch.Tensor, spec: ShardSpec, local_shape: torch.Size
 def load_canonical(chunks: list[torch.nn.Module], canonical: dict[str, torch.Tensor],
                    num_experts: int | None = None, strict: bool = True) -> None:
     """Copy this rank's slices of a canonical state dict into the model chunks."""
-    all_specs = shard_specs(chunks, num_experts)
-    for chunk, specs in zip(chunks, all_specs):
-        for name, tensor, _ in _local_tensors(chunk):
-            spec = specs[name]
-            if spec.global_name not in canonical:
-                if strict:
-                    raise KeyError(f"canonical state dict has no tensor '{spec.global_name}' (for local '{name}')")
-                continue
-            tensor.copy_(slice_canonical(canonical[spec.global_name], spec, tensor.shape).to(tensor.dtype))
+    for name, spec, tensor in iter_local(chunks, num_experts):
+        if spec.global_name not in canonical:
+            if strict:
+                raise KeyError(f"canonical state dict has no tensor '{spec.global_name}' (for local '{name}')")
+            continue
+        tensor.copy_(slice_canonical(canonical[spec.global_name], spec, tensor.shape).to(tensor.dtype))
 
 
 def local_shards(chunks: list[torch.nn.Module], num_experts: int | None = None,

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
+from mindrl.checkpoint.live import iter_hf_buckets
 from mindrl.rollout.base import RolloutEngine, RolloutOutput, SamplingParams
 from mindrl.rollout.parallel import RolloutParallelState
 from mindrl.rollout.sampling import splitmix64_py
@@ -92,12 +93,13 @@ class RolloutRunner:
         if loader is not None:
             loader.counts.clear()
         hf_names = not getattr(self.engine, "loads_canonical", False)  # megatron copies take canonical tensors
-        target = None
-        if loader is not None and not hf_names:
-            def target(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Any:
-                with self._rollout_state():
-                    return loader.target(name, shape, dtype)
-        for bucket in iter_buckets(self.source_chunks, self.hf_cfg, self.bucket_bytes, hf_names, target):
+        def receive_into(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Any:
+            with self._rollout_state():
+                return loader.target(name, shape, dtype)
+
+        target = receive_into if loader is not None and not hf_names else None
+        for bucket in iter_hf_buckets(self.source_chunks, self.hf_cfg, self.bucket_bytes, hf_names=hf_names,
+                                      target=target):
             nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
             with self._rollout_state():
                 self.engine.load_weights(bucket)
@@ -164,9 +166,3 @@ class RolloutRunner:
             raise RuntimeError(f"rollout returned {len(out)} samples for {len(prompts)} prompts x n={params.n}")
         return [o for _, _, o in out]
 
-
-def iter_buckets(chunks: list[torch.nn.Module], hf_cfg: dict[str, Any], bucket_bytes: int, hf_names: bool,
-                 target: Any = None) -> Any:
-    from mindrl.checkpoint.live import iter_hf_buckets
-
-    return iter_hf_buckets(chunks, hf_cfg, bucket_bytes, hf_names=hf_names, target=target)

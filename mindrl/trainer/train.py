@@ -39,6 +39,13 @@ def checkpoint_root(cfg: MindRLConfig) -> Path:
     return Path(save) if save else Path(cfg.megatron_training.output_dir) / "checkpoints"
 
 
+def policy_worker(cfg: MindRLConfig, model: Any) -> PolicyWorker:
+    """The actor and the reference share their micro-batching and sampling temperature."""
+    return PolicyWorker(model, micro_batch_size=cfg.actor_config.micro_batch_size,
+                        temperature=cfg.generate_config.sampling_config.temperature,
+                        max_tokens_per_micro_batch=cfg.actor_config.max_tokens_per_micro_batch)
+
+
 def setup(cfg: MindRLConfig) -> Run:
     from transformers import AutoTokenizer
 
@@ -57,12 +64,8 @@ def setup(cfg: MindRLConfig) -> Run:
     if rl.use_kl_loss or rl.kl_coef:
         # The reference is the frozen initial policy: the same weights, copied before any update.
         ref_model = frozen_copy(actor_model, backend)
-        reference = PolicyWorker(ref_model, micro_batch_size=cfg.actor_config.micro_batch_size,
-                                 temperature=cfg.generate_config.sampling_config.temperature,
-                                 max_tokens_per_micro_batch=cfg.actor_config.max_tokens_per_micro_batch)
-    actor = PolicyWorker(actor_model, micro_batch_size=cfg.actor_config.micro_batch_size,
-                         temperature=cfg.generate_config.sampling_config.temperature,
-                         max_tokens_per_micro_batch=cfg.actor_config.max_tokens_per_micro_batch)
+        reference = policy_worker(cfg, ref_model)
+    actor = policy_worker(cfg, actor_model)
     tokenizer = AutoTokenizer.from_pretrained(mt.tokenizer_name_or_path)
     gen_cfg = cfg.generate_config
     engine = build_rollout(gen_cfg, plan=plan, actor_chunks=actor_model.chunks, tokenizer=tokenizer,

@@ -7,8 +7,6 @@ Writes DIR/tp{T}_rank{R}.pt with max abs differences and the micro-batch shapes 
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -79,20 +77,7 @@ def run(tp: int, out: Path) -> None:
     destroy_distributed()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    run(1, out)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
-        os.environ.pop(key, None)
-    from mindrl.utils.launch import spawn
-
-    spawn(run, 2, 2, out)
-
-
 if __name__ == "__main__":
-    main()
+    from tests.tp_worker import run_at_tp1_then_tp2
+
+    run_at_tp1_then_tp2(run)

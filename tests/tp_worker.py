@@ -1,0 +1,22 @@
+"""Shared entry point of the test workers that compare TP=1 (in this process) with TP=2 (two
+spawned gloo ranks): `python tests/<...>_worker.py --out DIR` calls `run(tp, out)` for each."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Callable
+
+
+def run_at_tp1_then_tp2(run: Callable[[int, Path], None]) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    out = Path(p.parse_args().out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    run(1, out)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+        os.environ.pop(key, None)
+    from mindrl.utils.launch import spawn
+
+    spawn(run, 2, 2, out)
