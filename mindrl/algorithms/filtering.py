@@ -110,7 +110,7 @@ class DynamicSamplingBuffer(Generic[T]):
 
     def take(self, limit: int | None = None) -> list[T]:
         """The first min(target_num_groups, limit) kept groups (fewer if the cap was reached); resets the buffer."""
-        out = self.groups[: min(self.target_num_groups, self.target_num_groups if limit is None else limit)]
+        out = self.groups[: self.target_num_groups if limit is None else min(self.target_num_groups, limit)]
         self.groups, self.num_rounds, self.num_seen = [], 0, 0
         return out
 

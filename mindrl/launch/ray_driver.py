@@ -121,11 +121,9 @@ class RankActor:
                 "accelerator_ids": [str(i) for i in ids]}
 
     def free_port(self, ip: str) -> int:
-        import socket
+        from mindrl.backends.distributed import free_port
 
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((ip, 0))
-            return int(sock.getsockname()[1])
+        return free_port(ip)
 
     def run(self, fn: Callable[..., Any], args: tuple, env: dict[str, str], cwd: str, log_path: str) -> None:
         import sys

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mindrl.backends.distributed import free_port
+
 
 class NodeError(RuntimeError):
     """A node could not start or join; the message says what to check."""
@@ -62,12 +64,6 @@ def _int_env(name: str, default: int | None) -> int | None:
         return int(value)
     except ValueError:
         raise NodeError(f"{name}={value!r}: expected an integer") from None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _route_ip(target: str) -> str:
@@ -108,7 +104,7 @@ def node_env(cfg: Any) -> NodeEnv:
         master = "127.0.0.1"
     elif nnodes > 1 and not master:
         raise NodeError("NNODES > 1 needs MASTER_ADDR (the head node's address) on every node")
-    port = _int_env("MASTER_PORT", None) or (_free_port() if simulate else 6379)
+    port = _int_env("MASTER_PORT", None) or (free_port() if simulate else 6379)
     node_ip = "127.0.0.1" if simulate else (os.environ.get("NODE_IP", "").strip() or _route_ip(master or "127.0.0.1"))
     return NodeEnv(nnodes=nnodes, devices_per_node=dpn, master_addr=master or "127.0.0.1", master_port=port,
                    node_ip=node_ip, node_rank=_int_env("NODE_RANK", None), simulate=simulate,
@@ -199,10 +195,10 @@ def _ray_args(env: NodeEnv, head: bool, node_rank: int | None = None) -> list[st
         # (or with another Ray on the box); CPUs logical (ranks ask num_cpus=0).
         args += ["--num-cpus", "1", "--min-worker-port", "0", "--max-worker-port", "0",
                  "--node-manager-port", "0", "--object-manager-port", "0",
-                 "--dashboard-agent-listen-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
-                 "--runtime-env-agent-port", str(_free_port())]
+                 "--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port()),
+                 "--runtime-env-agent-port", str(free_port())]
         # One log monitor per machine (as ray.cluster_utils does): two would stream every line twice.
-        args += ["--ray-client-server-port", str(_free_port())] if head else ["--include-log-monitor", "false"]
+        args += ["--ray-client-server-port", str(free_port())] if head else ["--include-log-monitor", "false"]
     return args
 
 

@@ -31,10 +31,11 @@ COMPARED = ("reward/mean", "reward/format/mean", "reward/acc/mean", "response_le
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """Two Ray nodes on 127.0.0.1 started by mindrl.launch.ray_node (the code under test); always stopped."""
-    from mindrl.launch.ray_node import NodeEnv, _free_port, start_nodes
+    from mindrl.backends.distributed import free_port
+    from mindrl.launch.ray_node import NodeEnv, start_nodes
 
     logs = tmp_path_factory.mktemp("ray_cluster")
-    env = NodeEnv(nnodes=2, devices_per_node=1, master_addr="127.0.0.1", master_port=_free_port(),
+    env = NodeEnv(nnodes=2, devices_per_node=1, master_addr="127.0.0.1", master_port=free_port(),
                   node_ip="127.0.0.1", node_rank=None, simulate=True, resource="mindrl_cpu", output_dir=str(logs),
                   num_npus=2)
     tmp = f"/tmp/mindrl_ray_test_{os.getpid()}"  # Ray's sockets need a short path
@@ -168,7 +169,7 @@ def test_killed_rank_stops_the_job_and_rerun_resumes(cluster, tiny_demo, spawn_r
 @pytest.mark.slow
 def test_per_node_script_head_and_worker_on_one_machine(tiny_demo, tmp_path):
     """examples/grpo/grpo_trainer_tiny.sh twice: NODE_RANK=0 (head) and NODE_RANK=1 (worker), 127.0.0.1."""
-    from mindrl.launch.ray_node import _free_port
+    from mindrl.backends.distributed import free_port
 
     out = tmp_path / "out"
     out.mkdir()
@@ -177,7 +178,7 @@ def test_per_node_script_head_and_worker_on_one_machine(tiny_demo, tmp_path):
         (out / dst).symlink_to(tiny_demo / src)
     tmp = f"/tmp/mindrl_ray_script_{os.getpid()}"
     base = {**ENV, "NNODES": "2", "DEVICES_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(_free_port()), "NODE_IP": "127.0.0.1", "OUTPUT_DIR": str(out),
+            "MASTER_PORT": str(free_port()), "NODE_IP": "127.0.0.1", "OUTPUT_DIR": str(out),
             "RAY_JOIN_INTERVAL_S": "2", "RAY_NODE_TMPDIR": tmp}
     args = ["bash", "examples/grpo/grpo_trainer_tiny.sh",
             *overrides(tiny_demo, out, "megatron_training.train_iters=1")[4:]]
