@@ -15,7 +15,10 @@ summed over the mask) and a group g = the n responses to one prompt:
 
 The group estimators give A = 0 to the whole group when it has one sample or all its rewards are equal.
 whiten_batch is (x - mean) / sqrt(var + 1e-8) over every unmasked token of the batch, var unbiased (verl's
-`masked_whiten`); the batch is this data-parallel rank's batch. The REINFORCE++ return of token t is the sum
+`masked_whiten`). The batch is the whole training batch, over every data-parallel rank: every estimator takes
+`batch_sum`, a function that sums a tensor over the ranks' batches (the trainer passes an all-reduce; None:
+this process holds the whole batch). Only the whitened estimators call it; the group estimators never need
+it, because a prompt's group lives on one rank. The REINFORCE++ return of token t is the sum
 of the rewards at t and after it (gamma = 1), so with an outcome reward on the last token it is r_i at every
 token, minus the KL penalty still to come when `use_kl_in_reward` put one in the token-level rewards.
 
@@ -35,6 +38,9 @@ import torch
 from .aggregation import lookup, masked_mean
 
 GroupIndex = torch.Tensor | Sequence[Hashable]
+# Sums a tensor over every data-parallel rank's batch and returns the total (same shape); collectives stay out
+# of this package, so the trainer supplies it.
+BatchSum = Callable[[torch.Tensor], torch.Tensor]
 
 
 def group_ids(num_samples: int, group_index: GroupIndex | None = None, n_samples_per_prompt: int | None = None,
@@ -109,8 +115,10 @@ def sequence_scores(token_level_rewards: torch.Tensor, response_mask: torch.Tens
 def compute_grpo_outcome_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
                                    group_index: GroupIndex | None = None, n_samples_per_prompt: int | None = None,
                                    *, norm_adv_by_std_in_grpo: bool = True, std_unbiased: bool = True,
-                                   epsilon: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+                                   epsilon: float = 1e-6, batch_sum: BatchSum | None = None
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """GRPO outcome advantages broadcast per token; returns (advantages [N, T], returns [N, T]).
+    `batch_sum` is unused: group statistics never need another rank's samples.
 
     token_level_rewards: [N, T] (summed over masked tokens to one score, as verl does; a KL-in-reward penalty
     therefore enters as its sequence sum) or [N] scores. For outcome-only GRPO, returns == advantages
@@ -165,14 +173,19 @@ def compute_rloo_outcome_advantage(token_level_rewards: torch.Tensor, response_m
     return adv, adv
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, epsilon: float = 1e-8) -> torch.Tensor:
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, epsilon: float = 1e-8,
+                  batch_sum: BatchSum | None = None) -> torch.Tensor:
     """(values - mean) / sqrt(var + eps) over the unmasked entries (unbiased var, as verl's `masked_whiten`);
-    masked entries come back 0."""
+    masked entries come back 0. With `batch_sum` the mean and variance are those of every rank's entries
+    together (two sums: the entries and their count, then the squared deviations), so a batch split over
+    data-parallel ranks is whitened exactly as the whole batch in one process."""
+    total = batch_sum if batch_sum is not None else (lambda t: t)
     m = mask.bool()
-    mean = masked_mean(values, m)
+    stats = total(torch.stack([torch.where(m, values, torch.zeros_like(values)).sum(), m.sum().to(values.dtype)]))
+    mean = stats[0] / stats[1].clamp(min=1.0)
     centred = torch.where(m, values - mean, torch.zeros_like(values))
-    count = m.sum().to(values.dtype)
-    var = (centred * centred).sum() / (count - 1.0).clamp(min=1.0)
+    sq_dev = total((centred * centred).sum().reshape(1))[0]
+    var = sq_dev / (stats[1] - 1.0).clamp(min=1.0)
     return centred * torch.rsqrt(var + epsilon)
 
 
@@ -201,30 +214,34 @@ def _token_rewards(token_level_rewards: torch.Tensor, response_mask: torch.Tenso
 def compute_reinforce_plus_plus_outcome_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
                                                   group_index: GroupIndex | None = None,
                                                   n_samples_per_prompt: int | None = None,
+                                                  batch_sum: BatchSum | None = None,
                                                   **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE++ (Hu, arXiv:2501.03262): returns G_t = sum_{t' >= t} r_t' (gamma = 1), then whitened over
-    every token of the batch. No groups: the baseline is the batch mean. Returns (advantages, returns)."""
+    every token of the batch (every rank's, through `batch_sum`). No groups: the baseline is the batch mean.
+    Returns (advantages, returns)."""
     with torch.no_grad():
         r = _token_rewards(token_level_rewards, response_mask)
         returns = r.flip(-1).cumsum(-1).flip(-1)
         m = response_mask.bool()
         returns = torch.where(m, returns, torch.zeros_like(returns))
-        return masked_whiten(returns, m), returns
+        return masked_whiten(returns, m, batch_sum=batch_sum), returns
 
 
 def compute_reinforce_plus_plus_baseline_outcome_advantage(token_level_rewards: torch.Tensor,
                                                            response_mask: torch.Tensor,
                                                            group_index: GroupIndex | None = None,
                                                            n_samples_per_prompt: int | None = None,
+                                                           batch_sum: BatchSum | None = None,
                                                            **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE++-baseline (arXiv:2501.03262): subtract the group mean (no std), broadcast to tokens, then
-    whiten over every token of the batch. Constant groups and singletons are 0 before whitening."""
+    whiten over every token of the batch (every rank's, through `batch_sum`). Constant groups and singletons
+    are 0 before whitening."""
     with torch.no_grad():
         centred = group_norm_advantages(_scores(token_level_rewards, response_mask), group_index,
                                         n_samples_per_prompt, norm_adv_by_std_in_grpo=False)
         m = response_mask.bool()
         tokens = broadcast_to_tokens(centred, response_mask)
-        adv = masked_whiten(tokens, m)
+        adv = masked_whiten(tokens, m, batch_sum=batch_sum)
     return adv, adv
 
 
@@ -253,7 +270,8 @@ def compute_grpo_passk_outcome_advantage(token_level_rewards: torch.Tensor, resp
 
 AdvantageFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
-# adv_estimator -> fn(token_level_rewards, response_mask, group_index=None, n_samples_per_prompt=None, **kw)
+# adv_estimator -> fn(token_level_rewards, response_mask, group_index=None, n_samples_per_prompt=None,
+# batch_sum=None, **kw)
 # returning (advantages [N, T], returns [N, T]). Add one line to add an estimator.
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {
     "group_norm": compute_grpo_outcome_advantage,  # MindSpeed-RL name

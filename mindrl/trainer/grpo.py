@@ -12,7 +12,8 @@ max_num_gen_batches rounds) and each trains on that common number of groups, tri
 micro-batches stay whole (trainable_groups). The stream advances by whole rounds, a deterministic function of
 the seeds and weights, so `consumed_samples` in a checkpoint resumes exactly.
 
-Batch-level advantage statistics (REINFORCE++ whitening) use this DP rank's batch.
+Batch-level advantage statistics (REINFORCE++ whitening) are those of the whole batch: their sums are
+all-reduced over the DP group (`dp_sum`), so DP=2 gives the advantages of DP=1.
 """
 from __future__ import annotations
 
@@ -291,8 +292,22 @@ def _advantages(run: Run, batch: SequenceBatch, scores: torch.Tensor) -> torch.T
         packed = torch.tensor([float(current_kl), float(len(batch))], dtype=torch.float64)
         dist.all_reduce(packed, group=ps.get_data_parallel_group())
         run.kl_ctrl.update(packed[0].item() / ps.get_data_parallel_world_size(), n_steps=int(packed[1].item()))
-    adv, _ = get_advantage_estimator(rl.adv_estimator)(rewards, batch.response_mask,
-                                                       n_samples_per_prompt=rl.n_samples_per_prompt)
+    return estimate_advantages(rl, rewards, batch.response_mask)
+
+
+def dp_sum(t: torch.Tensor) -> torch.Tensor:
+    """`t` summed over the data-parallel group (fp64 on the wire): the estimators' `batch_sum`."""
+    total = t.detach().to(torch.float64).clone()
+    dist.all_reduce(total, group=ps.get_data_parallel_group())
+    return total.to(t.dtype)
+
+
+def estimate_advantages(rl: Any, rewards: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """ADVANTAGE_ESTIMATORS[rl.adv_estimator] on this rank's rows ([N] scores or [N, L-1] token-level
+    rewards): group statistics from the rank's own groups, batch statistics (whitening) over every DP rank."""
+    adv, _ = get_advantage_estimator(rl.adv_estimator)(rewards, response_mask,
+                                                       n_samples_per_prompt=rl.n_samples_per_prompt,
+                                                       batch_sum=dp_sum)
     return adv.float()
 
 

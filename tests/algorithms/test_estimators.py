@@ -76,3 +76,24 @@ def test_masked_whiten_ignores_padding():
     values = torch.tensor([[1.0, 3.0, float("nan")]])
     out = masked_whiten(values, torch.tensor([[True, True, False]]))
     torch.testing.assert_close(out, torch.tensor([[-1.0, 1.0, 0.0]]) / math.sqrt(2.0 + 1e-8))
+
+
+def test_whitening_statistics_span_every_rank_through_batch_sum():
+    """A rank whose batch_sum adds an identical second rank's sums: the whole batch is the rows twice."""
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    adv, _ = ADVANTAGE_ESTIMATORS["reinforce_plus_plus"](torch.tensor([1.0, 0.0]), mask, batch_sum=lambda t: 2 * t)
+    # 10 tokens with returns 1 (x4) and 0 (x6): mean 0.4, unbiased var (4 * 0.36 + 6 * 0.16) / 9 = 2.4 / 9
+    s = math.sqrt(2.4 / 9 + 1e-8)
+    torch.testing.assert_close(adv, torch.tensor([[0.6 / s, 0.6 / s, 0.0], [-0.4 / s, -0.4 / s, -0.4 / s]]))
+    doubled, _ = ADVANTAGE_ESTIMATORS["reinforce_plus_plus"](torch.tensor([1.0, 0.0, 1.0, 0.0]), mask.repeat(2, 1))
+    torch.testing.assert_close(adv, doubled[:2])
+    # the baseline variant whitens the same way: [1, 0] -> [0.5, -0.5] per group, 8 tokens twice, var 2 / 15
+    adv, _ = ADVANTAGE_ESTIMATORS["reinforce_plus_plus_baseline"](torch.tensor([1.0, 0.0, 1.0, 1.0]),
+                                                                   torch.ones(4, 2), n_samples_per_prompt=2,
+                                                                   batch_sum=lambda t: 2 * t)
+    torch.testing.assert_close(adv, torch.tensor([[0.5, 0.5], [-0.5, -0.5], [0.0, 0.0], [0.0, 0.0]])
+                               / math.sqrt(2.0 / 15 + 1e-8), rtol=1e-5, atol=1e-6)
+    # group estimators never call it (a prompt's group lives on one rank)
+    def refuse(t):
+        raise AssertionError("called")
+    ADVANTAGE_ESTIMATORS["grpo"](torch.tensor([1.0, 0.0]), torch.ones(2, 2), n_samples_per_prompt=2, batch_sum=refuse)
