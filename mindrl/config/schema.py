@@ -36,7 +36,9 @@ class MegatronTrainingConfig:
     tokenizer_name_or_path: Optional[str] = None
     data_path: Optional[str] = None  # output_prefix of `examples/data/preprocess_data.sh`
     global_batch_size: int = 8  # prompts per GRPO step
-    seq_length: int = 1024
+    # The longest sequence (prompt + response tokens) the actor trains on, as in MindSpeed-RL: validate()
+    # checks rl_config.max_prompt_length + sampling_config.max_tokens fits, the trainer refuses a longer batch.
+    seq_length: int = 2048
     train_iters: int = 100
     save_interval: int = 50
     seed: int = 1234

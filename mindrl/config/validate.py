@@ -112,10 +112,14 @@ def validate(cfg: MindRLConfig, check_paths: bool = True) -> list[str]:
     errors += _generate_errors(cfg, hf, world)
     if rl.max_prompt_length < 1:
         errors.append(f"rl_config.max_prompt_length={rl.max_prompt_length} must be >= 1")
-    elif rl.max_prompt_length + s.max_tokens > cfg.generate_config.max_model_len:
-        errors.append(f"rl_config.max_prompt_length + sampling_config.max_tokens = "
-                      f"{rl.max_prompt_length + s.max_tokens} exceeds generate_config.max_model_len="
-                      f"{cfg.generate_config.max_model_len}")
+    else:
+        longest = rl.max_prompt_length + s.max_tokens
+        if longest > cfg.generate_config.max_model_len:
+            errors.append(f"rl_config.max_prompt_length + sampling_config.max_tokens = {longest} exceeds "
+                          f"generate_config.max_model_len={cfg.generate_config.max_model_len}")
+        if longest > mt.seq_length:
+            errors.append(f"rl_config.max_prompt_length + sampling_config.max_tokens = {longest} exceeds "
+                          f"megatron_training.seq_length={mt.seq_length} (the longest sequence the actor trains on)")
     return errors
 
 

@@ -208,6 +208,9 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
     if groups:
         batch = build_sequence_batch([g.prompt for g in groups for _ in g.outputs], [o.token_ids for o in outputs],
                                      torch.zeros(len(outputs)))
+        if batch.tokens.shape[1] > mt.seq_length:  # validate() bounds prompt + max_tokens; an engine may not
+            raise TrainingError(f"step {step}: a prompt + response of {batch.tokens.shape[1]} tokens exceeds "
+                                f"megatron_training.seq_length={mt.seq_length}")
         batch.rollout_log_probs = _rollout_log_probs(batch, outputs)
 
         # 4. Reference log-probs (the frozen initial policy), and old log-probs when the policy moves

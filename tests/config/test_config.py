@@ -60,6 +60,8 @@ def test_good_config_has_no_errors():
      "megatron_training.data_path: path '/no/such/data_prefix' does not exist"),
     ({"model__mtp_num_layers": 1}, "multi-token prediction is not supported yet"),
     ({"backend": "tpu"}, "backend: unknown value 'tpu'"),
+    ({"megatron_training__seq_length": 2047},
+     "max_tokens = 2048 exceeds megatron_training.seq_length=2047 (the longest sequence the actor trains on)"),
 ])
 def test_each_bad_case_has_its_message(changes, message):
     errors = errors_of(**changes)
