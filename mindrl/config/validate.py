@@ -204,36 +204,35 @@ def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list
     ep = a.expert_model_parallel_size if g.infer_expert_parallel_size is None else g.infer_expert_parallel_size
     explicit = g.infer_tensor_parallel_size is not None or g.infer_expert_parallel_size is not None
     if hf is not None and explicit:  # None, None: the training layout's TP / EP, checked above already
-        heads = int(hf.get("num_attention_heads", 0))
         experts = hf.get("n_routed_experts") or hf.get("num_experts") or hf.get("num_local_experts")
-        errors += _rollout_layout_errors(tp, ep, heads, int(hf.get("num_key_value_heads") or heads),
-                                         int(experts) if experts else None, world)
+        errors += _rollout_layout_errors(tp, ep, hf, int(experts) if experts else None, world)
         if g.engine == "vllm" and ep > 1 and ep % tp:
             errors.append(f"generate_config.infer_expert_parallel_size={ep} must be a multiple of "
                           f"infer_tensor_parallel_size={tp} for engine=vllm (vLLM splits experts over TP x DP)")
     return errors
 
 
-def _rollout_layout_errors(tp: int, ep: int, heads: int, kv_heads: int, experts: int | None, world: int) -> list[str]:
-    """mindrl.rollout.parallel.RolloutLayout on this model and world: TP x EP, PP = 1, replicas whole."""
+# The rollout layout's keys in ParallelLayout.check's messages (it has no pipeline stages: PP is always 1).
+ROLLOUT_KEYS = {"tp": "generate_config.infer_tensor_parallel_size", "ep": "generate_config.infer_expert_parallel_size",
+                "pp": "generate_config (rollout PP)"}
+
+
+def _rollout_layout_errors(tp: int, ep: int, hf: HFConfig, experts: int | None, world: int) -> list[str]:
+    """mindrl.rollout.parallel.RolloutLayout on this model and world: TP x EP, PP = 1, replicas whole. The model
+    checks are ParallelLayout.check's; the world checks are the rollout's own (experts split over TP x EP)."""
+    heads = int(hf.get("num_attention_heads", 0))
+    errors = ParallelLayout(tp=tp, ep=ep).check(num_layers=int(hf.get("num_hidden_layers", 0)), num_heads=heads,
+                                                num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+                                                num_experts=experts, keys=ROLLOUT_KEYS)
     if tp < 1 or ep < 1:
-        return [f"generate_config.infer_tensor_parallel_size={tp} and infer_expert_parallel_size={ep} must be >= 1"]
-    errors = []
-    if heads % tp:
-        errors.append(f"generate_config.infer_tensor_parallel_size={tp} does not divide num_attention_heads={heads}")
-    elif kv_heads % tp:
-        errors.append(f"generate_config.infer_tensor_parallel_size={tp} does not divide num_key_value_heads={kv_heads}")
+        return errors
     if tp > world:
         errors.append(f"generate_config.infer_tensor_parallel_size={tp} needs more ranks than the {world} of "
                       f"rl_config.actor_resource.num_npus: not even one rollout replica fits")
     elif world % tp:
         errors.append(f"generate_config.infer_tensor_parallel_size={tp} does not divide the world size {world}: "
                       f"the rollout replicas would not be whole")
-    if ep > 1 and not experts:
-        errors.append(f"generate_config.infer_expert_parallel_size={ep} but the model has no experts")
-    elif experts and experts % ep:
-        errors.append(f"generate_config.infer_expert_parallel_size={ep} does not divide num_experts={experts}")
-    elif ep > 1 and world % (tp * ep):
+    if ep > 1 and experts and not experts % ep and world % (tp * ep):
         errors.append(f"generate_config: infer_tensor_parallel_size x infer_expert_parallel_size = {tp} x {ep} does "
                       f"not divide the world size {world} (experts are split over TP x EP ranks)")
     return errors

@@ -6,7 +6,12 @@ config validator and the checkpoint converter reject a bad layout up front with 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
+
+# The config key each size is named by in check()'s messages (the training layout's; the converter's flags
+# have the same names).
+TRAINING_KEYS: Mapping[str, str] = {"tp": "tensor_model_parallel_size", "pp": "pipeline_model_parallel_size",
+                                    "ep": "expert_model_parallel_size"}
 
 
 @dataclass
@@ -34,27 +39,27 @@ class ParallelLayout:
         return world_size // self.model_parallel_size
 
     def check(self, *, num_layers: int, num_heads: int, num_kv_heads: int, num_experts: int | None = None,
-              world_size: int | None = None) -> list[str]:
-        """All problems with this layout for a model of this shape, one line each."""
-        errors: list[str] = []
-        for name in ("tp", "pp", "ep"):
-            if getattr(self, name) < 1:
-                errors.append(f"{name} size must be >= 1, got {getattr(self, name)}")
+              world_size: int | None = None, keys: Mapping[str, str] = TRAINING_KEYS) -> list[str]:
+        """All problems with this layout for a model of this shape, one line each. `keys` names the config key
+        of each size ("tp", "pp", "ep") in the messages: the training layout's by default; the rollout layout
+        (validate()) passes its generate_config.infer_* keys."""
+        errors = [f"{keys[name]}={getattr(self, name)} must be >= 1" for name in ("tp", "pp", "ep")
+                  if getattr(self, name) < 1]
         if errors:
             return errors
+        tp, pp, ep = keys["tp"], keys["pp"], keys["ep"]
         if num_heads % self.tp:
-            errors.append(f"tensor_model_parallel_size={self.tp} does not divide num_attention_heads={num_heads}")
-        if num_kv_heads % self.tp:
-            errors.append(f"tensor_model_parallel_size={self.tp} does not divide num_key_value_heads="
+            errors.append(f"{tp}={self.tp} does not divide num_attention_heads={num_heads}")
+        elif num_kv_heads % self.tp:  # one line per cause: a TP that misses the heads misses the KV heads too
+            errors.append(f"{tp}={self.tp} does not divide num_key_value_heads="
                           f"{num_kv_heads} (each TP rank needs whole KV groups)")
         if self.ep > 1 and not num_experts:
-            errors.append(f"expert_model_parallel_size={self.ep} but the model has no experts")
+            errors.append(f"{ep}={self.ep} but the model has no experts")
         if num_experts and num_experts % self.ep:
-            errors.append(f"expert_model_parallel_size={self.ep} does not divide num_experts={num_experts}")
+            errors.append(f"{ep}={self.ep} does not divide num_experts={num_experts}")
         if self.num_layer_list is not None:
             if len(self.num_layer_list) != self.pp:
-                errors.append(f"num_layer_list has {len(self.num_layer_list)} entries but "
-                              f"pipeline_model_parallel_size={self.pp}")
+                errors.append(f"num_layer_list has {len(self.num_layer_list)} entries but {pp}={self.pp}")
             elif sum(self.num_layer_list) != num_layers:
                 errors.append(f"num_layer_list {self.num_layer_list} sums to {sum(self.num_layer_list)}, "
                               f"but the model has {num_layers} layers")
@@ -63,21 +68,19 @@ class ParallelLayout:
             if self.num_layers_per_virtual_pipeline_stage:
                 errors.append("num_layer_list and num_layers_per_virtual_pipeline_stage cannot be combined")
         elif num_layers % self.pp:
-            errors.append(f"pipeline_model_parallel_size={self.pp} does not divide num_layers={num_layers} "
-                          f"(or give num_layer_list)")
+            errors.append(f"{pp}={self.pp} does not divide num_layers={num_layers} (or give num_layer_list)")
         vps = self.num_layers_per_virtual_pipeline_stage
         if vps:
             if self.pp < 2:
-                errors.append("num_layers_per_virtual_pipeline_stage needs pipeline_model_parallel_size >= 2")
+                errors.append(f"num_layers_per_virtual_pipeline_stage needs {pp} >= 2")
             elif num_layers % (self.pp * vps):
-                errors.append(f"num_layers={num_layers} is not divisible by pipeline_model_parallel_size "
+                errors.append(f"num_layers={num_layers} is not divisible by {pp} "
                               f"x num_layers_per_virtual_pipeline_stage = {self.pp} x {vps}")
         if world_size is not None:
             if world_size % self.model_parallel_size:
                 errors.append(f"world size {world_size} is not divisible by TP x PP = {self.model_parallel_size}")
             elif self.ep > 1 and (world_size // self.pp) % self.ep:
-                errors.append(f"expert_model_parallel_size={self.ep} does not divide world size / PP = "
-                              f"{world_size // self.pp}")
+                errors.append(f"{ep}={self.ep} does not divide world size / PP = {world_size // self.pp}")
         return errors
 
     def pipeline_layout(self, num_layers: int) -> list[list[str]] | None:

@@ -113,11 +113,15 @@ def test_layout_errors_are_one_line_each():
         num_layers=5, num_heads=8, num_kv_heads=2, num_experts=6, world_size=12)
     assert errors == [
         "tensor_model_parallel_size=3 does not divide num_attention_heads=8",
-        "tensor_model_parallel_size=3 does not divide num_key_value_heads=2 (each TP rank needs whole KV groups)",
         "expert_model_parallel_size=4 does not divide num_experts=6",
         "num_layer_list [2, 2] sums to 4, but the model has 5 layers",
         "expert_model_parallel_size=4 does not divide world size / PP = 6",
     ]
+    # the rollout layout's keys, through the same checker (validate() passes them)
+    assert ParallelLayout(tp=4, ep=4).check(num_layers=2, num_heads=8, num_kv_heads=2, num_experts=6,
+                                            keys={"tp": "infer_tp", "pp": "infer_pp", "ep": "infer_ep"}) == [
+        "infer_tp=4 does not divide num_key_value_heads=2 (each TP rank needs whole KV groups)",
+        "infer_ep=4 does not divide num_experts=6"]
 
 
 def test_an_architecture_is_one_record_and_one_registry_line(monkeypatch):
