@@ -138,10 +138,11 @@ def generate_round(run: Run, step: int, round_index: int, timer: "StageTimer | N
 
 def collect_groups(make_round: Callable[[int], list[Group]], keep: Callable[[list[Group]], list[bool]],
                    target: int, max_rounds: int, min_over_dp: Callable[[int], int]
-                   ) -> tuple[list[Group], list[Group], int]:
+                   ) -> tuple[list[Group], list[Group], int, int]:
     """DAPO dynamic sampling on one DP rank: run rounds (0, 1, ...) until *every* DP rank holds `target`
     informative groups or `max_rounds` rounds ran, then return (the first `common` kept groups, every
-    generated group, rounds), where `common` = the smallest kept count over DP ranks, capped at `target`.
+    generated group, rounds, groups kept in all rounds), where `common` = the smallest kept count over DP
+    ranks, capped at `target`.
 
     DP ranks stay in step: the stop test uses the all-reduced minimum, so every rank runs the same number
     of rounds (generation may be collective) and trains on the same number of groups (surplus kept groups
@@ -155,8 +156,8 @@ def collect_groups(make_round: Callable[[int], list[Group]], keep: Callable[[lis
         common = min(min_over_dp(len(buf.groups)), target)
         if common >= target or buf.num_rounds >= max_rounds:
             break
-    rounds = buf.num_rounds
-    return buf.take(limit=common), generated, rounds
+    rounds, kept = buf.num_rounds, len(buf.groups)
+    return buf.take(limit=common), generated, rounds, kept
 
 
 def trainable_groups(num_groups: int, n: int, num_mini_batches: int, micro_batch_size: int) -> int:
@@ -193,7 +194,7 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
         dist.all_reduce(box, op=dist.ReduceOp.MIN, group=ps.get_data_parallel_group())
         return int(box.item())
 
-    groups, generated, rounds = collect_groups(make_round, keep, target, fg.max_num_gen_batches if fg.enable else 1,
+    groups, generated, rounds, kept = collect_groups(make_round, keep, target, fg.max_num_gen_batches if fg.enable else 1,
                                                min_over_dp)
     num_mini = mt.global_batch_size // (rl.mini_batch_size or mt.global_batch_size)
     found = len(groups)
@@ -239,7 +240,7 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
 
     # 7. Metrics (all-reduced over DP ranks): rewards over every generated sample, KL over the trained ones.
     metrics = _step_metrics(run, batch, generated, counters, update_metrics)
-    metrics.update(_filter_metrics(generated, groups, rounds, target, fg.enable, keep))
+    metrics.update(_filter_metrics(len(generated), kept, len(groups), rounds, target) if fg.enable else {})
     if run.kl_ctrl is not None:
         metrics["kl_ctrl/beta"] = run.kl_ctrl.value  # after this step's update: the next step's beta
     metrics.update(timer.seconds)
@@ -325,18 +326,14 @@ def score_on_one_rank(run: Run, completions: list[str], labels: list[dict], leng
     return box[0]
 
 
-def _filter_metrics(generated: list[Group], trained: list[Group], rounds: int, target: int,
-                    enabled: bool, keep: Callable[[list[Group]], list[bool]]) -> dict[str, float]:
+def _filter_metrics(generated: int, kept: int, trained: int, rounds: int, target: int) -> dict[str, float]:
     """Dynamic sampling, summed over DP ranks: rounds, informative (kept) and flat (dropped) groups generated,
     groups trained on, and whether the step trained on a partial batch (the cap was reached)."""
-    if not enabled:
-        return {}
-    kept = float(sum(keep(generated)))
-    packed = torch.tensor([kept, len(generated) - kept, float(len(trained))], dtype=torch.float64)
+    packed = torch.tensor([float(kept), float(generated - kept), float(trained)], dtype=torch.float64)
     dist.all_reduce(packed, group=ps.get_data_parallel_group())
     return {"filter/gen_rounds": float(rounds), "filter/kept_groups": packed[0].item(),
             "filter/dropped_groups": packed[1].item(), "filter/trained_groups": packed[2].item(),
-            "filter/partial_batch": float(len(trained) < target)}
+            "filter/partial_batch": float(trained < target)}
 
 
 def _step_metrics(run: Run, batch: SequenceBatch | None, generated: list[Group], counters: dict[str, float],

@@ -33,19 +33,20 @@ def test_flat_groups_are_dropped_and_more_rounds_fill_the_batch():
               [group("d", [0, 0]), group("e", [1, 0]), group("f", [1, 1])],
               [group("g", [0, 1]), group("h", [1, 0]), group("i", [0, 1])]]
     seen: list[int] = []
-    trained, generated, n_rounds = collect_groups(scripted(rounds, seen), keep_informative, target=3, max_rounds=5,
-                                                  min_over_dp=lambda k: k)
+    trained, generated, n_rounds, kept = collect_groups(scripted(rounds, seen), keep_informative, target=3,
+                                                        max_rounds=5, min_over_dp=lambda k: k)
     # b and e are the informative groups of rounds 0-1; round 2 completes the batch with g, h (i is surplus)
     assert [g.labels["name"] for g in trained] == ["b", "e", "g"]
     assert all(max(g.totals) != min(g.totals) for g in trained)
     assert seen == [0, 1, 2] and n_rounds == 3 and len(generated) == 9
+    assert kept == 5  # b, e, g, h, i: the surplus i counts as kept, though not trained
 
 
 def test_cap_trains_on_a_partial_batch():
     rounds = [[group("a", [1, 1]), group("b", [0, 1])], [group("c", [0, 0]), group("d", [1, 1])]]
-    trained, generated, n_rounds = collect_groups(scripted(rounds, []), keep_informative, target=2, max_rounds=2,
-                                                  min_over_dp=lambda k: k)
-    assert [g.labels["name"] for g in trained] == ["b"] and n_rounds == 2 and len(generated) == 4
+    trained, generated, n_rounds, kept = collect_groups(scripted(rounds, []), keep_informative, target=2,
+                                                        max_rounds=2, min_over_dp=lambda k: k)
+    assert [g.labels["name"] for g in trained] == ["b"] and n_rounds == 2 and len(generated) == 4 and kept == 1
 
 
 def test_data_parallel_ranks_stop_together_and_train_on_a_common_count():
@@ -54,20 +55,20 @@ def test_data_parallel_ranks_stop_together_and_train_on_a_common_count():
     other_rank_kept = iter([1, 3])
     rounds = [[group("a", [0, 1]), group("b", [1, 0])], [group("c", [0, 1]), group("d", [1, 1])]]
     seen: list[int] = []
-    trained, _, n_rounds = collect_groups(scripted(rounds, seen), keep_informative, target=2, max_rounds=4,
-                                          min_over_dp=lambda k: min(k, next(other_rank_kept)))
+    trained, _, n_rounds, _ = collect_groups(scripted(rounds, seen), keep_informative, target=2, max_rounds=4,
+                                             min_over_dp=lambda k: min(k, next(other_rank_kept)))
     assert seen == [0, 1] and [g.labels["name"] for g in trained] == ["a", "b"]
     # at the cap with the other rank short by one, this rank trims to the other's count
     other = iter([0, 1])
-    trained, _, _ = collect_groups(scripted(rounds, []), keep_informative, target=3, max_rounds=2,
-                                   min_over_dp=lambda k: min(k, next(other)))
+    trained, _, _, _ = collect_groups(scripted(rounds, []), keep_informative, target=3, max_rounds=2,
+                                      min_over_dp=lambda k: min(k, next(other)))
     assert [g.labels["name"] for g in trained] == ["a"]
 
 
 def test_without_filtering_one_round_is_the_batch():
     rounds = [[group("a", [1, 1]), group("b", [0, 1])]]
-    trained, _, n_rounds = collect_groups(scripted(rounds, []), lambda gs: [True] * len(gs), target=2, max_rounds=1,
-                                          min_over_dp=lambda k: k)
+    trained, _, n_rounds, _ = collect_groups(scripted(rounds, []), lambda gs: [True] * len(gs), target=2,
+                                             max_rounds=1, min_over_dp=lambda k: k)
     assert [g.labels["name"] for g in trained] == ["a", "b"] and n_rounds == 1
 
 
