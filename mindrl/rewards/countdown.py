@@ -44,13 +44,16 @@ def normalize_whitespace(expr: str) -> str:
 def safe_eval(expr: str, *, max_chars: int = 256, max_abs: float = 1e12) -> float | None:
     """Value of an arithmetic expression over + - * / and unary +/-, or None if it is not one.
 
-    None for: anything longer than ``max_chars`` after whitespace normalisation, any syntax outside
-    the grammar, division by zero, any literal or intermediate result with magnitude above
-    ``max_abs`` (so no evaluation can grow).
+    None for: anything longer than ``max_chars`` after whitespace normalisation (``normalize_whitespace``;
+    newlines outside () would be a syntax error), any syntax outside the grammar, division by zero, any
+    literal or intermediate result with magnitude above ``max_abs`` (so no evaluation can grow).
     """
-    expr = " ".join(expr.split())  # also newlines: outside () they would be a syntax error
-    if len(expr) > max_chars:
-        return None
+    expr = normalize_whitespace(expr)
+    return None if len(expr) > max_chars else _evaluate(expr, max_abs)
+
+
+def _evaluate(expr: str, max_abs: float) -> float | None:
+    """`safe_eval` on an expression already whitespace-normalised and within the length limit."""
     try:
         tree = ast.parse(expr, mode="eval")
         return _eval(tree.body, max_abs)
@@ -88,5 +91,5 @@ def countdown_reward(completion: str, labels: Mapping[str, Any], *, tolerance: f
     # "2.5" is 2.5 (not given), not a use of 2 and 5, as TinyZero's "\d+" count would have it.
     if sorted(map(float, _NUMBERS.findall(expr))) != sorted(map(float, nums)):
         return 0.0
-    value = safe_eval(expr, max_chars=max_chars, max_abs=max_abs)
+    value = _evaluate(expr, max_abs)  # normalised and length-checked above
     return 1.0 if value is not None and abs(value - float(target)) < tolerance else 0.0
