@@ -34,18 +34,40 @@ def run_cli(cmd: list[str], timeout: int = 600):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-@pytest.fixture(scope="session")
-def tiny_demo(tmp_path_factory) -> Path:
-    """The tiny CPU demo, prepared once per test session: character tokenizer, prompt set, a short
-    warm start saved as HF (`warm_start/`) and converted to megatron at TP=1 (`mg/`)."""
+def build_tiny_demo(d: Path, *prepare_args: str, timeout: int = 600) -> Path:
+    """The tiny CPU demo's files in `d`, as examples/grpo/grpo_trainer_tiny.sh builds them: `prepare_tiny_demo`
+    (character tokenizer, prompt sets, a warm start saved as HF in `warm_start/`) with `prepare_args`, then
+    `tools/convert_ckpt.py` to megatron at TP=1 (`mg/`)."""
     import sys
 
-    d = tmp_path_factory.mktemp("tiny_demo")
-    proc = run_cli([sys.executable, "-m", "mindrl.cli.prepare_tiny_demo", "--out", str(d), "--num-tasks", "200",
-                    "--warm-steps", "20", f"megatron_training.tokenizer_name_or_path={d / 'tokenizer'}"])
+    proc = run_cli([sys.executable, "-m", "mindrl.cli.prepare_tiny_demo", "--out", str(d), *prepare_args,
+                    f"megatron_training.tokenizer_name_or_path={d / 'tokenizer'}"], timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run_cli([sys.executable, "tools/convert_ckpt.py", "--model-type-hf", "qwen2", "--load-model-type", "hf",
                     "--save-model-type", "mg", "--load-dir", str(d / "warm_start"), "--save-dir", str(d / "mg"),
                     "--target-tensor-parallel-size", "1"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return d
+
+
+def demo_train_cmd(demo: Path, out: Path, *overrides: str) -> list[str]:
+    """`train_grpo` on the demo recipe (grpo_tiny_cpu) with `demo`'s files, as the demo script runs it."""
+    import sys
+
+    return [sys.executable, "-m", "mindrl.cli.train_grpo", "--config-name", "grpo_tiny_cpu",
+            f"megatron_training.output_dir={out}", f"megatron_training.tokenizer_name_or_path={demo / 'tokenizer'}",
+            f"megatron_training.data_path={demo / 'data' / 'tiny'}", f"actor_config.load={demo / 'mg'}", *overrides]
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """The tiny CPU demo with a short warm start (20 steps, 200 prompts), prepared once per test session: for
+    tests of the trainer's mechanics, not of learning."""
+    return build_tiny_demo(tmp_path_factory.mktemp("tiny_demo"), "--num-tasks", "200", "--warm-steps", "20")
+
+
+@pytest.fixture(scope="session")
+def learning_demo(tmp_path_factory) -> Path:
+    """The tiny CPU demo exactly as `bash examples/grpo/grpo_trainer_tiny.sh` prepares it (the 1,000-step warm
+    start, ~1 min), once per test session: for the slow tests that check the policy learns the task."""
+    return build_tiny_demo(tmp_path_factory.mktemp("learning_demo"), timeout=1200)

@@ -35,7 +35,7 @@ from typing import Callable, Hashable, Sequence
 
 import torch
 
-from .aggregation import lookup, masked_mean
+from .aggregation import lookup
 
 GroupIndex = torch.Tensor | Sequence[Hashable]
 # Sums a tensor over every data-parallel rank's batch and returns the total (same shape); collectives stay out

@@ -194,8 +194,8 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
         dist.all_reduce(box, op=dist.ReduceOp.MIN, group=ps.get_data_parallel_group())
         return int(box.item())
 
-    groups, generated, rounds, kept = collect_groups(make_round, keep, target, fg.max_num_gen_batches if fg.enable else 1,
-                                               min_over_dp)
+    groups, generated, rounds, kept = collect_groups(make_round, keep, target,
+                                                     fg.max_num_gen_batches if fg.enable else 1, min_over_dp)
     num_mini = mt.global_batch_size // (rl.mini_batch_size or mt.global_batch_size)
     found = len(groups)
     groups = groups[:trainable_groups(found, n, num_mini, cfg.actor_config.micro_batch_size)]

@@ -1,5 +1,6 @@
-"""DAPO in the trainer, end to end on the tiny CPU demo: dynamic sampling with its cap, exact resume, and
-a DAPO-settings run that learns (slow).
+"""DAPO in the trainer, end to end on the tiny CPU demo: dynamic sampling with its cap, exact resume (on the
+short-warm-start fixture), and a run with the DAPO recipe's settings that learns the demo's task (slow; the
+demo's own 1,000-step warm start).
 
 Runs `python -m mindrl.cli.train_grpo --config-name grpo_tiny_cpu` as a user would, overriding only data
 paths, batch shape and rl_config algorithm keys, so the demo recipe can change underneath.
@@ -7,13 +8,13 @@ paths, batch shape and rl_config algorithm keys, so the demo recipe can change u
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_cli
+from mindrl.cli.summarize import verdict
+from tests.conftest import REPO, demo_train_cmd, run_cli
 
 pytestmark = pytest.mark.megatron
 
@@ -25,12 +26,11 @@ DYNAMIC = ["rl_config.filter_groups.enable=true", "rl_config.filter_groups.metri
 
 
 def train_cmd(demo: Path, out: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "mindrl.cli.train_grpo", "--config-name", "grpo_tiny_cpu",
-            f"megatron_training.output_dir={out}", f"megatron_training.tokenizer_name_or_path={demo / 'tokenizer'}",
-            f"megatron_training.data_path={demo / 'data' / 'tiny'}", f"actor_config.load={demo / 'mg'}",
-            f"megatron_training.global_batch_size={GBS}", f"rl_config.n_samples_per_prompt={N}",
-            "actor_config.micro_batch_size=4", "rl_config.actor_resource.num_npus=1",
-            "generate_config.sampling_config.max_tokens=24", "megatron_training.save_interval=1", *overrides]
+    """A small, one-rank run of the demo recipe (4 prompts x 4 samples, 24 new tokens): trainer mechanics."""
+    return demo_train_cmd(demo, out, f"megatron_training.global_batch_size={GBS}",
+                          f"rl_config.n_samples_per_prompt={N}", "actor_config.micro_batch_size=4", "rl_config.actor_resource.num_npus=1",
+                          "generate_config.sampling_config.max_tokens=24", "megatron_training.save_interval=1",
+                          *overrides)
 
 
 def metrics(out: Path) -> list[dict]:
@@ -78,57 +78,57 @@ def test_dynamic_sampling_resume_repeats_the_uninterrupted_run(tiny_demo, dynami
 
 
 def dapo_algorithm_overrides(max_tokens: int, verifiers: list[str]) -> list[str]:
-    """The DAPO recipe's algorithm keys, read from configs/grpo_qwen25_7b_dapo.yaml, as overrides."""
+    """The DAPO recipe's algorithm keys, read from configs/grpo_qwen25_7b_dapo.yaml, as overrides: clip-higher,
+    token-mean, dynamic sampling on its metric (`acc`) with its round cap, the overlong buffer, no KL."""
     rl = yaml.safe_load((REPO / "configs" / "grpo_qwen25_7b_dapo.yaml").read_text())["rl_config"]
     value = lambda v: str(v).lower() if isinstance(v, bool) else v  # noqa: E731
     keys = ("adv_estimator", "policy_loss", "clip_ratio_low", "clip_ratio_high", "loss_agg_mode", "use_kl_loss",
             "use_kl_in_reward", "kl_coef", "entropy_coeff")
     out = [f"rl_config.{k}={value(rl[k])}" for k in keys]
     fg = rl["filter_groups"]
-    # The tiny task's accuracy barely moves in a short run (the format is learnt first, docs/grpo.md), so
-    # groups that vary in accuracy are rare; filtering on the whole reward is the same mechanism.
-    out += ["rl_config.filter_groups.enable=true", "rl_config.filter_groups.metric=reward",
-            f"rl_config.filter_groups.max_num_gen_batches={fg['max_num_gen_batches']}"]
-    # The overlong buffer, scaled to this run's response length with the recipe's buffer fraction.
+    out += [f"rl_config.filter_groups.{k}={value(v)}" for k, v in fg.items()]
+    # The overlong buffer at the end of this run's response budget. The recipe's expected length (20480 - 4096)
+    # is where its well-formed responses end; the demo's end at 35 of 40 tokens, so a buffer of 10% (4) leaves
+    # them unpunished and punishes only the rambling ones, as DAPO's does.
     overlong = rl["verifier_options"]["overlong"]
-    buffer = max(1, round(max_tokens * overlong["buffer"] / overlong["max_length"]))
     names = verifiers + ["overlong"]
     out += [f"rl_config.verifier_function=[{','.join(names)}]",
             f"rl_config.verifier_weight=[{','.join(['1.0'] * len(names))}]",
-            f"+rl_config.verifier_options.overlong={{max_length:{max_tokens},buffer:{buffer},"
+            f"+rl_config.verifier_options.overlong={{max_length:{max_tokens},buffer:{max(1, max_tokens // 10)},"
             f"penalty_factor:{overlong['penalty_factor']}}}"]
     return out
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(2400)
-def test_dapo_settings_learn_on_the_tiny_demo(tmp_path):
-    """The demo recipe with DAPO's algorithm settings: reward/mean rises, as the demo's does."""
+DAPO_STEPS, DAPO_MIN_GAIN = 40, 0.2
+
+
+def run_dapo_demo(demo: Path, out: Path, *overrides: str) -> list[dict]:
     from mindrl.config import load_config
 
-    demo = tmp_path / "demo"
-    proc = run_cli([sys.executable, "-m", "mindrl.cli.prepare_tiny_demo", "--out", str(demo),
-                    f"megatron_training.tokenizer_name_or_path={demo / 'tokenizer'}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli([sys.executable, "tools/convert_ckpt.py", "--model-type-hf", "qwen2", "--load-model-type", "hf",
-                    "--save-model-type", "mg", "--load-dir", str(demo / "warm_start"), "--save-dir",
-                    str(demo / "mg"), "--target-tensor-parallel-size", "1"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
     tiny = load_config("grpo_tiny_cpu")
-    steps = 40
-    out = tmp_path / "run"
-    proc = run_cli([sys.executable, "-m", "mindrl.cli.train_grpo", "--config-name", "grpo_tiny_cpu",
-                    f"megatron_training.output_dir={out}",
-                    f"megatron_training.tokenizer_name_or_path={demo / 'tokenizer'}",
-                    f"megatron_training.data_path={demo / 'data' / 'tiny'}", f"actor_config.load={demo / 'mg'}",
-                    f"megatron_training.train_iters={steps}", "megatron_training.save_interval=0",
-                    *dapo_algorithm_overrides(tiny.generate_config.sampling_config.max_tokens,
-                                              list(tiny.rl_config.verifier_function))], timeout=1500)
+    proc = run_cli(demo_train_cmd(demo, out, f"megatron_training.train_iters={DAPO_STEPS}",
+                                  "megatron_training.save_interval=0",
+                                  *dapo_algorithm_overrides(tiny.generate_config.sampling_config.max_tokens,
+                                                            list(tiny.rl_config.verifier_function)), *overrides),
+                   timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = metrics(out)
-    assert len(rows) == steps
-    first, last = rows[:10], rows[-10:]
-    mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
-    assert mean(last, "reward/mean") > mean(first, "reward/mean") + 0.15, (mean(first, "reward/mean"),
-                                                                           mean(last, "reward/mean"))
-    assert all(r["filter/trained_groups"] > 0 for r in rows[5:])
+    return metrics(out)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_dapo_settings_learn_on_the_tiny_demo(learning_demo, tmp_path):
+    """The demo (its 1,000-step warm start, 16 prompts x 8 on DP=2, lr 1e-3) with DAPO's algorithm settings
+    learns the task in the demo's sense: `accuracy` (the `acc` scorer, never format) of the last 10 steps
+    above the first 10's, judged by the demo's own verdict (mindrl.cli.summarize), with the format kept.
+
+    The demo asks for +0.3 over 150 steps; 40 DAPO steps (~2 min on 2 cores) measured +0.34 (default seed)
+    and +0.36 (megatron_training.seed=1), and the same run at lr 0 +0.00, so +0.2 is a clear margin both
+    ways. The first 10 steps already learn (0.31 at step 1 -> ~0.55 at step 10), which the window hides."""
+    rows = run_dapo_demo(learning_demo, tmp_path)
+    assert len(rows) == DAPO_STEPS
+    learned, line = verdict(rows, window=10, min_gain=DAPO_MIN_GAIN, min_format=0.9)
+    assert learned, line
+    # dynamic sampling was at work: flat groups were dropped and more rounds generated to fill the batch
+    assert sum(r["filter/dropped_groups"] for r in rows) > 0 and max(r["filter/gen_rounds"] for r in rows) > 1
+    assert sum(r["filter/trained_groups"] for r in rows) >= 0.9 * DAPO_STEPS * 16

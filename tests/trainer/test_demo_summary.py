@@ -83,27 +83,15 @@ def test_warm_start_targets_do_not_depend_on_the_answer():
 @pytest.mark.slow
 @pytest.mark.megatron
 @pytest.mark.timeout(1800)  # ~3 min on 2 idle cores; shared cores have taken over 10
-def test_short_demo_run_raises_accuracy(tmp_path):
+def test_short_demo_run_raises_accuracy(learning_demo, tmp_path):
     """The demo's own recipe, shortened to 30 GRPO steps: task accuracy (never format) already moves.
 
-    The full demo (`bash examples/grpo/grpo_trainer_tiny.sh`, 100 steps) is a benchmark with its
+    The full demo (`bash examples/grpo/grpo_trainer_tiny.sh`, 150 steps) is a benchmark with its
     numbers in docs/grpo.md; this is its shorter check (~2-3 min on 2 idle cores)."""
-    import sys
+    from tests.conftest import demo_train_cmd, run_cli
 
-    from tests.conftest import run_cli
-
-    proc = run_cli([sys.executable, "-m", "mindrl.cli.prepare_tiny_demo", "--out", str(tmp_path),
-                    f"megatron_training.tokenizer_name_or_path={tmp_path / 'tokenizer'}"], timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli([sys.executable, "tools/convert_ckpt.py", "--model-type-hf", "qwen2", "--load-model-type", "hf",
-                    "--save-model-type", "mg", "--load-dir", str(tmp_path / "warm_start"),
-                    "--save-dir", str(tmp_path / "mg"), "--target-tensor-parallel-size", "1"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli([sys.executable, "-m", "mindrl.cli.train_grpo", "--config-name", "grpo_tiny_cpu",
-                    f"megatron_training.output_dir={tmp_path}", f"actor_config.load={tmp_path / 'mg'}",
-                    f"megatron_training.tokenizer_name_or_path={tmp_path / 'tokenizer'}",
-                    f"megatron_training.data_path={tmp_path / 'data' / 'tiny'}",
-                    "megatron_training.train_iters=30", "megatron_training.save_interval=0"])
+    proc = run_cli(demo_train_cmd(learning_demo, tmp_path, "megatron_training.train_iters=30",
+                                  "megatron_training.save_interval=0"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     acc = [r["accuracy"] for r in rows]
