@@ -205,7 +205,7 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
                     f"on a partial batch of {len(groups)} groups per rank (whole mini- and micro-batches)")
     outputs = [o for g in groups for o in g.outputs]
 
-    batch, update_metrics = None, []
+    batch, update_metrics, kl_penalty = None, [], None
     if groups:
         batch = build_sequence_batch([g.prompt for g in groups for _ in g.outputs], [o.token_ids for o in outputs],
                                      torch.zeros(len(outputs)))
@@ -224,7 +224,7 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
                 batch.old_log_probs = run.actor.log_probs(batch)
 
         # 5. Advantages (rl_config.adv_estimator), from the scores (+ the KL penalty when it is in the reward).
-        batch.advantages = _advantages(run, batch, torch.tensor([t for g in groups for t in g.totals]))
+        batch.advantages, kl_penalty = _advantages(run, batch, torch.tensor([t for g in groups for t in g.totals]))
         if rl.overlong_filter:  # after the advantages: truncated samples still count in their group's baseline
             batch.response_mask = overlong_filter_mask(batch.response_mask, [o.finish_reason for o in outputs])
 
@@ -239,7 +239,7 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
             run.engine.weights_updated()  # a rollout copy (another layout or engine) is pushed before next generate
 
     # 7. Metrics (all-reduced over DP ranks): rewards over every generated sample, KL over the trained ones.
-    metrics = _step_metrics(run, batch, generated, counters, update_metrics)
+    metrics = _step_metrics(run, batch, generated, counters, update_metrics, kl_penalty)
     metrics.update(_filter_metrics(len(generated), kept, len(groups), rounds, target) if fg.enable else {})
     if run.kl_ctrl is not None:
         metrics["kl_ctrl/beta"] = run.kl_ctrl.value  # after this step's update: the next step's beta
@@ -280,12 +280,14 @@ def restore_trainer_state(run: Run, ckpt_dir: Path) -> None:
         run.kl_ctrl = build_kl_controller(run.cfg.rl_config, state["kl_coef"])
 
 
-def _advantages(run: Run, batch: SequenceBatch, scores: torch.Tensor) -> torch.Tensor:
-    """[N, L-1] advantages from ADVANTAGE_ESTIMATORS[adv_estimator]. With use_kl_in_reward the token-level
-    reward is the score on the last token minus beta * KL(behaviour || reference) per token, beta from the
-    KL controller, which then updates on the batch's KL (averaged over DP ranks, so every rank agrees)."""
+def _advantages(run: Run, batch: SequenceBatch, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """([N, L-1] advantages from ADVANTAGE_ESTIMATORS[adv_estimator], [N] KL penalty or None). With
+    use_kl_in_reward the token-level reward is the score on the last token minus beta * KL(behaviour ||
+    reference) per token, beta from the KL controller, which then updates on the batch's KL (averaged over DP
+    ranks, so every rank agrees); the penalty is what that took off each sequence's reward, for the metrics."""
     rl = run.cfg.rl_config
     rewards: torch.Tensor = scores
+    penalty = None
     if rl.use_kl_in_reward:
         if run.kl_ctrl is None:
             run.kl_ctrl = build_kl_controller(rl)
@@ -296,7 +298,8 @@ def _advantages(run: Run, batch: SequenceBatch, scores: torch.Tensor) -> torch.T
         packed = torch.tensor([float(current_kl), float(len(batch))], dtype=torch.float64)
         dist.all_reduce(packed, group=ps.get_data_parallel_group())
         run.kl_ctrl.update(packed[0].item() / ps.get_data_parallel_world_size(), n_steps=int(packed[1].item()))
-    return estimate_advantages(rl, rewards, batch.response_mask)
+        penalty = scores.float() - torch.where(batch.response_mask, rewards, torch.zeros_like(rewards)).sum(-1)
+    return estimate_advantages(rl, rewards, batch.response_mask), penalty
 
 
 def dp_sum(t: torch.Tensor) -> torch.Tensor:
@@ -337,7 +340,7 @@ def _filter_metrics(generated: int, kept: int, trained: int, rounds: int, target
 
 
 def _step_metrics(run: Run, batch: SequenceBatch | None, generated: list[Group], counters: dict[str, float],
-                  update_metrics: list[dict[str, float]]) -> dict[str, float]:
+                  update_metrics: list[dict[str, float]], kl_penalty: torch.Tensor | None = None) -> dict[str, float]:
     outputs = [o for g in generated for o in g.outputs]
     rewards = torch.tensor([t for g in generated for t in g.totals], dtype=torch.float32)
     lengths = torch.tensor([len(o.token_ids) for o in outputs], dtype=torch.float32)
@@ -355,6 +358,9 @@ def _step_metrics(run: Run, batch: SequenceBatch | None, generated: list[Group],
             "groups": torch.tensor(float(groups.shape[0])), "flat_groups": flat_groups,
             "length": lengths.sum(), "clipped": clipped.sum(), "kl": kl_sum, "kl_count": kl_count,
             "timeouts": torch.tensor(counters["timeouts"]), "errors": torch.tensor(counters["errors"])}
+    if run.cfg.rl_config.use_kl_in_reward:  # every rank adds these keys: the all-reduce needs the same ones
+        sums["kl_penalty"] = kl_penalty.sum() if kl_penalty is not None else torch.zeros(())
+        sums["kl_penalty_count"] = torch.tensor(float(len(kl_penalty) if kl_penalty is not None else 0))
     for name in generated[0].parts if generated else {}:
         sums[f"part/{name}"] = torch.tensor(float(sum(v for g in generated for v in g.parts[name])))
     keys = sorted(sums)
@@ -380,6 +386,8 @@ def _step_metrics(run: Run, batch: SequenceBatch | None, generated: list[Group],
         # task is too easy or too hard for the policy (DAPO's dynamic sampling filters them).
         "reward/flat_group_fraction": total["flat_groups"] / max(total["groups"], 1.0),
     }
+    if "kl_penalty" in total:  # the mean over trained samples of beta * sum_t KL_t taken off the score
+        metrics["kl_ctrl/penalty"] = total["kl_penalty"] / max(total["kl_penalty_count"], 1.0)
     for key in keys:
         if key.startswith("part/"):
             metrics[f"reward/{key[5:]}/mean"] = total[key] / count

@@ -36,3 +36,32 @@ def test_reinforce_pp_kl_in_reward_cispo_rollout_is(tiny_demo, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     second = metrics(tmp_path)[1]
     assert second["step"] == 2 and second["kl_ctrl/beta"] != step["kl_ctrl/beta"]  # went on from the saved beta
+
+
+GRPO_KL_IN_REWARD = ["rl_config.adv_estimator=grpo", "rl_config.use_kl_loss=false", "rl_config.kl_coef=0.5",
+                     "rl_config.kl_ctrl.type=fixed", "actor_config.lr=1e-2"]
+
+
+def test_grpo_kl_in_reward_takes_the_logged_kl_off_the_reward(tiny_demo, tmp_path):
+    """GRPO with the KL penalty in the reward (fixed beta 0.5). From one step-1 checkpoint, step 2 runs with and
+    without the penalty: the same samples, scores and KL, but the penalty taken off the rewards the estimator
+    sees is beta x the logged per-token KL summed over each response, and the update differs."""
+    import shutil
+
+    first = run_cli(train_cmd(tiny_demo, tmp_path / "kl", *GRPO_KL_IN_REWARD, "rl_config.use_kl_in_reward=true",
+                              "megatron_training.train_iters=1"))
+    assert first.returncode == 0, first.stderr[-4000:]
+    shutil.copytree(tmp_path / "kl", tmp_path / "no_kl")
+    for name, on in (("kl", "true"), ("no_kl", "false")):
+        proc = run_cli(train_cmd(tiny_demo, tmp_path / name, *GRPO_KL_IN_REWARD, f"rl_config.use_kl_in_reward={on}",
+                                 "megatron_training.train_iters=2"))
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    a, b = metrics(tmp_path / "kl")[1], metrics(tmp_path / "no_kl")[1]
+    assert a["step"] == b["step"] == 2
+    for key in ("reward/mean", "response_length/mean", "kl"):  # the same policy sampled the same responses
+        assert a[key] == b[key], key
+    assert a["kl"] > 1e-4, a["kl"]  # the policy moved away from the reference in step 1
+    # `kl` is the token mean over the batch, so the mean over responses of their KL sums is kl x mean length
+    assert a["kl_ctrl/penalty"] == pytest.approx(0.5 * a["kl"] * a["response_length/mean"], rel=1e-4)
+    assert a["kl_ctrl/beta"] == 0.5 and "kl_ctrl/penalty" not in b
+    assert a["actor/grad_norm"] != pytest.approx(b["actor/grad_norm"], rel=1e-3)  # other advantages
