@@ -102,14 +102,14 @@ def dapo_algorithm_overrides(max_tokens: int, verifiers: list[str]) -> list[str]
 DAPO_STEPS, DAPO_MIN_GAIN = 40, 0.2
 
 
-def run_dapo_demo(demo: Path, out: Path, *overrides: str) -> list[dict]:
+def run_dapo_demo(demo: Path, out: Path) -> list[dict]:
     from mindrl.config import load_config
 
     tiny = load_config("grpo_tiny_cpu")
     proc = run_cli(demo_train_cmd(demo, out, f"megatron_training.train_iters={DAPO_STEPS}",
                                   "megatron_training.save_interval=0",
                                   *dapo_algorithm_overrides(tiny.generate_config.sampling_config.max_tokens,
-                                                            list(tiny.rl_config.verifier_function)), *overrides),
+                                                            list(tiny.rl_config.verifier_function))),
                    timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return metrics(out)
