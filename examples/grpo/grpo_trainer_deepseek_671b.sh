@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# DeepSeek-R1-Zero on DeepSeek-V3-671B (configs/grpo_deepseek_r1_671b.yaml): 16 Ascend nodes x 24 NPUs,
-# TP4 PP8 EP8 = 384 ranks. NOT VERIFIED ON HARDWARE.
+# DeepSeek-R1-Zero on DeepSeek-V3-671B (configs/grpo_deepseek_r1_671b.yaml): 16 Ascend nodes x 16 NPUs,
+# TP4 PP8 EP8 = 256 ranks. NOT VERIFIED ON HARDWARE.
 # The same command on every node (docs/multinode.md); extra arguments are Hydra overrides.
-#   NNODES=16 DEVICES_PER_NODE=24 MASTER_ADDR=10.0.0.1 bash examples/grpo/grpo_trainer_deepseek_671b.sh   # all 16 nodes
+#   NNODES=16 DEVICES_PER_NODE=16 MASTER_ADDR=10.0.0.1 bash examples/grpo/grpo_trainer_deepseek_671b.sh   # all 16 nodes
 # Environment: NNODES, DEVICES_PER_NODE, MASTER_ADDR (head address), MASTER_PORT (Ray head port, default
 # 6379), optional NODE_IP, NODE_RANK. The head starts Ray, waits for every node, trains and stops its Ray;
 # the other nodes join, stay until the job ends and leave. Rerunning resumes from the last checkpoint.

@@ -79,8 +79,11 @@ class ParallelLayout:
         if world_size is not None:
             if world_size % self.model_parallel_size:
                 errors.append(f"world size {world_size} is not divisible by TP x PP = {self.model_parallel_size}")
-            elif self.ep > 1 and (world_size // self.pp) % self.ep:
-                errors.append(f"{ep}={self.ep} does not divide world size / PP = {world_size // self.pp}")
+            elif self.ep > 1 and (world_size // self.pp) % (self.ep * self.tp):
+                # megatron-core lays the experts out as expert-TP x EP x PP with expert-TP = TP (mindrl
+                # never sets expert_tensor_parallel_size), so the world must hold whole copies of that.
+                errors.append(f"{ep}={self.ep} x {tp}={self.tp} (expert tensor parallelism is TP) does not "
+                              f"divide world size / PP = {world_size // self.pp}")
         return errors
 
     def pipeline_layout(self, num_layers: int) -> list[list[str]] | None:

@@ -114,7 +114,7 @@ def test_671b_recipe_refuses_to_spawn_and_points_to_the_ray_scripts():
                            "generate_config.engine=builtin"],  # vLLM is not installed here (validate refuses it)
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "num_npus=384" in proc.stderr and "examples/grpo/grpo_trainer_<recipe>.sh" in proc.stderr
+    assert "num_npus=256" in proc.stderr and "examples/grpo/grpo_trainer_<recipe>.sh" in proc.stderr
 
 
 def test_collective_timeout_from_argument_env_or_default(monkeypatch):

@@ -115,8 +115,19 @@ def test_layout_errors_are_one_line_each():
         "tensor_model_parallel_size=3 does not divide num_attention_heads=8",
         "expert_model_parallel_size=4 does not divide num_experts=6",
         "num_layer_list [2, 2] sums to 4, but the model has 5 layers",
-        "expert_model_parallel_size=4 does not divide world size / PP = 6",
+        "expert_model_parallel_size=4 x tensor_model_parallel_size=3 (expert tensor parallelism is TP) "
+        "does not divide world size / PP = 6",
     ]
+    # megatron-core needs world % (expert-TP x EP x PP) == 0 with expert-TP = TP: TP2 EP2 on 2 ranks is
+    # refused at its startup ("world_size (2) is not divisible by ... (4)"), so validate() refuses it first
+    assert ParallelLayout(tp=2, ep=2).check(num_layers=2, num_heads=4, num_kv_heads=2, num_experts=4,
+                                            world_size=2) == [
+        "expert_model_parallel_size=2 x tensor_model_parallel_size=2 (expert tensor parallelism is TP) "
+        "does not divide world size / PP = 2"]
+    assert ParallelLayout(tp=2, ep=2).check(num_layers=2, num_heads=4, num_kv_heads=2, num_experts=4,
+                                            world_size=4) == []
+    assert ParallelLayout(tp=4, pp=8, ep=8).check(num_layers=64, num_heads=128, num_kv_heads=128,
+                                                  num_experts=256, world_size=384) != []
     # the rollout layout's keys, through the same checker (validate() passes them)
     assert ParallelLayout(tp=4, ep=4).check(num_layers=2, num_heads=8, num_kv_heads=2, num_experts=6,
                                             keys={"tp": "infer_tp", "pp": "infer_pp", "ep": "infer_ep"}) == [
