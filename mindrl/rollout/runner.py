@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
-from mindrl.checkpoint.live import iter_hf_buckets
+from mindrl.checkpoint.live import PushArena, iter_hf_buckets
 from mindrl.rollout.base import RolloutEngine, RolloutOutput, SamplingParams
 from mindrl.rollout.parallel import RolloutParallelState
 from mindrl.rollout.sampling import splitmix64_py
@@ -63,6 +63,7 @@ class RolloutRunner:
         self.stale = not shared  # a copy holds nothing useful until the first push
         self.pushes = 0
         self.last_push: dict[str, float] = {}
+        self.arena = PushArena()  # the push's send/receive buffer, one bucket at most, reused every push
         self._calls = 0
 
     # -- the trainer's interface ------------------------------------------------------------------
@@ -99,7 +100,7 @@ class RolloutRunner:
 
         target = receive_into if loader is not None and not hf_names else None
         for bucket in iter_hf_buckets(self.source_chunks, self.hf_cfg, self.bucket_bytes, hf_names=hf_names,
-                                      target=target):
+                                      target=target, arena=self.arena):
             nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
             with self._rollout_state():
                 self.engine.load_weights(bucket)
