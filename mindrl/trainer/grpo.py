@@ -79,10 +79,12 @@ def _dp() -> tuple[int, int]:
     return ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
 
 
-def rollout_seed(seed: int, step: int, dp_rank: int, round_index: int) -> int:
-    """The sampling seed of one generation round: distinct per (seed, step, DP rank, round), the same
-    on a resumed run. Round 0 keeps the pre-dynamic-sampling seed; later rounds move by 2^40."""
-    return seed * 1_000_003 + step * 1_009 + dp_rank + round_index * (1 << 40)
+def rollout_seed(seed: int, step: int, round_index: int) -> int:
+    """The sampling seed of one generation round: distinct per (seed, step, round), the same on a resumed
+    run and on every rank. Samples are keyed by (this seed, the prompt's index in the round's global
+    batch, sample index), so they do not depend on the data-parallel or rollout layout. Round 0 keeps
+    the pre-dynamic-sampling seed (of DP rank 0); later rounds move by 2^40."""
+    return seed * 1_000_003 + step * 1_009 + round_index * (1 << 40)
 
 
 @dataclass
@@ -117,10 +119,11 @@ def generate_round(run: Run, step: int, round_index: int, timer: "StageTimer | N
                 raise TrainingError(f"prompt {s.index} has {len(s.prompt_ids)} tokens > rl_config.max_prompt_length="
                                     f"{rl.max_prompt_length}; preprocess with seq_length <= max_prompt_length")
         prompts = [[int(t) for t in s.prompt_ids] for s in mine]
+        keys = [dp_rank * per_rank + i for i in range(len(mine))]  # each prompt's index in the round's batch
     with timer("rollout"):
         params = SamplingParams.from_config(cfg.generate_config.sampling_config, n=rl.n_samples_per_prompt,
-                                            seed=rollout_seed(mt.seed, step, dp_rank, round_index))
-        outputs = run.engine.generate(prompts, params)
+                                            seed=rollout_seed(mt.seed, step, round_index))
+        outputs = run.engine.generate(prompts, params, prompt_keys=keys)
     with timer("reward"):
         completions = run.tokenizer.batch_decode([o.token_ids for o in outputs], skip_special_tokens=True)
         labels = [mine[o.prompt_index].labels for o in outputs]
