@@ -176,6 +176,7 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
     target = mt.global_batch_size // dp_size
     fg = rl.filter_groups
     counters = {"timeouts": 0.0, "errors": 0.0}
+    pushes = run.engine.pushes  # a rollout copy pushes the weights inside its first generate of the step
 
     # 1-3. Prompts, rollout (n samples per prompt) and rewards, one round or (dynamic sampling) several.
     def make_round(round_index: int) -> list[Group]:
@@ -243,11 +244,21 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
         metrics["kl_ctrl/beta"] = run.kl_ctrl.value  # after this step's update: the next step's beta
     metrics.update(timer.seconds)
     metrics["time/step"] = sum(timer.seconds.values())
+    metrics.update(push_metrics(run.engine, pushes))
     metrics["throughput/tokens_per_s"] = metrics["response_length/sum"] / max(metrics["time/step"], 1e-9)
     if run.tracker is not None and rl.log_samples_interval and (step - 1) % rl.log_samples_interval == 0:
         run.tracker.log_samples(step, [{"prompt": run.tokenizer.decode(g.prompt), "completion": c, "reward": r}
                                        for g in generated[:1] for c, r in list(zip(g.completions, g.totals))[:4]])
     return metrics
+
+
+def push_metrics(engine: RolloutRunner, pushes_before: int) -> dict[str, float]:
+    """The step's train -> rollout weight push, when there was one (never when the rollout shares the
+    actor's weights): seconds (part of time/rollout, so not added to time/step again) and GB/s."""
+    if engine.pushes == pushes_before or not engine.last_push:
+        return {}
+    seconds, nbytes = engine.last_push["seconds"], engine.last_push["bytes"]
+    return {"time/weight_push": seconds, "throughput/weight_push_gb_per_s": nbytes / 1e9 / max(seconds, 1e-9)}
 
 
 def _rollout_log_probs(batch: SequenceBatch, outputs: list) -> torch.Tensor:
