@@ -17,6 +17,8 @@ Two modes (chosen by `mindrl.rollout.factory.build_rollout`):
 
 Per step the engine sees: wake_up(["weights"]) -> load_weights (when stale) -> wake_up(["kv_cache"])
 -> generate -> sleep() (the vLLM adapter resets its prefix cache and sleeps at level 1 there).
+With `train_state` (generate_config.offload_train_state) the training state goes to host memory
+before the first wake-up and comes back after the sleep.
 
 May import: torch, megatron-core, mindrl.checkpoint, mindrl.rollout.
 """
@@ -54,12 +56,15 @@ class RolloutRunner:
     def __init__(self, engine: RolloutEngine, *, shared: bool, source_chunks: list[torch.nn.Module] | None = None,
                  hf_cfg: dict[str, Any] | None = None, state: RolloutParallelState | None = None,
                  replica: tuple[int, int] = (0, 1), replica_leader: bool = True, bucket_bytes: int = 512 * 1024**2,
-                 seed: int = 0) -> None:
+                 seed: int = 0, train_state: Any = None) -> None:
         self.engine, self.shared = engine, shared
         self.source_chunks, self.hf_cfg, self.state = source_chunks, hf_cfg, state
         self.replica, self.num_replicas = replica
         self.replica_leader = replica_leader  # first rank of its replica: contributes the replica's results
         self.bucket_bytes, self.seed = bucket_bytes, seed
+        # generate_config.offload_train_state: `offload()` / `reload()` around the engine's awake phase
+        # (mindrl.backends.offload.TrainStateOffload); None: the training state stays where it is.
+        self.train_state = train_state
         self.stale = not shared  # a copy holds nothing useful until the first push
         self.pushes = 0
         self.last_push: dict[str, float] = {}
@@ -83,14 +88,20 @@ class RolloutRunner:
                 return self.engine.generate(prompt_token_ids, params)
             return self.engine.generate(prompt_token_ids, params, prompt_keys=prompt_keys)
         self._calls += 1
-        self.engine.wake_up(["weights"])
-        if self.stale:
-            self.push_weights()
-        self.engine.wake_up(["kv_cache"])
+        if self.train_state is not None:
+            self.train_state.offload()  # before the engine takes device memory
         try:
-            return self._generate_split(prompt_token_ids, params, prompt_keys)
+            self.engine.wake_up(["weights"])
+            if self.stale:
+                self.push_weights()
+            self.engine.wake_up(["kv_cache"])
+            try:
+                return self._generate_split(prompt_token_ids, params, prompt_keys)
+            finally:
+                self.engine.sleep()
         finally:
-            self.engine.sleep()
+            if self.train_state is not None:
+                self.train_state.reload()  # after the engine gave its memory back
 
     def push_weights(self) -> None:
         """Training layout -> rollout layout, bucket by bucket (collective over the world)."""
