@@ -85,7 +85,7 @@ def rank_main(args: argparse.Namespace) -> None:
     sizes: list[list[int]] = []
     original = live._gather_full
 
-    def recording(pieces, world, device, vocab_size, target=None):
+    def recording(pieces, world, device, vocab_size, target=None, arena=None):
         metas: list = [None] * world
         dist.all_gather_object(metas, [(d["global_name"], d["tp_rank"] if d["split_dim"] is not None else 0,
                                         t.numel() * t.element_size()) for d, t in pieces])
@@ -96,7 +96,7 @@ def rank_main(args: argparse.Namespace) -> None:
                     seen.add((name, tp))
                     per_rank[src] += n
         sizes.append(per_rank)
-        return original(pieces, world, device, vocab_size, target)
+        return original(pieces, world, device, vocab_size, target, arena)
 
     live._gather_full = recording
     runner.push_weights()  # warm-up, and records the sizes

@@ -41,6 +41,15 @@ class Backend(Protocol):
 
     def manual_seed(self, seed: int) -> None: ...
 
+    # Memory calls (training-state offload, mindrl/backends/offload.py).
+    pin_host_memory: bool  # page-lock host copies of device tensors (faster transfers)
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (before reusing or freeing memory it may still touch)."""
+
+    def empty_cache(self) -> None:
+        """Return the allocator's cached, unused device memory (so another engine can take it)."""
+
     def local_device_count(self) -> int | None:
         """How many ranks this machine can host, one per device; None when ranks are not tied to devices
         (CPU: a rank is a process, so any number per node works, within what the launcher allows)."""
@@ -56,6 +65,13 @@ class BackendBase:
     visible_devices_env: str | None = field(default=None, init=False)
     ray_resource: str = field(default="CPU", init=False)
     use_cpu_initialization: bool = field(default=False, init=False)
+    pin_host_memory: bool = field(default=False, init=False)
+
+    def synchronize(self) -> None:
+        """No queued device work (the host itself): nothing to wait for."""
+
+    def empty_cache(self) -> None:
+        """No device allocator cache: nothing to return."""
 
     def device(self, local_rank: int = 0) -> torch.device:
         return torch.device(self.device_type, local_rank)

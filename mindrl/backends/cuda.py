@@ -20,6 +20,13 @@ class CudaBackend(BackendBase):
         self.dist_backend = "nccl"
         self.visible_devices_env = "CUDA_VISIBLE_DEVICES"
         self.ray_resource = "GPU"
+        self.pin_host_memory = True
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize()
+
+    def empty_cache(self) -> None:
+        torch.cuda.empty_cache()
 
     @classmethod
     def is_available(cls) -> bool:

@@ -35,6 +35,7 @@ class NpuBackend(BackendBase):
         self.dist_backend = "hccl"
         self.visible_devices_env = "ASCEND_RT_VISIBLE_DEVICES"
         self.ray_resource = "NPU"
+        self.pin_host_memory = True
 
     @classmethod
     def is_available(cls) -> bool:
@@ -49,6 +50,12 @@ class NpuBackend(BackendBase):
     def _npu(self) -> ModuleType:
         import_torch_npu()
         return torch.npu  # type: ignore[attr-defined]
+
+    def synchronize(self) -> None:
+        self._npu().synchronize()
+
+    def empty_cache(self) -> None:
+        self._npu().empty_cache()
 
     def setup_process(self, local_rank: int = 0) -> None:
         import_torch_npu()

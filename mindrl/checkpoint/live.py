@@ -36,18 +36,22 @@ def load_megatron_checkpoint(chunks: list[torch.nn.Module], ckpt_dir: str | Path
 
 
 def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any], bucket_bytes: int = 512 * 1024**2,
-                    hf_names: bool = True, target: Any = None) -> Iterator[list[tuple[str, torch.Tensor]]]:
+                    hf_names: bool = True, target: Any = None, arena: "PushArena | None" = None
+                    ) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """HF-named, full (unsharded, vocab unpadded) tensors in buckets of about `bucket_bytes`.
     `hf_names=False`: the canonical megatron tensors of the same mapping instead (a megatron
     consumer, e.g. the built-in rollout copy, then skips the HF split and its re-merge).
     `target(canonical_name, shape, dtype)` may return the tensor a full canonical tensor should be
     received into (a rollout copy's own parameter when its shard is the whole tensor): the bytes
-    then land in place and the consumer's load is a no-op for it.
+    then land in place and the consumer's load is a no-op for it (for a vocab tensor: its first
+    vocab_size rows; the consumer zeroes its own padding rows). `arena`: the send/receive buffer to
+    reuse (a caller pushing repeatedly keeps one; default: one for this call).
 
     Collective: every rank of the world must iterate it to the end, in step. Buckets follow the
     mapping's rule order, which every rank knows from the config alone, so ranks agree on them
-    without talking; per bucket the ranks exchange their pieces' specs, then each piece is broadcast
-    by its owner straight into its slot of the full tensor (`_gather_full`). Only the first
+    without talking; per bucket the ranks exchange their pieces' specs, then each sending rank
+    broadcasts all its pieces of the bucket packed in one flat buffer, and every rank copies them
+    into their slots of the full tensors (`_gather_full`). Only the first
     data-parallel copy of a piece is sent (the first expert-data-parallel copy for experts), and
     only the current bucket is materialised: peak extra memory is about one bucket (plus its HF
     split when `hf_names`, for q/k/v and gate/up).
@@ -61,6 +65,7 @@ def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any], b
         mine.setdefault(spec.global_name, []).append((spec.to_dict(), t))
     world = dist.get_world_size() if dist.is_initialized() else 1
     device = next(p.device for c in chunks for p in c.parameters())
+    arena = arena or PushArena()
     bucket: list[str] = []
     size = 0
     for i, rule in enumerate(m.rules):
@@ -68,7 +73,7 @@ def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any], b
         size += torch.Size(rule.shape).numel() * 4
         if size >= bucket_bytes or i == len(m.rules) - 1:
             pieces = [(d, t.detach()) for name in bucket for d, t in mine.get(name, [])]
-            full = _gather_full(pieces, world, device, m.vocab_size, target)
+            full = _gather_full(pieces, world, device, m.vocab_size, target, arena)
             out = []
             for name in bucket:
                 r = m.by_canonical[name]
@@ -77,16 +82,40 @@ def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any], b
             bucket, size = [], 0
 
 
-def _gather_full(pieces: list[tuple[dict[str, Any], torch.Tensor]], world: int, device: torch.device,
-                 vocab_size: int, target: Any = None) -> dict[str, torch.Tensor]:
-    """The bucket's canonical tensors, whole, on every rank.
+class PushArena:
+    """One flat byte buffer a weight push packs and receives each source's share of a bucket in,
+    reused across buckets and pushes (grows to the largest share, never shrinks): on CPU a fresh
+    buffer per bucket costs a page fault per 4 KiB, which measured as slow as the transfer itself;
+    on accelerators it saves the allocator round trip. Holds at most one bucket."""
 
-    The specs travel as objects (small); the bytes go from the owning rank straight into their slot
-    of the full tensor with one `broadcast` per piece (a TP slice along dim 0 is a contiguous slot;
-    SwiGLU fc1's [gate_r; up_r] is two), so each byte is sent once and written once: no pickling,
-    no packing, no concatenation. Only a piece split along another dim goes through a receive
-    buffer. One source per (tensor, TP rank): data-parallel copies send nothing. `target` may
-    place a full tensor in the consumer's own parameter (then nothing is copied on receivers).
+    def __init__(self) -> None:
+        self.buf: torch.Tensor | None = None
+
+    def get(self, nbytes: int, device: torch.device) -> torch.Tensor:
+        if self.buf is None or self.buf.numel() < nbytes or self.buf.device != device:
+            self.buf = None  # free the old one first: peak stays one buffer
+            self.buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        return self.buf[:nbytes]
+
+    def release(self) -> None:
+        self.buf = None
+
+
+_ALIGN = 64  # bytes: every packed piece starts aligned, so a byte view can be re-viewed as any dtype
+
+
+def _gather_full(pieces: list[tuple[dict[str, Any], torch.Tensor]], world: int, device: torch.device,
+                 vocab_size: int, target: Any = None, arena: PushArena | None = None) -> dict[str, torch.Tensor]:
+    """The bucket's canonical tensors, whole (vocab unpadded), on every rank.
+
+    The specs travel as objects (small). The bytes travel with one `broadcast` per sending rank:
+    the sender packs every piece it owns for this bucket into one flat buffer (`arena`), the others
+    receive it and copy each piece out into its slot of the full tensor (a TP slice, or the two
+    halves of SwiGLU fc1's [gate_r; up_r]). So each byte is sent once, the collective count is the
+    number of senders (not of pieces), and the extra memory is one sender's share plus the full
+    tensors. One source per (tensor, TP rank): data-parallel copies send nothing; vocab padding
+    rows are not sent. `target` may place a full tensor in the consumer's own parameter (then
+    nothing more is copied on receivers).
     """
     meta = [(d, tuple(t.shape), t.dtype) for d, t in pieces]
     metas: list[Any] = [meta]
@@ -107,35 +136,55 @@ def _gather_full(pieces: list[tuple[dict[str, Any], torch.Tensor]], world: int, 
             size = list(shape)
             if spec.split_dim is not None:
                 size[spec.split_dim] *= spec.tp_size
-            into = None if target is None or spec.vocab else target(name, tuple(size), dt)
+            if spec.vocab:
+                size[0] = vocab_size
+            into = None if target is None else target(name, tuple(size), dt)
             full[name] = into if into is not None else torch.empty(size, dtype=dt, device=device)
-    for (name, _), (src, spec, shape, dt) in chosen.items():  # the same order on every rank
+    # Per sender, in the same order on every rank: (slot in the full tensor, its cut of the piece).
+    parts: list[list[tuple[torch.Tensor, torch.Tensor | None]]] = [[] for _ in range(world)]
+    for (name, _), (src, spec, shape, dt) in chosen.items():
         mine = own.get((name, spec.tp_rank)) if src == me else None
-        for slot, part in _slots(full[name], spec, shape):
-            local = None if mine is None else part(mine)
-            if world == 1:
+        for slot, cut in _slots(full[name], spec, shape):
+            parts[src].append((slot, None if mine is None else cut(mine)))
+    arena = arena or PushArena()
+    for src, todo in enumerate(parts):
+        if not todo:
+            continue
+        if world == 1:
+            for slot, local in todo:
                 slot.copy_(local)
-            elif slot.is_contiguous():  # straight into place: no receive buffer, no copy
-                if local is not None:
-                    slot.copy_(local)
-                dist.broadcast(slot, src=src)
-            else:  # a TP slice along dim > 0
-                buf = local.contiguous() if local is not None else torch.empty(slot.shape, dtype=dt, device=device)
-                dist.broadcast(buf, src=src)
-                slot.copy_(buf)
-    for (name, _), (_, spec, _, _) in chosen.items():
-        if spec.vocab:
-            full[name] = full[name][:vocab_size]
+            continue
+        offsets, nbytes = [], 0
+        for slot, _ in todo:
+            offsets.append(nbytes)
+            nbytes += -(-slot.numel() * slot.element_size() // _ALIGN) * _ALIGN
+        buf = arena.get(nbytes, device)
+        views = [buf[o:o + s.numel() * s.element_size()].view(s.dtype).view(s.shape) for o, (s, _) in zip(offsets, todo)]
+        if src == me:
+            for view, (slot, local) in zip(views, todo):
+                view.copy_(local)
+                slot.copy_(local)
+        dist.broadcast(buf, src=src)
+        if src != me:
+            for view, (slot, _) in zip(views, todo):
+                slot.copy_(view)
     return full
 
 
 def _slots(full: torch.Tensor, spec: ShardSpec, shape: tuple[int, ...]) -> list[tuple[torch.Tensor, Any]]:
-    """(view of `full` a piece fills, how to cut that part from the piece) for one piece."""
+    """(view of `full` a piece fills, how to cut that part from the piece) for one piece; a vocab
+    piece's rows past the real vocabulary (`full` has none) are TP padding and are left out."""
     if spec.split_dim is None:
+        if spec.vocab:
+            return [(full, lambda t: t.narrow(0, 0, full.shape[0]))]
         return [(full, lambda t: t)]
     dim, n = spec.split_dim, shape[spec.split_dim]
     if not spec.gated:
-        return [(full.narrow(dim, spec.tp_rank * n, n), lambda t: t)]
+        start = spec.tp_rank * n
+        keep = min(n, full.shape[dim] - start) if spec.vocab and dim == 0 else n
+        if keep <= 0:
+            return []
+        return [(full.narrow(dim, start, keep), lambda t: t.narrow(dim, 0, keep))]
     h, total = n // 2, full.shape[dim] // 2  # [gate_r; up_r] -> gate block r of [gate; up], up block r
     return [(full.narrow(dim, spec.tp_rank * h, h), lambda t: t.narrow(dim, 0, h)),
             (full.narrow(dim, total + spec.tp_rank * h, h), lambda t: t.narrow(dim, h, h))]
@@ -186,18 +235,23 @@ class HFShardLoader:
                 del self.pending[rule.canonical]
                 full = self.m.to_canonical(rule, [got[n] for n in rule.hf])
             for spec, t in self.targets.get(rule.canonical, []):  # experts of other EP ranks: none here
-                if full.data_ptr() != t.data_ptr():  # not already received in place (`target`)
+                if full.data_ptr() != t.data_ptr():
                     t.copy_(slice_canonical(full, spec, t.shape).to(t.dtype))
+                elif full.shape[0] < t.shape[0]:  # received in place (`target`): a vocab's padding rows
+                    t[full.shape[0]:].zero_()
                 self.counts[rule.canonical] = self.counts.get(rule.canonical, 0) + 1
 
     def target(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
-        """This rank's tensor for `name` when it is the whole canonical tensor (receive in place)."""
+        """This rank's tensor for `name` when it holds the whole canonical tensor (receive in place);
+        for a vocab tensor its first `shape[0]` rows (the rest is TP padding)."""
         found = self.targets.get(name, [])
         if len(found) == 1:
             spec, t = found[0]
-            if spec.split_dim is None and not spec.vocab and tuple(t.shape) == shape and t.dtype == dtype \
-                    and t.is_contiguous():
-                return t.data
+            if spec.split_dim is None and t.dtype == dtype and t.is_contiguous():
+                if tuple(t.shape) == shape:
+                    return t.data
+                if spec.vocab and tuple(t.shape[1:]) == shape[1:] and t.shape[0] >= shape[0]:
+                    return t.data[:shape[0]]
         return None
 
     def missing(self) -> list[str]:

@@ -185,6 +185,10 @@ class GenerateConfig:
     dtype: str = "auto"  # rollout weights: auto (the training dtype) | bfloat16 | float16 | float32
     gpu_memory_utilization: float = 0.9  # vllm only: fraction of device memory vLLM may take when awake
     weight_bucket_mb: float = 512  # size of the buckets the training -> rollout weight push moves
+    # Move the optimizer state (and main params, freeing the grad buffers) to host memory before the
+    # rollout engine wakes up, and back after it sleeps; bit-exact. Only with a rollout of its own
+    # weights (vllm, or a built-in copy in another layout / dtype). See docs/rollout.md.
+    offload_train_state: bool = False
     sampling_config: SamplingConfig = field(default_factory=SamplingConfig)
 
 

@@ -209,6 +209,15 @@ def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list
         if g.engine == "vllm" and ep > 1 and ep % tp:
             errors.append(f"generate_config.infer_expert_parallel_size={ep} must be a multiple of "
                           f"infer_tensor_parallel_size={tp} for engine=vllm (vLLM splits experts over TP x DP)")
+    if g.offload_train_state:
+        train_dtype = "bfloat16" if cfg.megatron_training.bf16 else "float32"
+        shared = (g.engine == "builtin" and (tp, ep) == (a.tensor_model_parallel_size, a.expert_model_parallel_size)
+                  and a.pipeline_model_parallel_size == 1 and not a.num_layers_per_virtual_pipeline_stage
+                  and g.dtype in ("auto", train_dtype, {"bfloat16": "bf16", "float32": "fp32"}[train_dtype]))
+        if shared:  # mirrors mindrl.rollout.factory.shares_weights
+            errors.append("generate_config.offload_train_state=true needs a rollout with its own weights (engine=vllm, "
+                          "or another rollout layout / dtype); the built-in engine here generates from the actor's "
+                          "own weights, so there is no rollout phase to free memory for")
     return errors
 
 

@@ -8,7 +8,7 @@
   shares the actor's live weights; anything else builds a rollout copy and pushes weights into it.
 - `max_num_seqs` bounds the rows of a batch; `max_model_len` bounds prompt + max_tokens (checked by
   validate(), and passed to vLLM); `gpu_memory_utilization` goes to vLLM; `weight_bucket_mb` sizes
-  the push buckets.
+  the push buckets; `offload_train_state` is honoured by the caller passing `train_state`.
 
 Collective (every rank calls it, in step). May import: torch, megatron-core, mindrl.models,
 mindrl.checkpoint, mindrl.rollout.
@@ -48,8 +48,10 @@ def shares_weights(gen_cfg: Any, plan: Any) -> bool:
 
 def build_rollout(gen_cfg: Any, *, plan: Any, actor_chunks: Sequence[torch.nn.Module], tokenizer: Any,
                   core_attention: type, seed: int, use_cpu_initialization: bool = False,
-                  make_vocab_size_divisible_by: int = 128, tokenizer_path: str | None = None) -> RolloutRunner:
-    """The rollout for this rank (see the module docstring)."""
+                  make_vocab_size_divisible_by: int = 128, tokenizer_path: str | None = None,
+                  train_state: Any = None) -> RolloutRunner:
+    """The rollout for this rank (see the module docstring). `train_state`: what to offload to host
+    memory while a rollout with its own weights is awake (`generate_config.offload_train_state`)."""
     from mindrl.rollout import ROLLOUT_ENGINES
 
     if gen_cfg.engine not in ROLLOUT_ENGINES:
@@ -59,13 +61,17 @@ def build_rollout(gen_cfg: Any, *, plan: Any, actor_chunks: Sequence[torch.nn.Mo
     eos = plan.hf.get("eos_token_id") if eos is None else eos
     bucket = int(gen_cfg.weight_bucket_mb * 1024**2)
     if shares_weights(gen_cfg, plan):
+        if train_state is not None:
+            raise ValueError("generate_config.offload_train_state: the built-in engine shares the actor's weights "
+                             "here (same layout and dtype); there is no rollout phase to offload around")
         engine = ROLLOUT_ENGINES["builtin"].from_plan(plan, list(actor_chunks), tokenizer=tokenizer, eos_token_id=eos,
                                                       seed=seed, max_batch_size=gen_cfg.max_num_seqs)
         return RolloutRunner(engine, shared=True, seed=seed)
     layout = rollout_layout(gen_cfg, plan.layout.tp, plan.layout.ep)
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
-    common = dict(shared=False, source_chunks=_unwrapped(actor_chunks), hf_cfg=plan.hf, bucket_bytes=bucket, seed=seed)
+    common = dict(shared=False, source_chunks=_unwrapped(actor_chunks), hf_cfg=plan.hf, bucket_bytes=bucket, seed=seed,
+                  train_state=train_state)
     if gen_cfg.engine == "builtin":
         state = RolloutParallelState(layout)
         engine = build_builtin_copy(plan.hf, layout, state, core_attention=core_attention, tokenizer=tokenizer,

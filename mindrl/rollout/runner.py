@@ -17,6 +17,8 @@ Two modes (chosen by `mindrl.rollout.factory.build_rollout`):
 
 Per step the engine sees: wake_up(["weights"]) -> load_weights (when stale) -> wake_up(["kv_cache"])
 -> generate -> sleep() (the vLLM adapter resets its prefix cache and sleeps at level 1 there).
+With `train_state` (generate_config.offload_train_state) the training state goes to host memory
+before the first wake-up and comes back after the sleep.
 
 May import: torch, megatron-core, mindrl.checkpoint, mindrl.rollout.
 """
@@ -31,7 +33,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
-from mindrl.checkpoint.live import iter_hf_buckets
+from mindrl.checkpoint.live import PushArena, iter_hf_buckets
 from mindrl.rollout.base import RolloutEngine, RolloutOutput, SamplingParams
 from mindrl.rollout.parallel import RolloutParallelState
 from mindrl.rollout.sampling import splitmix64_py
@@ -54,15 +56,19 @@ class RolloutRunner:
     def __init__(self, engine: RolloutEngine, *, shared: bool, source_chunks: list[torch.nn.Module] | None = None,
                  hf_cfg: dict[str, Any] | None = None, state: RolloutParallelState | None = None,
                  replica: tuple[int, int] = (0, 1), replica_leader: bool = True, bucket_bytes: int = 512 * 1024**2,
-                 seed: int = 0) -> None:
+                 seed: int = 0, train_state: Any = None) -> None:
         self.engine, self.shared = engine, shared
         self.source_chunks, self.hf_cfg, self.state = source_chunks, hf_cfg, state
         self.replica, self.num_replicas = replica
         self.replica_leader = replica_leader  # first rank of its replica: contributes the replica's results
         self.bucket_bytes, self.seed = bucket_bytes, seed
+        # generate_config.offload_train_state: `offload()` / `reload()` around the engine's awake phase
+        # (mindrl.backends.offload.TrainStateOffload); None: the training state stays where it is.
+        self.train_state = train_state
         self.stale = not shared  # a copy holds nothing useful until the first push
         self.pushes = 0
         self.last_push: dict[str, float] = {}
+        self.arena = PushArena()  # the push's send/receive buffer, one bucket at most, reused every push
         self._calls = 0
 
     # -- the trainer's interface ------------------------------------------------------------------
@@ -71,19 +77,31 @@ class RolloutRunner:
         if not self.shared:
             self.stale = True
 
-    def generate(self, prompt_token_ids: list[list[int]], params: SamplingParams) -> list[RolloutOutput]:
-        """Collective over the world when resharded (every rank calls with its own prompts)."""
+    def generate(self, prompt_token_ids: list[list[int]], params: SamplingParams,
+                 prompt_keys: list[int] | None = None) -> list[RolloutOutput]:
+        """Collective over the world when resharded (every rank calls with its own prompts).
+        `prompt_keys`: what each prompt's samples are keyed by (default: its position); the trainer
+        passes the prompt's index in the step's global batch, so with one seed for every rank the
+        samples do not depend on how prompts are spread over data-parallel ranks or replicas."""
         if self.shared:
-            return self.engine.generate(prompt_token_ids, params)
+            if prompt_keys is None:
+                return self.engine.generate(prompt_token_ids, params)
+            return self.engine.generate(prompt_token_ids, params, prompt_keys=prompt_keys)
         self._calls += 1
-        self.engine.wake_up(["weights"])
-        if self.stale:
-            self.push_weights()
-        self.engine.wake_up(["kv_cache"])
+        if self.train_state is not None:
+            self.train_state.offload()  # before the engine takes device memory
         try:
-            return self._generate_split(prompt_token_ids, params)
+            self.engine.wake_up(["weights"])
+            if self.stale:
+                self.push_weights()
+            self.engine.wake_up(["kv_cache"])
+            try:
+                return self._generate_split(prompt_token_ids, params, prompt_keys)
+            finally:
+                self.engine.sleep()
         finally:
-            self.engine.sleep()
+            if self.train_state is not None:
+                self.train_state.reload()  # after the engine gave its memory back
 
     def push_weights(self) -> None:
         """Training layout -> rollout layout, bucket by bucket (collective over the world)."""
@@ -99,7 +117,7 @@ class RolloutRunner:
 
         target = receive_into if loader is not None and not hf_names else None
         for bucket in iter_hf_buckets(self.source_chunks, self.hf_cfg, self.bucket_bytes, hf_names=hf_names,
-                                      target=target):
+                                      target=target, arena=self.arena):
             nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
             with self._rollout_state():
                 self.engine.load_weights(bucket)
@@ -131,28 +149,33 @@ class RolloutRunner:
         # The built-in engine's own rule for a seedless call, so both modes draw the same samples.
         return splitmix64_py((self.seed << 32) ^ (dp_rank << 16) ^ self._calls)
 
-    def _generate_split(self, prompts: list[list[int]], params: SamplingParams) -> list[RolloutOutput]:
+    def _generate_split(self, prompts: list[list[int]], params: SamplingParams,
+                        prompt_keys: list[int] | None = None) -> list[RolloutOutput]:
         dp_rank = ps.get_data_parallel_rank() if ps.model_parallel_is_initialized() else 0
         world = dist.get_world_size() if dist.is_initialized() else 1
-        mine = (dp_rank, [list(map(int, p)) for p in prompts], asdict(params), self._request_seed(params, dp_rank))
+        keys = list(range(len(prompts))) if prompt_keys is None else [int(k) for k in prompt_keys]
+        if len(keys) != len(prompts):
+            raise ValueError(f"{len(keys)} prompt_keys for {len(prompts)} prompts")
+        mine = (dp_rank, [list(map(int, p)) for p in prompts], asdict(params), self._request_seed(params, dp_rank),
+                keys)
         everyone: list[Any] = [mine]
         if world > 1:
             everyone = [None] * world
             dist.all_gather_object(everyone, mine)
-        requests: dict[int, tuple[list[list[int]], dict[str, Any], int]] = {}
-        for d, ps_, p, seed in everyone:
-            requests.setdefault(d, (ps_, p, seed))  # model-parallel peers send the same request
+        requests: dict[int, tuple[list[list[int]], dict[str, Any], int, list[int]]] = {}
+        for d, ps_, p, seed, k in everyone:
+            requests.setdefault(d, (ps_, p, seed, k))  # model-parallel peers send the same request
         items = [(d, i) for d in sorted(requests) for i in range(len(requests[d][0]))]
         start, end = split_evenly(len(items), self.num_replicas)[self.replica]
         share = items[start:end]
         results: list[tuple[int, int, RolloutOutput]] = []
         with self._rollout_state():
             for d in sorted(requests):  # every replica calls for every request: EP ranks stay in step
-                req_prompts, p, seed = requests[d]
-                keys = [i for dd, i in share if dd == d]
-                outs = self.engine.generate([req_prompts[i] for i in keys], SamplingParams(**{**p, "seed": seed}),
-                                            prompt_keys=keys)
-                results += [(d, keys[o.prompt_index], o) for o in outs]
+                req_prompts, p, seed, req_keys = requests[d]
+                positions = [i for dd, i in share if dd == d]
+                outs = self.engine.generate([req_prompts[i] for i in positions], SamplingParams(**{**p, "seed": seed}),
+                                            prompt_keys=[req_keys[i] for i in positions])
+                results += [(d, positions[o.prompt_index], o) for o in outs]
         sent = [(d, i, o) for d, i, o in results] if self.replica_leader else []
         gathered: list[Any] = [sent]
         if world > 1:

@@ -80,10 +80,12 @@ def _dp() -> tuple[int, int]:
     return ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
 
 
-def rollout_seed(seed: int, step: int, dp_rank: int, round_index: int) -> int:
-    """The sampling seed of one generation round: distinct per (seed, step, DP rank, round), the same
-    on a resumed run. Round 0 keeps the pre-dynamic-sampling seed; later rounds move by 2^40."""
-    return seed * 1_000_003 + step * 1_009 + dp_rank + round_index * (1 << 40)
+def rollout_seed(seed: int, step: int, round_index: int) -> int:
+    """The sampling seed of one generation round: distinct per (seed, step, round), the same on a resumed
+    run and on every rank. Samples are keyed by (this seed, the prompt's index in the round's global
+    batch, sample index), so they do not depend on the data-parallel or rollout layout. Round 0 keeps
+    the pre-dynamic-sampling seed (of DP rank 0); later rounds move by 2^40."""
+    return seed * 1_000_003 + step * 1_009 + round_index * (1 << 40)
 
 
 @dataclass
@@ -118,10 +120,11 @@ def generate_round(run: Run, step: int, round_index: int, timer: "StageTimer | N
                 raise TrainingError(f"prompt {s.index} has {len(s.prompt_ids)} tokens > rl_config.max_prompt_length="
                                     f"{rl.max_prompt_length}; preprocess with seq_length <= max_prompt_length")
         prompts = [[int(t) for t in s.prompt_ids] for s in mine]
+        keys = [dp_rank * per_rank + i for i in range(len(mine))]  # each prompt's index in the round's batch
     with timer("rollout"):
         params = SamplingParams.from_config(cfg.generate_config.sampling_config, n=rl.n_samples_per_prompt,
-                                            seed=rollout_seed(mt.seed, step, dp_rank, round_index))
-        outputs = run.engine.generate(prompts, params)
+                                            seed=rollout_seed(mt.seed, step, round_index))
+        outputs = run.engine.generate(prompts, params, prompt_keys=keys)
     with timer("reward"):
         completions = run.tokenizer.batch_decode([o.token_ids for o in outputs], skip_special_tokens=True)
         labels = [mine[o.prompt_index].labels for o in outputs]
@@ -175,6 +178,7 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
     target = mt.global_batch_size // dp_size
     fg = rl.filter_groups
     counters = {"timeouts": 0.0, "errors": 0.0}
+    pushes = run.engine.pushes  # a rollout copy pushes the weights inside its first generate of the step
 
     # 1-3. Prompts, rollout (n samples per prompt) and rewards, one round or (dynamic sampling) several.
     def make_round(round_index: int) -> list[Group]:
@@ -245,11 +249,21 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
         metrics["kl_ctrl/beta"] = run.kl_ctrl.value  # after this step's update: the next step's beta
     metrics.update(timer.seconds)
     metrics["time/step"] = sum(timer.seconds.values())
+    metrics.update(push_metrics(run.engine, pushes))
     metrics["throughput/tokens_per_s"] = metrics["response_length/sum"] / max(metrics["time/step"], 1e-9)
     if run.tracker is not None and rl.log_samples_interval and (step - 1) % rl.log_samples_interval == 0:
         run.tracker.log_samples(step, [{"prompt": run.tokenizer.decode(g.prompt), "completion": c, "reward": r}
                                        for g in generated[:1] for c, r in list(zip(g.completions, g.totals))[:4]])
     return metrics
+
+
+def push_metrics(engine: RolloutRunner, pushes_before: int) -> dict[str, float]:
+    """The step's train -> rollout weight push, when there was one (never when the rollout shares the
+    actor's weights): seconds (part of time/rollout, so not added to time/step again) and GB/s."""
+    if engine.pushes == pushes_before or not engine.last_push:
+        return {}
+    seconds, nbytes = engine.last_push["seconds"], engine.last_push["bytes"]
+    return {"time/weight_push": seconds, "throughput/weight_push_gb_per_s": nbytes / 1e9 / max(seconds, 1e-9)}
 
 
 def _rollout_log_probs(batch: SequenceBatch, outputs: list) -> torch.Tensor:

@@ -68,11 +68,16 @@ def setup(cfg: MindRLConfig) -> Run:
     actor = policy_worker(cfg, actor_model)
     tokenizer = AutoTokenizer.from_pretrained(mt.tokenizer_name_or_path)
     gen_cfg = cfg.generate_config
+    train_state = None
+    if gen_cfg.offload_train_state:  # validate() checked the rollout has its own weights
+        from mindrl.backends.offload import TrainStateOffload
+
+        train_state = TrainStateOffload(backend, actor_model.chunks, actor_model.optimizer)
     engine = build_rollout(gen_cfg, plan=plan, actor_chunks=actor_model.chunks, tokenizer=tokenizer,
                            core_attention=backend.core_attention_cls(), seed=mt.seed,
                            use_cpu_initialization=backend.use_cpu_initialization,
                            make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
-                           tokenizer_path=mt.tokenizer_name_or_path)
+                           tokenizer_path=mt.tokenizer_name_or_path, train_state=train_state)
     output_dir = Path(mt.output_dir)
     ckpt_root = checkpoint_root(cfg)
     expected = {"architecture": plan.hf.get("model_type"), "world_size": dist.get_world_size(),

@@ -111,3 +111,12 @@ def test_vllm_expert_parallel_is_a_multiple_of_tp():
                        megatron_training__global_batch_size=6)
     assert ("generate_config.infer_expert_parallel_size=3 must be a multiple of infer_tensor_parallel_size=2 for "
             "engine=vllm (vLLM splits experts over TP x DP)") in errors
+
+
+def test_offload_train_state_needs_a_rollout_with_its_own_weights():
+    errors = errors_of(generate_config__offload_train_state=True)  # built-in engine sharing the actor's weights
+    assert len(errors) == 1 and errors[0].startswith("generate_config.offload_train_state=true needs a rollout with "
+                                                     "its own weights"), errors
+    assert errors_of(generate_config__offload_train_state=True, actor_config__tensor_model_parallel_size=2,
+                     generate_config__infer_tensor_parallel_size=1) == []
+    assert errors_of(generate_config__offload_train_state=True, generate_config__dtype="bfloat16") == []
