@@ -14,8 +14,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from mindrl.algorithms import compute_actor_loss, loss_normaliser
-from mindrl.models.logprobs import token_log_probs, token_log_probs_and_entropy
-from mindrl.workers.megatron_engine import MegatronModel, forward_backward, gpt_forward
+from mindrl.workers.megatron_engine import MegatronModel, forward_backward, gpt_forward, output_log_probs
 
 
 @dataclass
@@ -129,16 +128,18 @@ class PolicyWorker:
 
     @torch.no_grad()
     def log_probs(self, batch: SequenceBatch) -> torch.Tensor:
-        """[N, L-1] fp32 log-probs of every label under this model (on every rank)."""
+        """[N, L-1] fp32 log-probs of the response labels under this model, 0 off the response (the
+        output layer runs on response positions only), on every rank."""
         for chunk in self.model.chunks:
             chunk.eval()
 
         def forward(chunk: torch.nn.Module, mb: dict[str, torch.Tensor]):
-            output = gpt_forward(chunk, mb)
+            output = gpt_forward(chunk, mb, hidden_states=True)
 
-            def collect(logits: torch.Tensor):
+            def collect(hidden: torch.Tensor):
                 # The rollout engine samples from softmax(logits / T); log-probs are of that same distribution.
-                logp = token_log_probs(logits, mb["labels"], self.vocab_size, temperature=self.temperature)
+                logp = output_log_probs(chunk, hidden, mb["labels"], self.vocab_size, select=mb["response_mask"],
+                                        temperature=self.temperature)[0]
                 return logp.sum() * 0.0, {"log_probs": logp}
             return output, collect
 
@@ -167,11 +168,12 @@ class PolicyWorker:
         undo = len(micro) * ps.get_data_parallel_world_size()
 
         def forward(chunk: torch.nn.Module, mb: dict[str, torch.Tensor]):
-            output = gpt_forward(chunk, mb)
+            output = gpt_forward(chunk, mb, hidden_states=True)
 
-            def loss_fn(logits: torch.Tensor):
-                logp, entropy = token_log_probs_and_entropy(logits, mb["labels"], self.vocab_size,
-                                                            temperature=self.temperature)
+            def loss_fn(hidden: torch.Tensor):
+                # Output layer on response positions only, fused with the log-probs (0 elsewhere).
+                logp, entropy = output_log_probs(chunk, hidden, mb["labels"], self.vocab_size,
+                                                 select=mb["response_mask"], temperature=self.temperature)
                 if rl.entropy_coeff == 0:
                     entropy = entropy.detach()  # a metric only: no backward through it
                 adv = mb["advantages"]
