@@ -9,6 +9,9 @@ Why our own instead of megatron's `DotProductAttention`: that one cannot take ML
 K and V head sizes (only TransformerEngine's can), and it materialises the full score matrix.
 `SDPACoreAttention` runs everywhere (CPU included) and is the numerical reference for the others.
 
+Packed sequences (megatron's `packed_seq_params`, `thd` layout): `SDPACoreAttention` attends within
+each sequence, one call per sequence; the flash-attn and NPU classes fall back to it for packed input.
+
 Masks follow megatron: `attention_mask` is boolean with True = *masked out*. With no mask the
 attention is causal, aligned bottom-right (query i attends keys up to i + s_k - s_q), which is what
 a KV-cached decode step needs.
@@ -69,7 +72,28 @@ class SDPACoreAttention(_CoreAttentionBase):
         **unused: Any,
     ) -> torch.Tensor:
         if packed_seq_params is not None:
-            raise NotImplementedError("packed sequences need TransformerEngine or flash-attn varlen")
+            return self._packed(query, key, value, packed_seq_params)
+        return self._attend(query, key, value, attention_mask)
+
+    def _packed(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, params: Any) -> torch.Tensor:
+        """megatron's packed `thd` layout: [t, heads, dim] tensors holding sequences back to back,
+        bounded by `cu_seqlens`; causal attention within each sequence, none across. One SDPA call
+        per sequence (no [t, t] mask, no work on other sequences' keys); returns [t, heads * v_dim]."""
+        if params.qkv_format != "thd":
+            raise NotImplementedError(f"packed sequences in {params.qkv_format!r} layout (only 'thd')")
+        cu_q = params.cu_seqlens_q_padded if params.cu_seqlens_q_padded is not None else params.cu_seqlens_q
+        cu_kv = params.cu_seqlens_kv_padded if params.cu_seqlens_kv_padded is not None else params.cu_seqlens_kv
+        bounds_q, bounds_kv = cu_q.tolist(), cu_kv.tolist()
+        if bounds_q[-1] != query.shape[0] or bounds_kv[-1] != key.shape[0]:
+            raise ValueError(f"cu_seqlens end at {bounds_q[-1]}/{bounds_kv[-1]} but the packed tensors hold "
+                             f"{query.shape[0]}/{key.shape[0]} tokens")
+        out = [self._attend(query[a:b, None], key[c:d, None], value[c:d, None], None)[:, 0]
+               for a, b, c, d in zip(bounds_q[:-1], bounds_q[1:], bounds_kv[:-1], bounds_kv[1:])]
+        return torch.cat(out)
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """[s, b, heads, dim] -> [s_q, b, heads * v_dim]."""
         sq, b = query.shape[0], query.shape[1]
         sk = key.shape[0]
         # megatron [s, b, h, d] -> SDPA [b, h, s, d]

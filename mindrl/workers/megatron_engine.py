@@ -141,12 +141,14 @@ def gpt_forward(chunk: torch.nn.Module, batch: dict[str, torch.Tensor], *, hidde
     positions = batch.get("position_ids")
     if positions is None:
         positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
+    # Packed micro-batches (`actor.pack_rows`): megatron's thd layout, sequences' bounds in here.
+    extra = {"packed_seq_params": batch["packed_seq_params"]} if "packed_seq_params" in batch else {}
     model = _gpt_model(chunk)
     if not (hidden_states and _returns_hidden(model)):
-        return chunk(tokens, positions, batch.get("attention_mask"))
+        return chunk(tokens, positions, batch.get("attention_mask"), **extra)
     model.post_process = False
     try:
-        return chunk(tokens, positions, batch.get("attention_mask"))
+        return chunk(tokens, positions, batch.get("attention_mask"), **extra)
     finally:
         model.post_process = True
 
