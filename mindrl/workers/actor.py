@@ -167,7 +167,7 @@ class PolicyWorker:
             mb = {"rows": rows, "tokens": batch.tokens[rows, :length - 1], "labels": batch.tokens[rows, 1:length],
                   "response_mask": batch.response_mask[rows, :length - 1],
                   "advantages": adv if adv.dim() == 1 else adv[:, :length - 1]}  # [N] or per token [N, L-1]
-            if self.pack and self.max_tokens_per_micro_batch is not None:
+            if self.pack:
                 mb.update(pack_rows(batch, rows, lengths, tp))
             for name in ("old_log_probs", "ref_log_probs", "rollout_log_probs"):
                 value = getattr(batch, name)
