@@ -9,6 +9,10 @@ Why our own instead of megatron's `DotProductAttention`: that one cannot take ML
 K and V head sizes (only TransformerEngine's can), and it materialises the full score matrix.
 `SDPACoreAttention` runs everywhere (CPU included) and is the numerical reference for the others.
 
+Packed sequences (megatron's `packed_seq_params`, `thd` layout): `SDPACoreAttention` attends within
+each sequence (one causal call over the sequences laid out side by side); the flash-attn and NPU
+classes fall back to it for packed input (flash-attn's varlen kernel would be the fast path there).
+
 Masks follow megatron: `attention_mask` is boolean with True = *masked out*. With no mask the
 attention is causal, aligned bottom-right (query i attends keys up to i + s_k - s_q), which is what
 a KV-cached decode step needs.
@@ -69,7 +73,33 @@ class SDPACoreAttention(_CoreAttentionBase):
         **unused: Any,
     ) -> torch.Tensor:
         if packed_seq_params is not None:
-            raise NotImplementedError("packed sequences need TransformerEngine or flash-attn varlen")
+            return self._packed(query, key, value, packed_seq_params)
+        return self._attend(query, key, value, attention_mask)
+
+    def _packed(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, params: Any) -> torch.Tensor:
+        """megatron's packed `thd` layout: [t, heads, dim] tensors holding sequences back to back,
+        bounded by `cu_seqlens`; causal attention within each sequence, none across. Returns
+        [t, heads * v_dim]. The sequences are laid out right-padded as [longest, n, heads, dim] for
+        one causal SDPA call (a padded key lies after every real query of its row, so the causal
+        mask already hides it): attention pays for the padding, the rest of the layer does not.
+        One gather and one scatter, where per-sequence slices would cost a full-size gradient each."""
+        if params.qkv_format != "thd":
+            raise NotImplementedError(f"packed sequences in {params.qkv_format!r} layout (only 'thd')")
+        cu_q = params.cu_seqlens_q_padded if params.cu_seqlens_q_padded is not None else params.cu_seqlens_q
+        cu_kv = params.cu_seqlens_kv_padded if params.cu_seqlens_kv_padded is not None else params.cu_seqlens_kv
+        if not torch.equal(cu_q.cpu(), cu_kv.cpu()) or int(cu_q[-1]) != query.shape[0] or key.shape[0] != query.shape[0]:
+            raise ValueError(f"packed self-attention needs equal q/kv sequence bounds ending at the {query.shape[0]} "
+                             f"packed tokens, got cu_seqlens_q={cu_q.tolist()} cu_seqlens_kv={cu_kv.tolist()}")
+        starts, lengths = cu_q[:-1].long().to(query.device), (cu_q[1:] - cu_q[:-1]).long().to(query.device)
+        steps = torch.arange(int(lengths.max()), device=query.device)
+        index = (starts[None, :] + steps[:, None]).clamp(max=query.shape[0] - 1)  # [longest, n]
+        valid = steps[:, None] < lengths[None, :]
+        out = self._attend(query[index], key[index], value[index], None)  # [longest, n, heads * v_dim]
+        return out.transpose(0, 1)[valid.t()]  # row by row, position by position: the packed order
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """[s, b, heads, dim] -> [s_q, b, heads * v_dim]."""
         sq, b = query.shape[0], query.shape[1]
         sk = key.shape[0]
         # megatron [s, b, h, d] -> SDPA [b, h, s, d]

@@ -14,8 +14,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from mindrl.algorithms import compute_actor_loss, loss_normaliser
-from mindrl.models.logprobs import token_log_probs, token_log_probs_and_entropy
-from mindrl.workers.megatron_engine import MegatronModel, forward_backward, gpt_forward
+from mindrl.workers.megatron_engine import MegatronModel, forward_backward, gpt_forward, output_log_probs
 
 
 @dataclass
@@ -62,21 +61,61 @@ def sequence_lengths(batch: SequenceBatch) -> torch.Tensor:
     return (last + 2).clamp(min=2)
 
 
-def token_budget_groups(lengths: torch.Tensor, max_tokens: int) -> list[tuple[torch.Tensor, int]]:
-    """Split rows into micro-batches of at most `max_tokens` padded tokens (rows x longest row), as
-    verl's `use_dynamic_bsz` / slime's `--max-tokens-per-gpu` do. Deterministic: rows sorted by
+def token_budget_groups(lengths: torch.Tensor, max_tokens: int, *, packed: bool = False
+                        ) -> list[tuple[torch.Tensor, int]]:
+    """Split rows into micro-batches of at most `max_tokens` tokens, as verl's `use_dynamic_bsz` /
+    slime's `--max-tokens-per-gpu` do: padded tokens (rows x longest row), or with `packed` the sum
+    of the rows' lengths (sequences packed back to back, no padding). Deterministic: rows sorted by
     length, longest first (ties by index), filled greedily; a row longer than the budget goes alone.
-    Returns (row indices, padded length) per micro-batch. Sorting by length keeps the padding small,
+    Returns (row indices, longest row) per micro-batch. Sorting by length keeps the padding small,
     so long-tailed batches do not pay the longest row's length on every row."""
     order = torch.sort(-lengths, stable=True).indices.tolist()
-    groups: list[tuple[list[int], int]] = []
+    groups: list[tuple[list[int], int, int]] = []  # rows, longest, tokens
     for i in order:
         n = int(lengths[i])
-        if groups and (len(groups[-1][0]) + 1) * groups[-1][1] <= max_tokens:
+        if groups and (groups[-1][2] + n if packed else (len(groups[-1][0]) + 1) * groups[-1][1]) <= max_tokens:
             groups[-1][0].append(i)
+            groups[-1] = (groups[-1][0], groups[-1][1], groups[-1][2] + n)
         else:
-            groups.append(([i], n))
-    return [(torch.tensor(rows), length) for rows, length in groups]
+            groups.append(([i], n, n))
+    return [(torch.tensor(rows), length) for rows, length, _ in groups]
+
+
+def pack_rows(batch: SequenceBatch, rows: torch.Tensor, lengths: torch.Tensor, multiple: int = 1
+              ) -> dict[str, Any]:
+    """The model inputs of `rows` packed into one sequence without padding: megatron's `thd` layout
+    (`packed_seq_params` with the sequences' bounds; the attention stays within each sequence and
+    RoPE restarts at each), position ids restarting per sequence, labels, and `select` (the response
+    labels) all [1, t]; `unpack` = (index [rows, width] into t, valid) to bring per-token results back
+    to the rows' layout. Row i contributes its first lengths[i] - 1 inputs. t is padded to a
+    `multiple` (sequence parallelism splits it) with one extra, unselected, sequence."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    seg = [int(lengths[r]) - 1 for r in rows]
+    total = sum(seg)
+    pad = -total % multiple
+    cat = lambda parts, fill: torch.cat(parts + [torch.full((pad,), fill, dtype=parts[0].dtype)])[None]  # noqa: E731
+    bounds = torch.tensor([0] + seg + ([pad] if pad else []), dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    width = max(seg)
+    steps = torch.arange(width)
+    return {
+        "tokens": cat([batch.tokens[r, :n] for r, n in zip(rows, seg)], 0),
+        "labels": cat([batch.tokens[r, 1:n + 1] for r, n in zip(rows, seg)], 0),
+        "select": cat([batch.response_mask[r, :n] for r, n in zip(rows, seg)], False),
+        "position_ids": torch.cat([torch.arange(n) for n in seg + ([pad] if pad else [])])[None],
+        "packed_seq_params": PackedSeqParams(qkv_format="thd", cu_seqlens_q=bounds, cu_seqlens_kv=bounds,
+                                             max_seqlen_q=max(seg + [pad]), max_seqlen_kv=max(seg + [pad])),
+        "unpack": ((bounds[:len(seg), None] + steps).clamp(max=total - 1).long(),
+                   steps < torch.tensor(seg)[:, None]),
+    }
+
+
+def _row_layout(mb: dict[str, Any], values: torch.Tensor) -> torch.Tensor:
+    """Per-token model results in the micro-batch rows' layout [rows, width] (0 past a row's end)."""
+    if "unpack" not in mb:
+        return values
+    index, valid = mb["unpack"]
+    return values[0][index] * valid
 
 
 def _last_stage_broadcast(tensor: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
@@ -102,24 +141,34 @@ class PolicyWorker:
                              "pipeline schedules need one micro-batch shape per call)")
         self.temperature = temperature if temperature > 0 else 1.0
         self.vocab_size = model.plan.vocab_size
+        # Token-budget micro-batches are packed without padding (`pack_rows`): exact, since attention
+        # stays within each sequence. Not for multi-latent attention, whose packed (thd) path in
+        # megatron is untested here; those keep right-padded, length-sorted groups.
+        self.pack = max_tokens_per_micro_batch is not None and not model.plan.args.mla
 
     def _micro_batches(self, batch: SequenceBatch) -> list[dict[str, torch.Tensor]]:
         """Fixed `micro_batch_size` rows each, or token-budget groups (see `token_budget_groups`),
-        each cut to its own longest row. `rows` says which batch rows a micro-batch holds."""
+        packed without padding (`pack_rows`) where the model allows, else each cut to its own longest
+        row. `rows` says which batch rows a micro-batch holds; the per-token loss inputs
+        (response_mask, advantages, old/ref/rollout log-probs) are always in the rows' layout."""
+        tp = ps.get_tensor_model_parallel_world_size()
+        lengths = sequence_lengths(batch)
         if self.max_tokens_per_micro_batch is None:
             groups = [(torch.arange(s, min(s + self.micro_batch_size, len(batch))), batch.tokens.shape[1])
                       for s in range(0, len(batch), self.micro_batch_size)]
         else:
-            groups = token_budget_groups(sequence_lengths(batch), self.max_tokens_per_micro_batch)
+            groups = token_budget_groups(lengths, self.max_tokens_per_micro_batch, packed=self.pack)
             # Inputs a multiple of TP long (sequence parallelism splits them), never past the batch width.
-            tp, width = ps.get_tensor_model_parallel_world_size(), batch.tokens.shape[1]
-            groups = [(rows, min(width, 1 + -(-(n - 1) // tp) * tp)) for rows, n in groups]
+            width = batch.tokens.shape[1]
+            groups = [(rows, n if self.pack else min(width, 1 + -(-(n - 1) // tp) * tp)) for rows, n in groups]
         out = []
         for rows, length in groups:
             adv = batch.advantages[rows]
             mb = {"rows": rows, "tokens": batch.tokens[rows, :length - 1], "labels": batch.tokens[rows, 1:length],
                   "response_mask": batch.response_mask[rows, :length - 1],
                   "advantages": adv if adv.dim() == 1 else adv[:, :length - 1]}  # [N] or per token [N, L-1]
+            if self.pack:
+                mb.update(pack_rows(batch, rows, lengths, tp))
             for name in ("old_log_probs", "ref_log_probs", "rollout_log_probs"):
                 value = getattr(batch, name)
                 if value is not None:
@@ -129,16 +178,19 @@ class PolicyWorker:
 
     @torch.no_grad()
     def log_probs(self, batch: SequenceBatch) -> torch.Tensor:
-        """[N, L-1] fp32 log-probs of every label under this model (on every rank)."""
+        """[N, L-1] fp32 log-probs of the response labels under this model, 0 off the response (the
+        output layer runs on response positions only), on every rank."""
         for chunk in self.model.chunks:
             chunk.eval()
 
         def forward(chunk: torch.nn.Module, mb: dict[str, torch.Tensor]):
-            output = gpt_forward(chunk, mb)
+            output = gpt_forward(chunk, mb, hidden_states=True)
 
-            def collect(logits: torch.Tensor):
+            def collect(hidden: torch.Tensor):
                 # The rollout engine samples from softmax(logits / T); log-probs are of that same distribution.
-                logp = token_log_probs(logits, mb["labels"], self.vocab_size, temperature=self.temperature)
+                logp = output_log_probs(chunk, hidden, mb["labels"], self.vocab_size,
+                                        select=mb.get("select", mb["response_mask"]), temperature=self.temperature)[0]
+                logp = _row_layout(mb, logp)
                 return logp.sum() * 0.0, {"log_probs": logp}
             return output, collect
 
@@ -167,11 +219,14 @@ class PolicyWorker:
         undo = len(micro) * ps.get_data_parallel_world_size()
 
         def forward(chunk: torch.nn.Module, mb: dict[str, torch.Tensor]):
-            output = gpt_forward(chunk, mb)
+            output = gpt_forward(chunk, mb, hidden_states=True)
 
-            def loss_fn(logits: torch.Tensor):
-                logp, entropy = token_log_probs_and_entropy(logits, mb["labels"], self.vocab_size,
-                                                            temperature=self.temperature)
+            def loss_fn(hidden: torch.Tensor):
+                # Output layer on response positions only, fused with the log-probs (0 elsewhere).
+                logp, entropy = output_log_probs(chunk, hidden, mb["labels"], self.vocab_size,
+                                                 select=mb.get("select", mb["response_mask"]),
+                                                 temperature=self.temperature)
+                logp, entropy = _row_layout(mb, logp), _row_layout(mb, entropy)
                 if rl.entropy_coeff == 0:
                     entropy = entropy.detach()  # a metric only: no backward through it
                 adv = mb["advantages"]

@@ -17,6 +17,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
 from mindrl.models.builder import ModelPlan, build_model
+from mindrl.models.logprobs import output_log_probs_and_entropy, token_log_probs_and_entropy
 
 
 @dataclass
@@ -45,12 +46,7 @@ class MegatronModel:
 
     @property
     def unwrapped(self) -> list[torch.nn.Module]:
-        out = []
-        for chunk in self.chunks:
-            while hasattr(chunk, "module"):
-                chunk = chunk.module
-            out.append(chunk)
-        return out
+        return [_gpt_model(chunk) for chunk in self.chunks]
 
 
 def setup_model(plan: ModelPlan, core_attention: type, *, train: bool = True,
@@ -117,26 +113,77 @@ def forward_backward(model: MegatronModel, micro_batches: list[dict[str, torch.T
         seq_length=seq, micro_batch_size=batch, forward_only=forward_only)
 
 
-def gpt_forward(chunk: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits [b, s, vocab/TP] on the last stage, hidden states elsewhere."""
+def _gpt_model(chunk: torch.nn.Module) -> torch.nn.Module:
+    """The megatron GPTModel inside DDP / Float16Module wrappers."""
+    while hasattr(chunk, "module"):
+        chunk = chunk.module
+    return chunk
+
+
+def _returns_hidden(model: torch.nn.Module) -> bool:
+    """Whether `gpt_forward(..., hidden_states=True)` gives this GPTModel's final hidden states."""
+    return bool(model.post_process) and not getattr(model, "mtp_process", False)
+
+
+def gpt_forward(chunk: torch.nn.Module, batch: dict[str, torch.Tensor], *, hidden_states: bool = False
+                ) -> torch.Tensor:
+    """Logits [b, s, vocab/TP] on the last stage, hidden states elsewhere.
+
+    `hidden_states=True`: the last stage returns the final (layer-normed) hidden states [s, b, h]
+    instead of logits, for `output_log_probs` to apply the output layer fused with the log-probs on
+    the positions that need them. How: megatron's GPTModel returns the decoder's output untouched
+    when its `post_process` is False (what a PP middle stage does); the decoder's final layernorm is
+    the TransformerBlock's own (built with its own post_process), so it still runs. The flag is
+    flipped for this forward call only; the output layer, its weight and the tied-embedding wiring
+    are untouched, so DDP, finalize_model_grads and checkpoints see the same model. MTP models keep
+    the logits path (their MTP block runs inside the output processing)."""
     tokens = batch["tokens"]
     positions = batch.get("position_ids")
     if positions is None:
         positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
-    return chunk(tokens, positions, batch.get("attention_mask"))
+    # Packed micro-batches (`actor.pack_rows`): megatron's thd layout, sequences' bounds in here.
+    extra = {"packed_seq_params": batch["packed_seq_params"]} if "packed_seq_params" in batch else {}
+    model = _gpt_model(chunk)
+    if not (hidden_states and _returns_hidden(model)):
+        return chunk(tokens, positions, batch.get("attention_mask"), **extra)
+    model.post_process = False
+    try:
+        return chunk(tokens, positions, batch.get("attention_mask"), **extra)
+    finally:
+        model.post_process = True
+
+
+def output_log_probs(chunk: torch.nn.Module, output: torch.Tensor, labels: torch.Tensor, vocab_size: int, *,
+                     select: torch.Tensor | None = None, temperature: float = 1.0
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs, entropy) [b, s] at `select`ed positions (0 elsewhere) from the last stage's
+    `gpt_forward(chunk, batch, hidden_states=True)` output: the chunk's output layer fused with the
+    chunked vocab-parallel log-softmax (mindrl.models.logprobs.output_log_probs_and_entropy)."""
+    model = _gpt_model(chunk)
+    if _returns_hidden(model):
+        # Tied: the word embedding when this stage holds it, else the last stage's synced copy.
+        weight = (model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights
+                  else model.output_layer.weight)
+        return output_log_probs_and_entropy(output, weight, labels, vocab_size, select=select, temperature=temperature,
+                                            sequence_parallel=model.output_layer.sequence_parallel)
+    # Logits (an MTP model): the unfused path.
+    logp, entropy = token_log_probs_and_entropy(output, labels, vocab_size, temperature=temperature)
+    if select is not None:
+        logp, entropy = logp * select, entropy * select
+    return logp, entropy
 
 
 def next_token_loss_forward(vocab_size: int) -> Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple]:
     """A `forward` for `forward_backward`: mean -log p(labels) over the micro-batch (over `loss_mask`
     where the batch has one). Reports `{"loss": ...}` per micro-batch. Used for SFT-style steps."""
-    from mindrl.models.logprobs import token_log_probs
 
     def forward(chunk: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, LossFn]:
-        output = gpt_forward(chunk, batch)
+        output = gpt_forward(chunk, batch, hidden_states=True)
 
-        def loss_fn(logits: torch.Tensor) -> tuple:
-            logp = token_log_probs(logits, batch["labels"], vocab_size)
+        def loss_fn(hidden: torch.Tensor) -> tuple:
             mask = batch.get("loss_mask")
+            logp = output_log_probs(chunk, hidden, batch["labels"], vocab_size,
+                                    select=None if mask is None else mask.bool())[0]
             loss = -logp.mean() if mask is None else -(logp * mask).sum() / mask.sum()
             return loss, {"loss": loss.detach().clone()}  # megatron scales `loss` in place
         return output, loss_fn
@@ -152,4 +199,4 @@ def data_parallel_slice(tensor: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["MegatronModel", "OptimConfig", "data_parallel_slice", "forward_backward", "gpt_forward",
-           "next_token_loss_forward", "setup_model"]
+           "next_token_loss_forward", "output_log_probs", "setup_model"]

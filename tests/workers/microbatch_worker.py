@@ -1,4 +1,4 @@
-"""Token-budget micro-batches against fixed ones on one tiny Qwen2 model: log-probs, loss metrics
+"""Token-budget micro-batches (packed without padding, and right-padded) against fixed ones on one tiny Qwen2 model: log-probs, loss metrics
 and gradients; driven by test_micro_batches.py. TP=1 in this process, then TP=2 (two gloo ranks).
 
     python tests/workers/microbatch_worker.py --out DIR
@@ -38,7 +38,7 @@ def run(tp: int, out: Path) -> None:
     from mindrl.backends.distributed import destroy_distributed
     from mindrl.config.schema import RLConfig
     from mindrl.models import ParallelLayout
-    from mindrl.workers.actor import PolicyWorker
+    from mindrl.workers.actor import PolicyWorker, sequence_lengths
     from mindrl.workers.bringup import PolicySpec, build_policy
     from mindrl.workers.megatron_engine import OptimConfig
 
@@ -48,14 +48,23 @@ def run(tp: int, out: Path) -> None:
                                     overrides={"init_method_std": 0.2}), backend,
                          optim=OptimConfig(lr=0.0, clip_grad=1e9))
     fixed = PolicyWorker(model, micro_batch_size=3, temperature=0.9)
-    budget = PolicyWorker(model, micro_batch_size=3, temperature=0.9, max_tokens_per_micro_batch=96)
+    packed = PolicyWorker(model, micro_batch_size=3, temperature=0.9, max_tokens_per_micro_batch=96)
+    padded = PolicyWorker(model, micro_batch_size=3, temperature=0.9, max_tokens_per_micro_batch=96)
+    padded.pack = False  # the right-padded token-budget groups (what multi-latent-attention models get)
     b = batch()
     mask = b.response_mask
-    result: dict = {"shapes": [tuple(mb["tokens"].shape) for mb in budget._micro_batches(b)],
-                    "fixed_shapes": [tuple(mb["tokens"].shape) for mb in fixed._micro_batches(b)]}
-    lp_fixed, lp_budget = fixed.log_probs(b), budget.log_probs(b)
-    result["logp"] = (lp_fixed - lp_budget)[mask].abs().max().item()
+    result: dict = {"shapes": [tuple(mb["tokens"].shape) for mb in padded._micro_batches(b)],
+                    "fixed_shapes": [tuple(mb["tokens"].shape) for mb in fixed._micro_batches(b)],
+                    "packed_shapes": [tuple(mb["tokens"].shape) for mb in packed._micro_batches(b)],
+                    "packed_rows": [len(mb["rows"]) for mb in packed._micro_batches(b)],
+                    "real_tokens": int(sequence_lengths(b).sum())}
+    assert packed.pack
+    lp_fixed = fixed.log_probs(b)
     result["logp_mean"] = lp_fixed[mask].mean().item()
+    for name, worker in (("padded", padded), ("packed", packed)):
+        lp = worker.log_probs(b)
+        result[f"{name}_logp"] = (lp_fixed - lp)[mask].abs().max().item()
+        result[f"{name}_logp_off_response"] = lp[~mask].abs().max().item()
     g = torch.Generator().manual_seed(1)
     b.old_log_probs = lp_fixed + 0.3 * torch.randn(lp_fixed.shape, generator=g)  # ratios != 1: clipping active
     b.ref_log_probs = lp_fixed + 0.3 * torch.randn(lp_fixed.shape, generator=g)
@@ -64,15 +73,32 @@ def run(tp: int, out: Path) -> None:
         rl = RLConfig(entropy_coeff=0.01, use_kl_loss=True, kl_coef=0.1, loss_agg_mode=mode)
         m_fixed = fixed.update(b, rl)
         g_fixed = [p.main_grad.clone() for p in params]
-        m_budget = budget.update(b, rl)
-        g_budget = [p.main_grad.clone() for p in params]
-        # pg_loss / kl_loss metrics are per-micro-batch shares of the global loss averaged by tokens,
-        # so they depend on the split by construction; the loss itself is compared through its gradient.
-        result[f"{mode}_metrics"] = {k: abs(m_fixed[k] - m_budget[k]) for k in m_fixed
-                                     if k not in ("actor/pg_loss", "actor/kl_loss")}
         result[f"{mode}_pg_loss"] = m_fixed["actor/pg_loss"]
-        result[f"{mode}_grad"] = max((a - c).abs().max().item() for a, c in zip(g_fixed, g_budget))
         result[f"{mode}_grad_scale"] = max(a.abs().max().item() for a in g_fixed)
+        for name, worker in (("padded", padded), ("packed", packed)):
+            m_budget = worker.update(b, rl)
+            g_budget = [p.main_grad.clone() for p in params]
+            # pg_loss / kl_loss metrics are per-micro-batch shares of the global loss averaged by tokens, so
+            # they depend on the split by construction; the loss itself is compared through its gradient.
+            result[f"{name}_{mode}_metrics"] = {k: abs(m_fixed[k] - m_budget[k]) for k in m_fixed
+                                                if k not in ("actor/pg_loss", "actor/kl_loss")}
+            result[f"{name}_{mode}_grad"] = max((a - c).abs().max().item() for a, c in zip(g_fixed, g_budget))
+    if tp == 2:  # sequence parallelism: packed sequences padded to a multiple of TP with an extra sequence
+        model = build_policy(PolicySpec(hf=HF, layout=ParallelLayout(tp=tp, sequence_parallel=True), dtype="fp32",
+                                        seed=1234, overrides={"init_method_std": 0.2}), backend,
+                             optim=OptimConfig(lr=0.0, clip_grad=1e9))
+        params = [p for chunk in model.chunks for p in chunk.parameters()]
+        packed = PolicyWorker(model, micro_batch_size=3, temperature=0.9, max_tokens_per_micro_batch=96)
+        padded = PolicyWorker(model, micro_batch_size=3, temperature=0.9, max_tokens_per_micro_batch=96)
+        padded.pack = False
+        result["sp_packed_lengths"] = [mb["tokens"].shape[1] for mb in packed._micro_batches(b)]
+        result["sp_logp"] = (padded.log_probs(b) - packed.log_probs(b))[mask].abs().max().item()
+        rl = RLConfig(entropy_coeff=0.01, use_kl_loss=True, kl_coef=0.1)
+        padded.update(b, rl)
+        g_padded = [p.main_grad.clone() for p in params]
+        packed.update(b, rl)
+        result["sp_grad"] = max((a - p.main_grad).abs().max().item() for a, p in zip(g_padded, params))
+        result["sp_grad_scale"] = max(a.abs().max().item() for a in g_padded)
     torch.save(result, out / f"tp{tp}_rank{torch.distributed.get_rank()}.pt")
     destroy_distributed()
 

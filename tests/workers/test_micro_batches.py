@@ -1,4 +1,5 @@
-"""Token-budget micro-batches (`actor_config.max_tokens_per_micro_batch`) give the same log-probs,
+"""Token-budget micro-batches (`actor_config.max_tokens_per_micro_batch`), packed without padding
+and right-padded, give the same log-probs,
 gradients and split-independent loss metrics as fixed micro-batches, at TP=1 and TP=2, on a
 long-tailed batch; plus the grouping rule itself. The model runs in microbatch_worker.py."""
 from __future__ import annotations
@@ -25,6 +26,14 @@ def test_groups_respect_the_budget_and_are_deterministic():
     assert [(r.tolist(), n) for r, n in token_budget_groups(lengths, 30)] == [(r.tolist(), n) for r, n in groups]
 
 
+def test_packed_groups_count_real_tokens():
+    lengths = torch.tensor([5, 40, 7, 7, 100, 3, 7, 12])
+    groups = token_budget_groups(lengths, 30, packed=True)
+    assert [(r.tolist(), n) for r, n in groups] == [([4], 100), ([1], 40), ([7, 2, 3], 12), ([6, 0, 5], 7)]
+    for rows, _ in groups:
+        assert int(lengths[rows].sum()) <= 30 or len(rows) == 1
+
+
 def test_sequence_lengths_from_the_response_mask():
     mask = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
     b = SequenceBatch(torch.zeros(3, 6, dtype=torch.long), mask, torch.zeros(3))
@@ -42,12 +51,24 @@ def test_budget_equals_fixed_micro_batches(tmp_path):
         # Not vacuous: the budget really regrouped and trimmed the long-tailed batch.
         assert r["shapes"] != r["fixed_shapes"] and min(s[1] for s in r["shapes"]) < 20, r["shapes"]
         assert all(rows * length <= 96 or rows == 1 for rows, length in r["shapes"])
-        assert r["logp"] <= 1e-5 and r["logp_mean"] < -1.0, (name, r["logp"])
-        for mode in ("token-mean", "seq-mean-token-mean"):
-            assert r[f"{mode}_grad_scale"] > 1e-2, name
-            assert r[f"{mode}_grad"] <= 1e-5 * max(1.0, r[f"{mode}_grad_scale"]), (name, mode, r[f"{mode}_grad"])
-            for k, diff in r[f"{mode}_metrics"].items():
-                assert diff <= 1e-5 * max(1.0, abs(diff)) + 1e-5, (name, mode, k, diff)
+        # Packed: one sequence per micro-batch, no padding beyond a multiple of TP, within the budget.
+        assert all(s[0] == 1 for s in r["packed_shapes"]) and max(r["packed_rows"]) > 3, r["packed_shapes"]
+        assert all(s[1] <= 96 or rows == 1 for s, rows in zip(r["packed_shapes"], r["packed_rows"]))
+        assert sum(s[1] for s in r["packed_shapes"]) < sum(rows * n for rows, n in r["shapes"])
+        assert sum(s[1] for s in r["packed_shapes"]) <= r["real_tokens"], r["packed_shapes"]
+        assert r["logp_mean"] < -1.0
+        if name.startswith("tp2"):  # sequence parallel: an odd packed length got an extra padding sequence
+            assert all(n % 2 == 0 for n in r["sp_packed_lengths"]) and r["sp_grad_scale"] > 1e-2
+            assert r["sp_logp"] <= 1e-5 and r["sp_grad"] <= 1e-5 * max(1.0, r["sp_grad_scale"]), name
+        for variant in ("padded", "packed"):
+            assert r[f"{variant}_logp"] <= 1e-5, (name, variant, r[f"{variant}_logp"])
+            assert r[f"{variant}_logp_off_response"] == 0.0  # only response positions are computed
+            for mode in ("token-mean", "seq-mean-token-mean"):
+                assert r[f"{mode}_grad_scale"] > 1e-2, name
+                grad = r[f"{variant}_{mode}_grad"]
+                assert grad <= 1e-5 * max(1.0, r[f"{mode}_grad_scale"]), (name, variant, mode, grad)
+                for k, diff in r[f"{variant}_{mode}_metrics"].items():
+                    assert diff <= 1e-5 * max(1.0, abs(diff)) + 1e-5, (name, variant, mode, k, diff)
 
 
 @pytest.mark.parametrize("changes,message", [
