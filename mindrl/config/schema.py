@@ -56,8 +56,10 @@ class ActorConfig:
     # Where training checkpoints go (and a rerun resumes from); None: <output_dir>/checkpoints.
     save: Optional[str] = None
     micro_batch_size: int = 1
-    # Token-budget micro-batches (verl use_dynamic_bsz, slime --max-tokens-per-gpu): rows x longest row
-    # per micro-batch at most this; rows grouped by length. None: fixed micro_batch_size rows.
+    # Token-budget micro-batches (verl use_dynamic_bsz, slime --max-tokens-per-gpu): at most this many
+    # real tokens per micro-batch, its sequences packed into one row without padding (multi-latent
+    # attention models: length-sorted right-padded groups, rows x longest row <= this instead).
+    # None: fixed micro_batch_size rows, right-padded.
     max_tokens_per_micro_batch: Optional[int] = None
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
