@@ -27,6 +27,7 @@ def plan(quick: bool) -> list[tuple[str, list[str]]]:
             ("rewards", ["benchmarks.rewards", "--math-items", "300", "--countdown-items", "5000"]),
             ("rollout", ["benchmarks.rollout", "--batch", "16", "--new", "32"]),
             ("step_parts", ["benchmarks.step_parts", "--tokens", "1024", "--repeats", "2"]),
+            ("reshard", ["benchmarks.reshard", "--repeats", "3"]),
             ("rollout_vs_hf", ["benchmarks.grpo_vs_trl", "--rollout-only", "64", "--new", "8", "--rounds", "2"]),
             ("grpo_vs_trl", ["benchmarks.grpo_vs_trl", "--settings", "1x8", "--steps", "2", "--warmup", "1",
                              "--rounds", "1"]),
@@ -37,6 +38,7 @@ def plan(quick: bool) -> list[tuple[str, list[str]]]:
         ("rewards", ["benchmarks.rewards"]),
         ("rollout", ["benchmarks.rollout"]),
         ("step_parts", ["benchmarks.step_parts"]),
+        ("reshard", ["benchmarks.reshard", "--repeats", "5"]),
         ("rollout_vs_hf", ["benchmarks.grpo_vs_trl", "--rollout-only", "64", "--new", "32", "--rounds", "3"]),
         ("grpo_vs_trl", ["benchmarks.grpo_vs_trl"]),
     ]
