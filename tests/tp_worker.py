@@ -1,8 +1,13 @@
-"""Shared entry point of the test workers that compare TP=1 (in this process) with TP=2 (two
-spawned gloo ranks): `python tests/<...>_worker.py --out DIR` calls `run(tp, out)` for each."""
+"""Shared entry points of the test workers.
+
+- `run_at_tp1_then_tp2(run)`: workers that compare TP=1 (in this process) with TP=2 (two spawned gloo
+  ranks): `python tests/<...>_worker.py --out DIR` calls `run(tp, out)` for each.
+- `spawn_job(rank_main)`: workers driven by a JSON job: `python tests/<...>_worker.py --job FILE
+  --nproc N --out DIR` spawns N gloo ranks that each call `rank_main(job)` (job["out"] = DIR)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -20,3 +25,16 @@ def run_at_tp1_then_tp2(run: Callable[[int, Path], None]) -> None:
     from mindrl.utils.launch import spawn
 
     spawn(run, 2, 2, out)
+
+
+def spawn_job(rank_main: Callable[[dict], None]) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--job", required=True)
+    p.add_argument("--nproc", type=int, default=1)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    job = json.loads(Path(args.job).read_text())
+    job["out"] = args.out
+    from mindrl.utils.launch import spawn
+
+    spawn(rank_main, args.nproc, job)

@@ -10,7 +10,6 @@ DIR/samples.json (rank 0): {round: {global prompt index: [token ids of each samp
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
@@ -98,18 +97,7 @@ def rank_main(job: dict) -> None:
     destroy_distributed()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--job", required=True)
-    p.add_argument("--nproc", type=int, default=1)
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
-    job = json.loads(Path(args.job).read_text())
-    job["out"] = args.out
-    from mindrl.utils.launch import spawn
-
-    spawn(rank_main, args.nproc, job)
-
-
 if __name__ == "__main__":
-    main()
+    from tests.tp_worker import spawn_job
+
+    spawn_job(rank_main)
