@@ -21,11 +21,14 @@ if [ "${NNODES:-1}" != 1 ] && [ "$(python -m mindrl.launch.ray_node role "${NODE
   exec python -m mindrl.launch.ray_node join "${NODE_ARGS[@]}" "$@"
 fi
 
+# The steps around training are lone processes; on a multi-node head MASTER_PORT is the Ray head's
+# port, and a lone torch.distributed process would listen on it (`env -u MASTER_PORT`: a worker node
+# would take that listener for the Ray head, start Ray against it, and leave when it closed).
 if [ ! -f "$OUTPUT_DIR/warm_start/model.safetensors" ] || [ ! -f "$OUTPUT_DIR/data/tiny_meta.json" ] \
    || [ ! -f "$OUTPUT_DIR/data/tiny_eval_meta.json" ]; then
   # One thread: a 64-wide model's matmuls are too small for a second one to help, and on shared
   # cores it only contends (measured under load: 40 warm-start steps took 2 min with two threads, 400 took 1 min with one).
-  MINDRL_CPU_THREADS=${MINDRL_CPU_THREADS:-1} python -m mindrl.cli.prepare_tiny_demo --out "$OUTPUT_DIR" megatron_training.tokenizer_name_or_path="$OUTPUT_DIR/tokenizer"
+  MINDRL_CPU_THREADS=${MINDRL_CPU_THREADS:-1} env -u MASTER_PORT python -m mindrl.cli.prepare_tiny_demo --out "$OUTPUT_DIR" megatron_training.tokenizer_name_or_path="$OUTPUT_DIR/tokenizer"
 fi
 if [ ! -f "$OUTPUT_DIR/warm_start_mg/mindrl_layout.json" ]; then
   python tools/convert_ckpt.py --model-type-hf qwen2 --load-model-type hf --save-model-type mg \
@@ -35,7 +38,7 @@ fi
 EVAL_ARGS=(--tokenizer "$OUTPUT_DIR/tokenizer" --datasets "heldout=$OUTPUT_DIR/data/tiny_eval" --n 8
   --temperature 0.7 --top-p 1.0 --max-tokens 40 --make-vocab-size-divisible-by 1)
 if [ ! -f "$OUTPUT_DIR/eval/warm_start/summary.json" ]; then
-  MINDRL_CPU_THREADS=${MINDRL_CPU_THREADS:-1} python -m mindrl.evaluate --model "$OUTPUT_DIR/warm_start" "${EVAL_ARGS[@]}" --output "$OUTPUT_DIR/eval/warm_start"
+  MINDRL_CPU_THREADS=${MINDRL_CPU_THREADS:-1} env -u MASTER_PORT python -m mindrl.evaluate --model "$OUTPUT_DIR/warm_start" "${EVAL_ARGS[@]}" --output "$OUTPUT_DIR/eval/warm_start"
 fi
 # One node: the spawn launcher (no Ray). Head / simulated cluster: Ray head (+ nodes), train, stop them.
 python -m mindrl.launch.ray_node train --config-name grpo_tiny_cpu \
@@ -43,6 +46,6 @@ python -m mindrl.launch.ray_node train --config-name grpo_tiny_cpu \
   megatron_training.tokenizer_name_or_path="$OUTPUT_DIR/tokenizer" \
   megatron_training.data_path="$OUTPUT_DIR/data/tiny" \
   actor_config.load="$OUTPUT_DIR/warm_start_mg" "$@"
-MINDRL_CPU_THREADS=${MINDRL_CPU_THREADS:-1} python -m mindrl.evaluate --model "$OUTPUT_DIR/checkpoints" "${EVAL_ARGS[@]}" --output "$OUTPUT_DIR/eval/trained"
+MINDRL_CPU_THREADS=${MINDRL_CPU_THREADS:-1} env -u MASTER_PORT python -m mindrl.evaluate --model "$OUTPUT_DIR/checkpoints" "${EVAL_ARGS[@]}" --output "$OUTPUT_DIR/eval/trained"
 python -m mindrl.plot "$OUTPUT_DIR"
 python -m mindrl.cli.summarize "$OUTPUT_DIR"
