@@ -6,12 +6,11 @@ after a backward through megatron's schedule and DDP; tied and untied embeddings
 TP=1 and TP=2 (with and without sequence parallelism). Runs fused_head_worker.py in a fresh process."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+from tests.tp_worker import tp_worker_results
 
 WORKER = Path(__file__).with_name("fused_head_worker.py")
 pytestmark = pytest.mark.megatron
@@ -20,9 +19,7 @@ pytestmark = pytest.mark.megatron
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("fused_head")
-    proc = subprocess.run([sys.executable, str(WORKER), "--out", str(out)], capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, f"worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return {p.stem: torch.load(p) for p in sorted(out.glob("*.pt"))}
+    return tp_worker_results(WORKER, out, timeout=400)
 
 
 def test_all_ranks_reported(results):

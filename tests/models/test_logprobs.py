@@ -3,12 +3,11 @@ at TP=1 and TP=2, for chunks of one token, a few tokens, and the whole batch; th
 columns get no probability mass and a zero gradient. Runs logprobs_worker.py in a fresh process."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+from tests.tp_worker import tp_worker_results
 
 WORKER = Path(__file__).with_name("logprobs_worker.py")
 pytestmark = pytest.mark.megatron
@@ -17,9 +16,7 @@ pytestmark = pytest.mark.megatron
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict[str, dict[str, float]]:
     out = tmp_path_factory.mktemp("logprobs")
-    proc = subprocess.run([sys.executable, str(WORKER), "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return {p.stem: torch.load(p) for p in sorted(out.glob("*.pt"))}
+    return tp_worker_results(WORKER, out, timeout=300)
 
 
 def test_all_ranks_reported(results):

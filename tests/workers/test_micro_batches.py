@@ -4,14 +4,13 @@ gradients and split-independent loss metrics as fixed micro-batches, at TP=1 and
 long-tailed batch; plus the grouping rule itself. The model runs in microbatch_worker.py."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from mindrl.workers.actor import SequenceBatch, sequence_lengths, token_budget_groups
+from tests.tp_worker import tp_worker_results
 
 WORKER = Path(__file__).with_name("microbatch_worker.py")
 
@@ -42,10 +41,7 @@ def test_sequence_lengths_from_the_response_mask():
 
 @pytest.mark.megatron
 def test_budget_equals_fixed_micro_batches(tmp_path):
-    proc = subprocess.run([sys.executable, str(WORKER), "--out", str(tmp_path)], capture_output=True, text=True,
-                          timeout=400)
-    assert proc.returncode == 0, f"worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    runs = {p.stem: torch.load(p) for p in sorted(tmp_path.glob("*.pt"))}
+    runs = tp_worker_results(WORKER, tmp_path, timeout=400)
     assert sorted(runs) == ["tp1_rank0", "tp2_rank0", "tp2_rank1"]
     for name, r in runs.items():
         # Not vacuous: the budget really regrouped and trimmed the long-tailed batch.
