@@ -1,14 +1,16 @@
 """Outcome advantage estimators: one scalar reward per response -> a per-token advantage.
 
 Every estimator has the signature fn(token_level_rewards [N, T], response_mask [N, T], group_index=None,
-n_samples_per_prompt=None, **kw) -> (advantages [N, T], returns [N, T]) and is one line in
-ADVANTAGE_ESTIMATORS (`rl_config.adv_estimator`). With r_i the response's score (its token-level rewards
-summed over the mask) and a group g = the n responses to one prompt:
+n_samples_per_prompt=None, batch_sum=None, *, <its options>) -> (advantages [N, T], returns [N, T]) and is one
+line in ADVANTAGE_ESTIMATORS (`rl_config.adv_estimator`): an AdvantageEstimator that declares the options the
+function takes (`rl_config.adv_estimator_options`) and refuses any other by name, so none is silently dropped.
+With r_i the response's score (its token-level rewards summed over the mask) and a group g = the n responses
+to one prompt:
 
     grpo / group_norm             A_i = (r_i - mean_g r) / (std_g r + eps)     DeepSeekMath, arXiv:2402.03300
     dr_grpo                       A_i =  r_i - mean_g r                         Dr.GRPO, arXiv:2503.20783
     rloo                          A_i =  r_i - mean_{j in g, j != i} r_j        Ahmadian et al., arXiv:2402.14740
-    reinforce_plus_plus           A_it = whiten_batch(sum_{t' >= t} r_it')      REINFORCE++, arXiv:2501.03262
+    reinforce_plus_plus           A_it = whiten_batch(sum_{t' >= t} gamma^(t'-t) r_it')   REINFORCE++, arXiv:2501.03262
     reinforce_plus_plus_baseline  A_it = whiten_batch(r_i - mean_g r)          REINFORCE++-baseline, same paper
     grpo_passk                    A_i = (r_max - r_2nd) / (std_g r + eps) for the group's best response, else 0
                                                                                 Pass@k PO, arXiv:2503.19595
@@ -19,8 +21,8 @@ whiten_batch is (x - mean) / sqrt(var + 1e-8) over every unmasked token of the b
 `batch_sum`, a function that sums a tensor over the ranks' batches (the trainer passes an all-reduce; None:
 this process holds the whole batch). Only the whitened estimators call it; the group estimators never need
 it, because a prompt's group lives on one rank. The REINFORCE++ return of token t is the sum
-of the rewards at t and after it (gamma = 1), so with an outcome reward on the last token it is r_i at every
-token, minus the KL penalty still to come when `use_kl_in_reward` put one in the token-level rewards.
+of the rewards at t and after it (gamma = 1, the default), so with an outcome reward on the last token it is r_i
+at every token, minus the KL penalty still to come when `use_kl_in_reward` put one in the token-level rewards.
 
 GRPO conventions (verl `compute_grpo_outcome_advantage`): eps = 1e-6; std is the unbiased sample std
 (`torch.std`, divide by n-1) by default, `std_unbiased=False` gives the biased/population std (divide by n),
