@@ -56,6 +56,8 @@ from .losses import (
     compute_policy_loss,
     compute_policy_loss_cispo,
     compute_policy_loss_gspo,
+    logprob_diff_stats,
+    rollout_is_clipfrac_weight,
     rollout_is_weights,
 )
 from .overlong import overlong_filter_mask, truncated_from_finish_reasons
@@ -67,7 +69,8 @@ __all__ = [
     "compute_drgrpo_outcome_advantage", "compute_grpo_outcome_advantage", "compute_grpo_passk_outcome_advantage",
     "compute_policy_loss", "compute_policy_loss_cispo", "compute_policy_loss_gspo",
     "compute_reinforce_plus_plus_baseline_outcome_advantage", "compute_reinforce_plus_plus_outcome_advantage",
-    "compute_rloo_outcome_advantage", "masked_whiten", "rollout_is_weights", "scores_on_last_token",
+    "compute_rloo_outcome_advantage", "logprob_diff_stats", "masked_whiten", "rollout_is_clipfrac_weight",
+    "rollout_is_weights", "scores_on_last_token",
     "entropy_bonus", "entropy_from_logits", "entropy_from_logprobs", "entropy_loss", "estimate_kl",
     "filter_groups", "get_advantage_estimator", "group_ids", "group_norm_advantages",
     "kl_abs", "kl_k1", "kl_k2", "kl_k3", "kl_loss", "loss_normaliser", "masked_mean", "masked_sum",

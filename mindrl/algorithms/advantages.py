@@ -1,14 +1,16 @@
 """Outcome advantage estimators: one scalar reward per response -> a per-token advantage.
 
 Every estimator has the signature fn(token_level_rewards [N, T], response_mask [N, T], group_index=None,
-n_samples_per_prompt=None, **kw) -> (advantages [N, T], returns [N, T]) and is one line in
-ADVANTAGE_ESTIMATORS (`rl_config.adv_estimator`). With r_i the response's score (its token-level rewards
-summed over the mask) and a group g = the n responses to one prompt:
+n_samples_per_prompt=None, batch_sum=None, *, <its options>) -> (advantages [N, T], returns [N, T]) and is one
+line in ADVANTAGE_ESTIMATORS (`rl_config.adv_estimator`): an AdvantageEstimator that declares the options the
+function takes (`rl_config.adv_estimator_options`) and refuses any other by name, so none is silently dropped.
+With r_i the response's score (its token-level rewards summed over the mask) and a group g = the n responses
+to one prompt:
 
     grpo / group_norm             A_i = (r_i - mean_g r) / (std_g r + eps)     DeepSeekMath, arXiv:2402.03300
     dr_grpo                       A_i =  r_i - mean_g r                         Dr.GRPO, arXiv:2503.20783
     rloo                          A_i =  r_i - mean_{j in g, j != i} r_j        Ahmadian et al., arXiv:2402.14740
-    reinforce_plus_plus           A_it = whiten_batch(sum_{t' >= t} r_it')      REINFORCE++, arXiv:2501.03262
+    reinforce_plus_plus           A_it = whiten_batch(sum_{t' >= t} gamma^(t'-t) r_it')   REINFORCE++, arXiv:2501.03262
     reinforce_plus_plus_baseline  A_it = whiten_batch(r_i - mean_g r)          REINFORCE++-baseline, same paper
     grpo_passk                    A_i = (r_max - r_2nd) / (std_g r + eps) for the group's best response, else 0
                                                                                 Pass@k PO, arXiv:2503.19595
@@ -19,8 +21,8 @@ whiten_batch is (x - mean) / sqrt(var + 1e-8) over every unmasked token of the b
 `batch_sum`, a function that sums a tensor over the ranks' batches (the trainer passes an all-reduce; None:
 this process holds the whole batch). Only the whitened estimators call it; the group estimators never need
 it, because a prompt's group lives on one rank. The REINFORCE++ return of token t is the sum
-of the rewards at t and after it (gamma = 1), so with an outcome reward on the last token it is r_i at every
-token, minus the KL penalty still to come when `use_kl_in_reward` put one in the token-level rewards.
+of the rewards at t and after it (gamma = 1, the default), so with an outcome reward on the last token it is r_i
+at every token, minus the KL penalty still to come when `use_kl_in_reward` put one in the token-level rewards.
 
 GRPO conventions (verl `compute_grpo_outcome_advantage`): eps = 1e-6; std is the unbiased sample std
 (`torch.std`, divide by n-1) by default, `std_unbiased=False` gives the biased/population std (divide by n),
@@ -31,7 +33,8 @@ there is no baseline, so its "advantage" is noise; and exact equality is checked
 """
 from __future__ import annotations
 
-from typing import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Sequence
 
 import torch
 
@@ -134,11 +137,11 @@ def compute_grpo_outcome_advantage(token_level_rewards: torch.Tensor, response_m
 
 def compute_drgrpo_outcome_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
                                      group_index: GroupIndex | None = None, n_samples_per_prompt: int | None = None,
-                                     **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dr.GRPO (arXiv:2503.20783): A = r - mean_g(r), no std division (pair with seq-mean-token-sum-norm)."""
-    kwargs["norm_adv_by_std_in_grpo"] = False
-    return compute_grpo_outcome_advantage(token_level_rewards, response_mask, group_index,
-                                          n_samples_per_prompt, **kwargs)
+                                     batch_sum: BatchSum | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dr.GRPO (arXiv:2503.20783): A = r - mean_g(r), no std division (pair with seq-mean-token-sum-norm).
+    No options: without the std there is no epsilon or std convention to choose."""
+    return compute_grpo_outcome_advantage(token_level_rewards, response_mask, group_index, n_samples_per_prompt,
+                                          norm_adv_by_std_in_grpo=False)
 
 
 def _group_stats(r: torch.Tensor, group_index: GroupIndex | None, n_samples_per_prompt: int | None
@@ -160,7 +163,7 @@ def _scores(token_level_rewards: torch.Tensor, response_mask: torch.Tensor) -> t
 
 def compute_rloo_outcome_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
                                    group_index: GroupIndex | None = None, n_samples_per_prompt: int | None = None,
-                                   **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+                                   batch_sum: BatchSum | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """RLOO (Kool et al. 2019; Ahmadian et al., arXiv:2402.14740): the baseline of sample i is the mean of
     the *other* samples of its group, A_i = r_i - (sum_g r - r_i) / (n_g - 1) = n_g / (n_g - 1) (r_i - mean_g r).
     Singletons and constant groups get 0."""
@@ -214,15 +217,26 @@ def _token_rewards(token_level_rewards: torch.Tensor, response_mask: torch.Tenso
 def compute_reinforce_plus_plus_outcome_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
                                                   group_index: GroupIndex | None = None,
                                                   n_samples_per_prompt: int | None = None,
-                                                  batch_sum: BatchSum | None = None,
-                                                  **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """REINFORCE++ (Hu, arXiv:2501.03262): returns G_t = sum_{t' >= t} r_t' (gamma = 1), then whitened over
+                                                  batch_sum: BatchSum | None = None, *, gamma: float = 1.0
+                                                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++ (Hu, arXiv:2501.03262): returns G_t = sum_{t' >= t} gamma^(t' - t) r_t', then whitened over
     every token of the batch (every rank's, through `batch_sum`). No groups: the baseline is the batch mean.
-    Returns (advantages, returns)."""
+    `gamma` in (0, 1] (verl `algorithm.gamma`; its loop, which restarts the return after each masked position,
+    is the one used for gamma < 1). Returns (advantages, returns)."""
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"reinforce_plus_plus option gamma={gamma} must be in (0, 1]")
     with torch.no_grad():
         r = _token_rewards(token_level_rewards, response_mask)
-        returns = r.flip(-1).cumsum(-1).flip(-1)
         m = response_mask.bool()
+        if gamma == 1.0:
+            returns = r.flip(-1).cumsum(-1).flip(-1)
+        else:
+            returns = torch.zeros_like(r)
+            running = torch.zeros_like(r[:, 0])
+            for t in reversed(range(r.shape[1])):
+                running = r[:, t] + gamma * running
+                returns[:, t] = running
+                running = running * m[:, t]
         returns = torch.where(m, returns, torch.zeros_like(returns))
         return masked_whiten(returns, m, batch_sum=batch_sum), returns
 
@@ -231,8 +245,8 @@ def compute_reinforce_plus_plus_baseline_outcome_advantage(token_level_rewards: 
                                                            response_mask: torch.Tensor,
                                                            group_index: GroupIndex | None = None,
                                                            n_samples_per_prompt: int | None = None,
-                                                           batch_sum: BatchSum | None = None,
-                                                           **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+                                                           batch_sum: BatchSum | None = None
+                                                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE++-baseline (arXiv:2501.03262): subtract the group mean (no std), broadcast to tokens, then
     whiten over every token of the batch (every rank's, through `batch_sum`). Constant groups and singletons
     are 0 before whitening."""
@@ -247,11 +261,13 @@ def compute_reinforce_plus_plus_baseline_outcome_advantage(token_level_rewards: 
 
 def compute_grpo_passk_outcome_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
                                          group_index: GroupIndex | None = None,
-                                         n_samples_per_prompt: int | None = None, *, std_unbiased: bool = True,
-                                         epsilon: float = 1e-6, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+                                         n_samples_per_prompt: int | None = None, batch_sum: BatchSum | None = None,
+                                         *, std_unbiased: bool = True, epsilon: float = 1e-6
+                                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pass@k policy optimisation (Walder & Karkhanis, arXiv:2503.19595; verl `grpo_passk`): only the best
     response of each group learns, with A = (r_max - r_second_max) / (std_g r + eps); every other response
-    gets 0. Ties for the best go to the first sample (then r_max == r_2nd and A = 0 anyway)."""
+    gets 0. Ties for the best go to the first sample (then r_max == r_2nd and A = 0 anyway). Always divided by
+    the std: verl's norm_adv_by_std_in_grpo=false is not an option here (it is refused, not ignored)."""
     with torch.no_grad():
         r = _scores(token_level_rewards, response_mask)
         gid, num_groups = group_ids(r.numel(), group_index, n_samples_per_prompt, device=r.device)
@@ -269,21 +285,79 @@ def compute_grpo_passk_outcome_advantage(token_level_rewards: torch.Tensor, resp
 
 
 AdvantageFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+OptionCheck = Callable[[Any], "str | None"]  # a value -> what is wrong with it, or None
 
-# adv_estimator -> fn(token_level_rewards, response_mask, group_index=None, n_samples_per_prompt=None,
-# batch_sum=None, **kw)
-# returning (advantages [N, T], returns [N, T]). Add one line to add an estimator.
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {
-    "group_norm": compute_grpo_outcome_advantage,  # MindSpeed-RL name
-    "grpo": compute_grpo_outcome_advantage,  # verl name
-    "dr_grpo": compute_drgrpo_outcome_advantage,
-    "rloo": compute_rloo_outcome_advantage,
-    "reinforce_plus_plus": compute_reinforce_plus_plus_outcome_advantage,
-    "reinforce_plus_plus_baseline": compute_reinforce_plus_plus_baseline_outcome_advantage,
-    "grpo_passk": compute_grpo_passk_outcome_advantage,
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _flag(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+def _positive(v: Any) -> str | None:
+    return None if _is_number(v) and v > 0 else "must be a number > 0"
+
+
+def _discount(v: Any) -> str | None:
+    return None if _is_number(v) and 0 < v <= 1 else "must be a number in (0, 1]"
+
+
+@dataclass(frozen=True, eq=False)
+class AdvantageEstimator:
+    """One ADVANTAGE_ESTIMATORS entry: the function, and the options it accepts (keyword arguments beyond
+    token_level_rewards, response_mask, group_index, n_samples_per_prompt and batch_sum), each with a check of
+    its value. Calling the entry checks the options first, so an option the estimator does not use is a
+    ValueError naming it, never silently dropped; `rl_config.adv_estimator_options` is checked the same way by
+    validate() before a run starts."""
+
+    name: str
+    fn: AdvantageFn
+    options: dict[str, OptionCheck] = field(default_factory=dict)
+
+    def option_errors(self, options: dict[str, Any], prefix: str = "") -> list[str]:
+        """One line per unknown option or bad value (empty when all are good)."""
+        errors = []
+        for key, value in options.items():
+            if key not in self.options:
+                takes = ", ".join(sorted(self.options)) or "none"
+                errors.append(f"{prefix}{key}: adv_estimator={self.name} does not accept option '{key}' "
+                              f"(its options: {takes})")
+            elif (problem := self.options[key](value)) is not None:
+                errors.append(f"{prefix}{key}={value!r} {problem}")
+        return errors
+
+    def __call__(self, token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
+                 group_index: GroupIndex | None = None, n_samples_per_prompt: int | None = None,
+                 batch_sum: BatchSum | None = None, **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        errors = self.option_errors(options)
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self.fn(token_level_rewards, response_mask, group_index, n_samples_per_prompt, batch_sum=batch_sum,
+                       **options)
+
+
+# No norm_adv_by_std_in_grpo: the one way to drop the std is adv_estimator=dr_grpo (docs/algorithms.md).
+_GRPO_OPTIONS: dict[str, OptionCheck] = {"std_unbiased": _flag, "epsilon": _positive}
+_GRPO = AdvantageEstimator("grpo", compute_grpo_outcome_advantage, _GRPO_OPTIONS)
+
+# adv_estimator -> AdvantageEstimator: called as fn(token_level_rewards, response_mask, group_index=None,
+# n_samples_per_prompt=None, batch_sum=None, **options), returning (advantages [N, T], returns [N, T]).
+# Add one line to add an estimator, with the options its function takes.
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
+    "group_norm": _GRPO,  # MindSpeed-RL name
+    "grpo": _GRPO,  # verl name
+    "dr_grpo": AdvantageEstimator("dr_grpo", compute_drgrpo_outcome_advantage),
+    "rloo": AdvantageEstimator("rloo", compute_rloo_outcome_advantage),
+    "reinforce_plus_plus": AdvantageEstimator("reinforce_plus_plus", compute_reinforce_plus_plus_outcome_advantage,
+                                              {"gamma": _discount}),
+    "reinforce_plus_plus_baseline": AdvantageEstimator("reinforce_plus_plus_baseline",
+                                                       compute_reinforce_plus_plus_baseline_outcome_advantage),
+    "grpo_passk": AdvantageEstimator("grpo_passk", compute_grpo_passk_outcome_advantage, _GRPO_OPTIONS),
 }
 
 
-def get_advantage_estimator(name: str) -> AdvantageFn:
+def get_advantage_estimator(name: str) -> AdvantageEstimator:
     """ADVANTAGE_ESTIMATORS[name], or a ValueError listing the valid names."""
     return lookup(ADVANTAGE_ESTIMATORS, name, "adv_estimator")

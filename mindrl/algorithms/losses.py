@@ -12,8 +12,11 @@ high > low (0.28 / 0.2) so low-probability tokens can still gain mass. Dual-clip
 arXiv:1912.09729; verl `clip_ratio_c`, default there 3.0): for A < 0 the max() above is unbounded as rho grows,
 so it is capped:  l = min(max(l1, l2), -A * clip_ratio_c)  when A < 0.  Here `clip_ratio_c=None` turns it off.
 
-The log-ratio is clamped to [-20, 20] before exp (as verl) so a stale or diverged token gives a large but
-finite ratio instead of inf / NaN. Everything is computed in fp32 whatever the input dtype.
+vanilla and cispo clamp the per-token log-ratio to [-20, 20] before exp (verl's SAFETY_BOUND in
+rollout_corr_helper.py; its vanilla loss clamps at [-20, 20] too), so a stale or diverged token gives a large but
+finite ratio instead of inf / NaN. gspo clamps its sequence log-ratio from above at 10, as verl's
+compute_policy_loss_gspo does (GSPO_LOG_RATIO_CLAMP; docs/algorithms.md says why). Everything is computed in fp32
+whatever the input dtype.
 
 Metrics (verl names, detached 0-dim tensors, masked token-means over *this* micro-batch; 0 for an empty mask):
     pg_clipfrac        fraction of tokens where the clipped branch is active (l2 > l1)
@@ -24,6 +27,7 @@ Metrics (verl names, detached 0-dim tensors, masked token-means over *this* micr
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -32,7 +36,13 @@ from .aggregation import Normaliser, agg_loss, lookup, masked_mean, to_acc
 from .entropy import entropy_bonus
 from .kl import kl_loss
 
+# Per-token log-ratio bound of vanilla / cispo and of the rollout IS weights (verl: +-20, SAFETY_BOUND).
 LOG_RATIO_CLAMP = 20.0
+# GSPO's sequence log-ratio upper bound: verl core_algos.py compute_policy_loss_gspo,
+# `torch.clamp(log_seq_importance_ratio, max=10.0)`. Above it the ratio is the constant e^10 and the sequence
+# gets no gradient; a sequence whose *mean* token ratio is e^10 is far off-policy, so dropping it is safer than
+# the e^20-scale gradient a bound of 20 would give it when A < 0 (the unclipped branch is active there).
+GSPO_LOG_RATIO_CLAMP = 10.0
 
 
 def _masked_extreme(values: torch.Tensor, mask: torch.Tensor, largest: bool) -> torch.Tensor:
@@ -119,6 +129,9 @@ def compute_policy_loss_gspo(old_log_prob: torch.Tensor, log_prob: torch.Tensor,
     With a per-sequence advantage and seq-mean-token-mean this is exactly the paper's sequence objective; the
     whole sequence is clipped or not. The paper's clip ranges are tiny (3e-4 / 4e-4) since s_i is a per-token
     geometric mean. Dual-clip does not apply (clip_ratio_c must be None). Metrics as compute_policy_loss.
+
+    log s_i is clamped from above at GSPO_LOG_RATIO_CLAMP = 10 (verl's bound): a sequence with a mean token
+    log-ratio above 10 has s_i = e^10 and no gradient.
     """
     if clip_ratio_c is not None:
         raise ValueError("gspo has no dual-clip; leave clip_ratio_c unset")
@@ -127,7 +140,7 @@ def compute_policy_loss_gspo(old_log_prob: torch.Tensor, log_prob: torch.Tensor,
     logp, old, adv, mask = _prepare(old_log_prob, log_prob, advantages, response_mask, low, high)
     token_log_ratio = torch.where(mask, logp - old, torch.zeros_like(logp))
     seq_log_ratio = token_log_ratio.sum(-1) / mask.sum(-1).clamp(min=1).to(logp.dtype)
-    log_ratio = (logp - logp.detach() + seq_log_ratio.detach().unsqueeze(-1)).clamp(max=LOG_RATIO_CLAMP)
+    log_ratio = (logp - logp.detach() + seq_log_ratio.detach().unsqueeze(-1)).clamp(max=GSPO_LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
     pg_losses1 = -adv * ratio
     pg_losses2 = -adv * ratio.clamp(1.0 - low, 1.0 + high)
@@ -202,7 +215,15 @@ def rollout_is_weights(old_log_prob: torch.Tensor, rollout_log_prob: torch.Tenso
         token     w_t = min(exp(old_t - rollout_t), C)
         sequence  w_i = min(exp(sum_t (old_t - rollout_t)), C)      the same w for every token of sequence i
 
-    Returns (w [batch, seq] fp32, 0 off the mask; metrics rollout_is_mean, rollout_is_clipfrac).
+    Returns (w [batch, seq] fp32, 0 off the mask; metrics):
+        rollout_is_mean      masked token-mean of w
+        rollout_is_clipfrac  the fraction truncated, as verl's `rollout_is_ratio_fraction_high`
+                             (rollout_corr_helper.py compute_is_metrics):
+                             token level: of the response tokens, those with old_t - rollout_t > log C;
+                             sequence level: of *all* rows, empty ones included, those whose summed
+                             log-ratio sum_t (old_t - rollout_t) > log C (a row fraction, not token-weighted).
+    The trainer averages them over micro-batches and data-parallel ranks with the same weights: response
+    tokens for the token level, rows for the sequence level (`rollout_is_clipfrac_weight`).
     """
     if threshold <= 0:
         raise ValueError(f"rollout_is threshold must be > 0, got {threshold}")
@@ -216,9 +237,37 @@ def rollout_is_weights(old_log_prob: torch.Tensor, rollout_log_prob: torch.Tenso
             log_w = log_w.sum(-1, keepdim=True).expand_as(log_w)
         raw = torch.exp(log_w.clamp(min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP))
         weights = torch.where(mask, raw.clamp(max=threshold), torch.zeros_like(raw))
-        metrics = {"rollout_is_mean": masked_mean(weights, mask),
-                   "rollout_is_clipfrac": masked_mean((raw > threshold).to(raw.dtype), mask)}
+        # Compared in log space (as verl), so the +-20 clamp above cannot hide a truncation.
+        exceeds = log_w > math.log(threshold)
+        if level == "sequence":  # one verdict per row, every row counted (verl: .float().mean() over rows)
+            clipfrac = exceeds[:, 0].to(raw.dtype).mean() if log_w.shape[1] else raw.new_zeros(())
+        else:
+            clipfrac = masked_mean(exceeds.to(raw.dtype), mask)
+        metrics = {"rollout_is_mean": masked_mean(weights, mask), "rollout_is_clipfrac": clipfrac}
     return weights, metrics
+
+
+def rollout_is_clipfrac_weight(response_mask: torch.Tensor, level: str) -> torch.Tensor:
+    """The weight of one micro-batch's `rollout_is_clipfrac` when averaging over micro-batches and ranks:
+    its response tokens (token level) or its rows (sequence level), so the average is the batch's fraction."""
+    if level == "sequence":
+        return torch.tensor(float(response_mask.shape[0]))
+    return response_mask.bool().sum().float()
+
+
+def logprob_diff_stats(log_prob: torch.Tensor, rollout_log_prob: torch.Tensor, response_mask: torch.Tensor
+                       ) -> dict[str, torch.Tensor]:
+    """|log_prob - rollout_log_prob| on the response tokens, as sums to reduce over micro-batches and ranks:
+    {"sum", "count", "max"} (0-dim fp32, detached; max 0 for an empty mask). The trainer logs
+    sum / count as rollout/logprob_diff_mean and the max as rollout/logprob_diff_max: how far the rollout
+    engine's log-probs are from the training model's on the sampled tokens (verl logs the same comparison
+    as training/rollout_probs_diff_*, on probabilities)."""
+    with torch.no_grad():
+        mask = response_mask.bool()
+        diff = (to_acc(log_prob).detach() - to_acc(rollout_log_prob).detach()).abs()
+        diff = torch.where(mask, diff, torch.zeros_like(diff))
+        return {"sum": diff.sum().float(), "count": mask.sum().float(), "max": diff.max().float() if diff.numel()
+                else torch.zeros(())}
 
 
 def compute_actor_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,

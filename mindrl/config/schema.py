@@ -127,6 +127,9 @@ class RLConfig:
     epochs: int = 1
     # grpo (= group_norm) | dr_grpo | rloo | reinforce_plus_plus | reinforce_plus_plus_baseline | grpo_passk
     adv_estimator: str = "grpo"
+    # Options of the estimator (docs/algorithms.md): grpo / group_norm / grpo_passk take std_unbiased (bool) and
+    # epsilon; reinforce_plus_plus takes gamma (the discount); the others none. validate() refuses any other.
+    adv_estimator_options: dict[str, Any] = field(default_factory=dict)
     policy_loss: str = "vanilla"  # vanilla (clip, dual-clip) | gspo | cispo
     kl_penalty: str = "low_var_kl"  # the KL estimator, for the loss term and the reward penalty alike
     use_kl_loss: bool = True  # KL to the reference as a loss term, weighted by kl_coef

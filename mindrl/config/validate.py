@@ -136,6 +136,9 @@ def _rl_algorithm_errors(cfg: MindRLConfig) -> list[str]:
               + _one_of("rl_config.kl_penalty", rl.kl_penalty, KL_ESTIMATORS)
               + _one_of("rl_config.kl_ctrl.type", rl.kl_ctrl.type, ("fixed", "adaptive"))
               + _one_of("rl_config.rollout_is.level", rl.rollout_is.level, ("token", "sequence")))
+    if rl.adv_estimator in ADVANTAGE_ESTIMATORS:  # each entry declares the options it accepts
+        errors += ADVANTAGE_ESTIMATORS[rl.adv_estimator].option_errors(dict(rl.adv_estimator_options),
+                                                                       "rl_config.adv_estimator_options.")
     if rl.adv_estimator in GROUP_ESTIMATORS and rl.n_samples_per_prompt < 2:
         errors.append(f"rl_config.n_samples_per_prompt={rl.n_samples_per_prompt}: GRPO compares samples within a "
                       f"group and needs at least 2 (adv_estimator={rl.adv_estimator} has a group baseline)")

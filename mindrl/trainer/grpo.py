@@ -31,7 +31,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from mindrl.algorithms import (AdaptiveKLController, DynamicSamplingBuffer, FixedKLController, apply_kl_penalty,
-                               estimate_kl, filter_groups, get_advantage_estimator, masked_mean,
+                               estimate_kl, filter_groups, get_advantage_estimator, logprob_diff_stats, masked_mean,
                                overlong_filter_mask, scores_on_last_token)
 from mindrl.config import MindRLConfig
 from mindrl.rollout import RolloutRunner, SamplingParams
@@ -163,10 +163,14 @@ def collect_groups(make_round: Callable[[int], list[Group]], keep: Callable[[lis
     return buf.take(limit=common), generated, rounds, kept
 
 
-def trainable_groups(num_groups: int, n: int, num_mini_batches: int, micro_batch_size: int) -> int:
+def trainable_groups(num_groups: int, n: int, num_mini_batches: int, micro_batch_size: int,
+                     max_tokens_per_micro_batch: int | None = None) -> int:
     """The most groups <= num_groups that split into `num_mini_batches` equal mini-batches whose rows
-    (groups x n) divide into whole micro-batches. A full batch always qualifies (validate() checks it)."""
-    unit = num_mini_batches * (micro_batch_size // math.gcd(n, micro_batch_size))
+    (groups x n) divide into whole micro-batches. A full batch always qualifies (validate() checks it).
+    With token-budget micro-batches (`max_tokens_per_micro_batch`) any number of rows makes whole
+    micro-batches, so only the mini-batches must be equal: micro_batch_size does not trim."""
+    per_mini = 1 if max_tokens_per_micro_batch is not None else micro_batch_size // math.gcd(n, micro_batch_size)
+    unit = num_mini_batches * per_mini
     return num_groups // unit * unit
 
 
@@ -202,14 +206,15 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
                                                      fg.max_num_gen_batches if fg.enable else 1, min_over_dp)
     num_mini = mt.global_batch_size // (rl.mini_batch_size or mt.global_batch_size)
     found = len(groups)
-    groups = groups[:trainable_groups(found, n, num_mini, cfg.actor_config.micro_batch_size)]
+    groups = groups[:trainable_groups(found, n, num_mini, cfg.actor_config.micro_batch_size,
+                                      cfg.actor_config.max_tokens_per_micro_batch)]
     if fg.enable and len(groups) < target:
         log.warning(f"step {step}: dynamic sampling found {found}/{target} informative prompt groups per data-parallel "
                     f"rank in {rounds} rounds (filter_groups.max_num_gen_batches={fg.max_num_gen_batches}); training "
                     f"on a partial batch of {len(groups)} groups per rank (whole mini- and micro-batches)")
     outputs = [o for g in groups for o in g.outputs]
 
-    batch, update_metrics, kl_penalty = None, [], None
+    batch, update_metrics, kl_penalty, diff_metrics = None, [], None, {}
     if groups:
         batch = build_sequence_batch([g.prompt for g in groups for _ in g.outputs], [o.token_ids for o in outputs],
                                      torch.zeros(len(outputs)))
@@ -231,6 +236,8 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
         batch.advantages, kl_penalty = _advantages(run, batch, torch.tensor([t for g in groups for t in g.totals]))
         if rl.overlong_filter:  # after the advantages: truncated samples still count in their group's baseline
             batch.response_mask = overlong_filter_mask(batch.response_mask, [o.finish_reason for o in outputs])
+        if batch.old_log_probs is not None:  # else the first update's forward measures it (PolicyWorker.update)
+            diff_metrics = logprob_diff_metrics(batch.old_log_probs, batch.rollout_log_probs, batch.response_mask)
 
         # 6. Policy updates: epochs x mini-batches, each one optimizer step over its micro-batches.
         with timer("update"):
@@ -241,9 +248,12 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
                     update_metrics.append(run.actor.update(batch.select(slice(start, start + rows_per_mini)), rl,
                                                            max_response_length=max_tokens))
             run.engine.weights_updated()  # a rollout copy (another layout or engine) is pushed before next generate
+        measured = [{k: m.pop(k) for k in DIFF_KEYS} for m in update_metrics]
+        diff_metrics = diff_metrics or measured[0]  # the first update's forward precedes every optimizer step
 
     # 7. Metrics (all-reduced over DP ranks): rewards over every generated sample, KL over the trained ones.
     metrics = _step_metrics(run, batch, generated, counters, update_metrics, kl_penalty)
+    metrics.update(diff_metrics)
     metrics.update(_filter_metrics(len(generated), kept, len(groups), rounds, target) if fg.enable else {})
     if run.kl_ctrl is not None:
         metrics["kl_ctrl/beta"] = run.kl_ctrl.value  # after this step's update: the next step's beta
@@ -264,6 +274,21 @@ def push_metrics(engine: RolloutRunner, pushes_before: int) -> dict[str, float]:
         return {}
     seconds, nbytes = engine.last_push["seconds"], engine.last_push["bytes"]
     return {"time/weight_push": seconds, "throughput/weight_push_gb_per_s": nbytes / 1e9 / max(seconds, 1e-9)}
+
+
+DIFF_KEYS = ("rollout/logprob_diff_mean", "rollout/logprob_diff_max")
+
+
+def logprob_diff_metrics(train_log_probs: torch.Tensor, rollout_log_probs: torch.Tensor,
+                         response_mask: torch.Tensor) -> dict[str, float]:
+    """|training log-prob - rollout engine's log-prob| over the trained response tokens of every DP rank:
+    rollout/logprob_diff_mean (token mean) and rollout/logprob_diff_max. Collective over the DP group."""
+    stats = logprob_diff_stats(train_log_probs, rollout_log_probs, response_mask)
+    packed = torch.stack([stats["sum"], stats["count"]]).to(torch.float64)
+    dist.all_reduce(packed, group=ps.get_data_parallel_group())
+    top = stats["max"].reshape(1).clone()
+    dist.all_reduce(top, op=dist.ReduceOp.MAX, group=ps.get_data_parallel_group())
+    return {DIFF_KEYS[0]: (packed[0] / packed[1].clamp(min=1.0)).item(), DIFF_KEYS[1]: top.item()}
 
 
 def _rollout_log_probs(batch: SequenceBatch, outputs: list) -> torch.Tensor:
@@ -328,7 +353,7 @@ def estimate_advantages(rl: Any, rewards: torch.Tensor, response_mask: torch.Ten
     rewards): group statistics from the rank's own groups, batch statistics (whitening) over every DP rank."""
     adv, _ = get_advantage_estimator(rl.adv_estimator)(rewards, response_mask,
                                                        n_samples_per_prompt=rl.n_samples_per_prompt,
-                                                       batch_sum=dp_sum)
+                                                       batch_sum=dp_sum, **dict(rl.adv_estimator_options))
     return adv.float()
 
 

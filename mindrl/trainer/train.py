@@ -46,6 +46,16 @@ def policy_worker(cfg: MindRLConfig, model: Any) -> PolicyWorker:
                         max_tokens_per_micro_batch=cfg.actor_config.max_tokens_per_micro_batch)
 
 
+def rollout_train_state(gen_cfg: Any, backend: Any, actor_model: Any) -> Any:
+    """What the rollout offloads around its awake phase: the actor's training state when
+    `generate_config.offload_train_state` (validate() checked the rollout has its own weights), else None."""
+    if not gen_cfg.offload_train_state:
+        return None
+    from mindrl.backends.offload import TrainStateOffload
+
+    return TrainStateOffload(backend, actor_model.chunks, actor_model.optimizer)
+
+
 def setup(cfg: MindRLConfig) -> Run:
     from transformers import AutoTokenizer
 
@@ -68,11 +78,7 @@ def setup(cfg: MindRLConfig) -> Run:
     actor = policy_worker(cfg, actor_model)
     tokenizer = AutoTokenizer.from_pretrained(mt.tokenizer_name_or_path)
     gen_cfg = cfg.generate_config
-    train_state = None
-    if gen_cfg.offload_train_state:  # validate() checked the rollout has its own weights
-        from mindrl.backends.offload import TrainStateOffload
-
-        train_state = TrainStateOffload(backend, actor_model.chunks, actor_model.optimizer)
+    train_state = rollout_train_state(gen_cfg, backend, actor_model)
     engine = build_rollout(gen_cfg, plan=plan, actor_chunks=actor_model.chunks, tokenizer=tokenizer,
                            core_attention=backend.core_attention_cls(), seed=mt.seed,
                            use_cpu_initialization=backend.use_cpu_initialization,

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
-from mindrl.algorithms import compute_actor_loss, loss_normaliser
+from mindrl.algorithms import compute_actor_loss, logprob_diff_stats, loss_normaliser, rollout_is_clipfrac_weight
 from mindrl.workers.megatron_engine import MegatronModel, forward_backward, gpt_forward, output_log_probs
 
 
@@ -242,8 +242,17 @@ class PolicyWorker:
                     rollout_is_level=rl.rollout_is.level,
                     rollout_is_threshold=rl.rollout_is.threshold if rl.rollout_is.enable else None)
                 tokens = mb["response_mask"].sum().float()
-                metrics = {k: v.float() * tokens for k, v in metrics.items()}  # token-weighted for averaging
+                weights = dict.fromkeys(metrics, tokens)  # token-weighted for averaging
+                if "rollout_is_clipfrac" in metrics:  # a row fraction at sequence level: weighted by rows
+                    weights["rollout_is_clipfrac"] = rollout_is_clipfrac_weight(mb["response_mask"],
+                                                                                rl.rollout_is.level)
+                metrics = {k: v.float() * weights[k] for k, v in metrics.items()}
                 metrics["_tokens"] = tokens
+                if "rollout_is_clipfrac" in metrics:
+                    metrics["_is_clipfrac_weight"] = weights["rollout_is_clipfrac"]
+                if mb.get("rollout_log_probs") is not None:  # this forward runs before the optimizer step
+                    diff = logprob_diff_stats(logp, mb["rollout_log_probs"], mb["response_mask"])
+                    metrics["_logprob_diff_sum"], metrics["_logprob_diff_max"] = diff["sum"], diff["max"]
                 return loss * undo, metrics
             return output, loss_fn
 
@@ -267,20 +276,33 @@ class PolicyWorker:
 
     @staticmethod
     def _reduce_metrics(reported: list[dict[str, torch.Tensor]], ok: bool, grad_norm: Any) -> dict[str, float]:
-        """Token-weighted means of the loss metrics over micro-batches and DP ranks."""
+        """Weighted means of the loss metrics over micro-batches and DP ranks: by response tokens, except
+        rollout_is_clipfrac (by its `_is_clipfrac_weight`: rows at sequence level). Also the rollout engine's
+        log-prob distance to this update's forward (before its optimizer step): rollout/logprob_diff_mean
+        (token mean) and rollout/logprob_diff_max (max over micro-batches and ranks)."""
         # Every rank must enter the collective with the same layout: the metric names are fixed.
-        keys = ["_tokens", "pg_loss", "pg_clipfrac", "ppo_kl", "entropy", "kl_loss", "rollout_is_mean",
-                "rollout_is_clipfrac"]
-        values = torch.zeros(len(keys))
+        keys = ["_tokens", "_is_clipfrac_weight", "_logprob_diff_sum", "pg_loss", "pg_clipfrac", "ppo_kl", "entropy",
+                "kl_loss", "rollout_is_mean", "rollout_is_clipfrac"]
+        values = torch.zeros(len(keys) + 1)  # + the max, reduced apart
         for r in reported:
             for i, k in enumerate(keys):
                 if k in r:
                     values[i] += r[k].float()
+            if "_logprob_diff_max" in r:
+                values[-1] = torch.maximum(values[-1], r["_logprob_diff_max"].float())
+        diff_max = values[-1:].clone()
+        dist.all_reduce(diff_max, op=dist.ReduceOp.MAX)
+        values = values[:-1].contiguous()
         dist.all_reduce(values)  # last-stage ranks hold them; others add zeros
         tp = ps.get_tensor_model_parallel_world_size()
         values /= tp  # every TP rank of the last stage reported the same numbers
-        tokens = values[0].clamp(min=1.0)
-        out = {f"actor/{k}": (values[i] / tokens).item() for i, k in enumerate(keys) if i > 0}
+        total = dict(zip(keys, values))
+        tokens = total["_tokens"].clamp(min=1.0)
+        out = {f"actor/{k}": (total[k] / tokens).item() for k in keys if not k.startswith("_")}
+        out["actor/rollout_is_clipfrac"] = (total["rollout_is_clipfrac"] / total["_is_clipfrac_weight"].clamp(
+            min=1.0)).item()
+        out["rollout/logprob_diff_mean"] = (total["_logprob_diff_sum"] / tokens).item()
+        out["rollout/logprob_diff_max"] = diff_max.item()
         out["actor/grad_norm"] = float(grad_norm) if grad_norm is not None else 0.0
         out["actor/update_ok"] = float(bool(ok))
         return out

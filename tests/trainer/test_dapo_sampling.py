@@ -80,6 +80,15 @@ def test_trainable_groups_keeps_mini_and_micro_batches_whole():
     assert trainable_groups(5, n=6, num_mini_batches=1, micro_batch_size=4) == 4  # 2 groups = 3 micro-batches
 
 
+def test_trainable_groups_with_token_budget_micro_batches_drops_no_group_for_micro_batch_size():
+    """With max_tokens_per_micro_batch the micro-batches are token budgets over any rows: only the mini-batches
+    must be equal, so micro_batch_size (8 here, which fixed micro-batches would need whole) trims nothing."""
+    assert trainable_groups(3, n=4, num_mini_batches=1, micro_batch_size=8) == 2  # fixed micro-batches: 8 rows
+    assert trainable_groups(3, n=4, num_mini_batches=1, micro_batch_size=8, max_tokens_per_micro_batch=256) == 3
+    assert trainable_groups(5, n=6, num_mini_batches=1, micro_batch_size=4, max_tokens_per_micro_batch=64) == 5
+    assert trainable_groups(7, n=4, num_mini_batches=2, micro_batch_size=8, max_tokens_per_micro_batch=64) == 6
+
+
 def test_rounds_are_seeded_distinctly():
     seeds = {rollout_seed(1234, step, r) for step in range(1, 50) for r in range(10)}
     assert len(seeds) == 49 * 10

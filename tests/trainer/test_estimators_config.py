@@ -42,6 +42,16 @@ def test_every_registered_policy_loss_is_accepted(loss):
     ({"filter_groups": {"enable": True, "metric": "acc"}},
      "rl_config.filter_groups.metric: unknown value 'acc'; expected 'reward' or one of rl_config.verifier_function"),
     ({"filter_groups": {"enable": True, "max_num_gen_batches": 0}}, "max_num_gen_batches=0 must be >= 1"),
+    ({"adv_estimator": "rloo", "adv_estimator_options": {"epsilon": 1e-3}},
+     "rl_config.adv_estimator_options.epsilon: adv_estimator=rloo does not accept option 'epsilon' (its options: "
+     "none)"),
+    ({"adv_estimator": "grpo_passk", "adv_estimator_options": {"norm_adv_by_std_in_grpo": False}},
+     "rl_config.adv_estimator_options.norm_adv_by_std_in_grpo: adv_estimator=grpo_passk does not accept option "
+     "'norm_adv_by_std_in_grpo' (its options: epsilon, std_unbiased)"),
+    ({"adv_estimator": "grpo", "adv_estimator_options": {"gamma": 0.9}},
+     "adv_estimator=grpo does not accept option 'gamma'"),
+    ({"adv_estimator": "reinforce_plus_plus", "adv_estimator_options": {"gamma": 1.5}},
+     "rl_config.adv_estimator_options.gamma=1.5 must be a number in (0, 1]"),
     ({"rollout_is": {"enable": True, "threshold": 0.0}}, "rl_config.rollout_is.threshold=0.0 must be > 0"),
     ({"rollout_is": {"level": "geometric"}}, "rl_config.rollout_is.level: unknown value 'geometric'"),
     ({"verifier_function": ["acc", "overlong"], "verifier_weight": [1.0, 1.0],
@@ -70,3 +80,8 @@ def test_dapo_recipe_validates():
     assert (rl.clip_ratio_low, rl.clip_ratio_high, rl.loss_agg_mode) == (0.2, 0.28, "token-mean")
     assert rl.filter_groups.enable and not rl.use_kl_loss and not rl.use_kl_in_reward and rl.kl_coef == 0.0
     assert "overlong" in rl.verifier_function
+
+
+def test_estimator_options_it_takes_validate():
+    assert rl_errors(adv_estimator="reinforce_plus_plus", adv_estimator_options={"gamma": 0.99}) == []
+    assert rl_errors(adv_estimator="group_norm", adv_estimator_options={"std_unbiased": False, "epsilon": 1e-4}) == []

@@ -52,11 +52,16 @@ def first_run(demo, tmp_path_factory) -> Path:
     return out
 
 
-def test_first_step_ratio_is_one_and_kl_is_zero(first_run):
+def test_first_step_rollout_log_probs_are_the_policys(first_run):
     step1 = metrics(first_run)[0]
     assert step1["step"] == 1
-    # The rollout's log-probs are the policy's: ratio exactly 1, nothing clipped, KL to the reference 0.
-    assert step1["actor/pg_clipfrac"] == 0.0 and step1["actor/ppo_kl"] == 0.0
+    # The rollout engine's log-probs (the built-in engine decoding token by token from a KV cache, sharing the
+    # actor's weights) against the training forward's on the same sampled tokens, measured before the update:
+    # equal up to rounding. A rollout that differs (a bf16 copy) gives ~6e-3 here and fails this:
+    # tests/trainer/test_estimators_e2e.py::test_tis_truncates_with_a_bf16_rollout_copy.
+    assert step1["rollout/logprob_diff_mean"] < 1e-5 and step1["rollout/logprob_diff_max"] < 1e-4, step1
+    # `kl` uses the rollout's log-probs as the policy's (one update per rollout), against the reference (the
+    # initial policy, computed by the reference model's own forward): 0 at step 1 only if the two agree.
     assert step1["actor/kl_loss"] == 0.0 and abs(step1["kl"]) < 1e-6
     for key in ("reward/mean", "reward/format/mean", "reward/acc/mean", "accuracy", "response_length/mean",
                 "response_length/max", "response_length/clip_ratio", "actor/entropy", "actor/grad_norm", "actor/lr",
@@ -143,6 +148,8 @@ def test_two_epochs_over_minibatches_with_data_parallelism(demo, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     step = metrics(tmp_path)[0]
     assert step["time/old_log_probs"] > 0 and step["actor/ppo_kl"] != 0.0  # later updates see a moved policy
+    # measured by the old-log-prob forward here, over both DP ranks' tokens: the shared engine's are the policy's
+    assert step["rollout/logprob_diff_mean"] < 1e-5 and step["rollout/logprob_diff_max"] < 1e-4, step
     assert 0.0 <= step["reward/flat_group_fraction"] <= 1.0
 
 

@@ -7,6 +7,7 @@ Writes DIR/tp{T}_rank{R}.pt with max abs differences and the micro-batch shapes 
 """
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -36,7 +37,7 @@ def run(tp: int, out: Path) -> None:
     warnings.filterwarnings("ignore")
     from mindrl.backends import get_backend
     from mindrl.backends.distributed import destroy_distributed
-    from mindrl.config.schema import RLConfig
+    from mindrl.config.schema import RLConfig, RolloutISConfig
     from mindrl.models import ParallelLayout
     from mindrl.workers.actor import PolicyWorker, sequence_lengths
     from mindrl.workers.bringup import PolicySpec, build_policy
@@ -68,10 +69,23 @@ def run(tp: int, out: Path) -> None:
     g = torch.Generator().manual_seed(1)
     b.old_log_probs = lp_fixed + 0.3 * torch.randn(lp_fixed.shape, generator=g)  # ratios != 1: clipping active
     b.ref_log_probs = lp_fixed + 0.3 * torch.randn(lp_fixed.shape, generator=g)
+    # A rollout engine whose log-probs differ: rollout IS at token level with token-mean, at sequence level with
+    # seq-mean-token-mean; the expected clip fractions (tokens / rows over the batch) and log-prob distances
+    # (to this model's log-probs) computed here directly from the batch.
+    b.rollout_log_probs = torch.where(mask, lp_fixed + 0.3 * torch.randn(lp_fixed.shape, generator=g), 0.0)
+    log_w = torch.where(mask, b.old_log_probs - b.rollout_log_probs, 0.0)
+    result["expected_is_clipfrac"] = {"token-mean": (log_w > math.log(1.2))[mask].float().mean().item(),
+                                      "seq-mean-token-mean": (log_w.sum(-1) > math.log(2.0)).float().mean().item()}
+    diff = (lp_fixed - b.rollout_log_probs)[mask].abs()
+    result["expected_logprob_diff"] = (diff.mean().item(), diff.max().item())
     params = [p for chunk in model.chunks for p in chunk.parameters()]
     for mode in ("token-mean", "seq-mean-token-mean"):
-        rl = RLConfig(entropy_coeff=0.01, use_kl_loss=True, kl_coef=0.1, loss_agg_mode=mode)
+        level, threshold = ("token", 1.2) if mode == "token-mean" else ("sequence", 2.0)
+        rl = RLConfig(entropy_coeff=0.01, use_kl_loss=True, kl_coef=0.1, loss_agg_mode=mode,
+                      rollout_is=RolloutISConfig(enable=True, level=level, threshold=threshold))
         m_fixed = fixed.update(b, rl)
+        result[f"{mode}_is_clipfrac"] = m_fixed["actor/rollout_is_clipfrac"]
+        result[f"{mode}_logprob_diff"] = (m_fixed["rollout/logprob_diff_mean"], m_fixed["rollout/logprob_diff_max"])
         g_fixed = [p.main_grad.clone() for p in params]
         result[f"{mode}_pg_loss"] = m_fixed["actor/pg_loss"]
         result[f"{mode}_grad_scale"] = max(a.abs().max().item() for a in g_fixed)

@@ -56,6 +56,11 @@ def test_budget_equals_fixed_micro_batches(tmp_path):
         if name.startswith("tp2"):  # sequence parallel: an odd packed length got an extra padding sequence
             assert all(n % 2 == 0 for n in r["sp_packed_lengths"]) and r["sp_grad_scale"] > 1e-2
             assert r["sp_logp"] <= 1e-5 and r["sp_grad"] <= 1e-5 * max(1.0, r["sp_grad_scale"]), name
+        for mode in ("token-mean", "seq-mean-token-mean"):  # aggregated over micro-batches and TP ranks
+            expected = r["expected_is_clipfrac"][mode]
+            assert 0 < expected < 1 and r[f"{mode}_is_clipfrac"] == pytest.approx(expected, abs=1e-6), (name, mode)
+            mean, top = r["expected_logprob_diff"]
+            assert r[f"{mode}_logprob_diff"] == pytest.approx((mean, top), rel=1e-4, abs=1e-5), (name, mode)
         for variant in ("padded", "packed"):
             assert r[f"{variant}_logp"] <= 1e-5, (name, variant, r[f"{variant}_logp"])
             assert r[f"{variant}_logp_off_response"] == 0.0  # only response positions are computed
