@@ -11,7 +11,10 @@ trainer's afterwards. Every group is created once, by every rank in the same ord
 (`initialize_model_parallel`), so the swap itself costs nothing and talks to nobody. Layers built
 inside the block keep the rollout groups they captured; the trainer never runs inside it.
 
-May import: torch, megatron-core.
+Every rollout group gets the collective timeout of the trainer's groups
+(`rl_config.launcher.collective_timeout_s`; `mindrl.backends.distributed.initialize_model_parallel`).
+
+May import: torch, megatron-core, mindrl.backends.distributed.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from typing import Any, Iterator
 
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
+
+from mindrl.backends.distributed import initialize_model_parallel
 
 _GLOBAL = re.compile(r"^_[A-Z][A-Z0-9_]*$")
 
@@ -52,15 +57,17 @@ class RolloutParallelState:
 
     Collective to build (every rank, same order); afterwards `active()` is local."""
 
-    def __init__(self, layout: RolloutLayout) -> None:
+    def __init__(self, layout: RolloutLayout, timeout_s: float | None = None) -> None:
+        """`timeout_s`: every rollout group's collective timeout (None: the launcher's
+        `collective_timeout_s`, as for the trainer's groups; mindrl.backends.distributed)."""
         if not ps.model_parallel_is_initialized():
             raise RuntimeError("RolloutParallelState needs the trainer's parallel state set up first")
         self.layout = layout
         self._training = _snapshot()
         try:
             ps.destroy_model_parallel()
-            ps.initialize_model_parallel(tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=1,
-                                         expert_model_parallel_size=layout.ep)
+            initialize_model_parallel(timeout_s, tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=1,
+                                      expert_model_parallel_size=layout.ep)
             self._rollout = _snapshot()
         finally:
             _install(self._training)
