@@ -99,3 +99,26 @@ class RolloutParallelState:
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def vllm_expert_ids(model: Any) -> list[int] | None:
+    """The global routed-expert ids a vLLM model's layers hold on this rank (None: every expert, or
+    no routed experts): what the weight push should send this rank (`iter_hf_buckets(experts=)`).
+
+    Read from vLLM's own placement, the `expert_map_manager` of each routed-experts layer
+    (vLLM 0.32, `fused_moe/expert_map_manager.py`: `get_local_expert_ids()`; the layer's weight
+    loader skips every other id). The union over layers, so a per-layer placement (EPLB) still gets
+    every expert it holds. Not verified with vllm-ascend, whose MoE layers may keep it elsewhere:
+    a model with no such layer gets None, i.e. every expert (the safe default)."""
+    held: set[int] = set()
+    total = 0
+    for module in model.modules():
+        manager = getattr(module, "expert_map_manager", None)
+        if manager is None or not hasattr(manager, "get_local_expert_ids"):
+            continue
+        total = max(total, int(manager.global_num_experts))
+        held.update(int(e) for e in manager.get_local_expert_ids())
+    if not total or len(held) >= total:
+        return None
+    return sorted(held)
+

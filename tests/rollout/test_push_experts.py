@@ -8,6 +8,7 @@ minus the other rank's share of the experts it does not hold, computed by hand f
 (TP2 splits every expert matrix in two: half of 3 x hidden x moe_intermediate fp32 values per
 expert and MoE layer). The end-to-end push through the rollout runner (bit-exact against
 tools/convert_ckpt.py at the rollout layout) is test_reshard.py's DeepSeek-V3 train TP2 -> rollout EP2.
+For vLLM, `mindrl.rollout.parallel.vllm_expert_ids` reads what a rank holds from vLLM's own placement.
 """
 from __future__ import annotations
 
@@ -54,3 +55,17 @@ def test_each_rank_receives_only_its_experts(tmp_path):
         drop_sent = ranks[me]["full_stats"]["sent_bytes"] - ranks[me]["owned_stats"]["sent_bytes"]
         drop_recv = ranks[other]["full_stats"]["recv_bytes"] - ranks[other]["owned_stats"]["recv_bytes"]
         assert drop_sent == drop_recv > 0
+
+
+def test_vllm_expert_ids_follow_vllms_placement():
+    """What a vLLM rank holds, read through vLLM's own ExpertMapManager (the object its expert weight
+    loader asks): EP64 of 256 experts, linear -> 4 consecutive ids, round-robin -> every 64th; no EP -> None."""
+    pytest.importorskip("vllm")
+    r = subprocess.run([sys.executable, str(REPO / "tests" / "rollout" / "vllm_experts_check.py")], capture_output=True,
+                       text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-4000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    for rank in (0, 1, 63):
+        assert got[f"linear_rank{rank}"] == list(range(4 * rank, 4 * rank + 4))
+        assert got[f"round_robin_rank{rank}"] == [rank, rank + 64, rank + 128, rank + 192]
+    assert got["no_ep"] is None
