@@ -3,20 +3,21 @@
 - `load_megatron_checkpoint(chunks, dir)`: this rank's slices of a converted checkpoint, whatever
   layout the checkpoint was written at (tensors are merged from its rank files and re-sliced for
   this rank with `mindrl.models.sharding`).
-- `iter_hf_buckets(chunks, hf_cfg)`: HF-named full tensors in size-bounded buckets, gathered over
-  TP/PP/EP; every rank gets every bucket (rollout engines call `load_weights(bucket)` with them).
+- `iter_hf_buckets(chunks, hf_cfg, experts=...)`: HF-named full tensors in size-bounded buckets,
+  gathered over TP/PP/EP; every rank gets every dense tensor and the routed experts its rollout
+  shard holds (`experts`; None: all of them). Rollout engines call `load_weights(bucket)` with them.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Mapping as TMapping
+from typing import Any, Collection, Iterator, Mapping as TMapping
 
 import torch
 import torch.distributed as dist
 
 from mindrl.checkpoint.convert import MegatronSource
 from mindrl.checkpoint.hf_mapping import Mapping
-from mindrl.models.sharding import ShardSpec, iter_local, slice_canonical
+from mindrl.models.sharding import _EXPERT, ShardSpec, iter_local, slice_canonical
 
 
 @torch.no_grad()
@@ -36,7 +37,8 @@ def load_megatron_checkpoint(chunks: list[torch.nn.Module], ckpt_dir: str | Path
 
 
 def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any], bucket_bytes: int = 512 * 1024**2,
-                    hf_names: bool = True, target: Any = None, arena: "PushArena | None" = None
+                    hf_names: bool = True, target: Any = None, arena: "PushArena | None" = None,
+                    experts: Collection[int] | None = None, stats: dict[str, int] | None = None
                     ) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """HF-named, full (unsharded, vocab unpadded) tensors in buckets of about `bucket_bytes`.
     `hf_names=False`: the canonical megatron tensors of the same mapping instead (a megatron
@@ -55,6 +57,14 @@ def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any], b
     data-parallel copy of a piece is sent (the first expert-data-parallel copy for experts), and
     only the current bucket is materialised: peak extra memory is about one bucket (plus its HF
     split when `hf_names`, for q/k/v and gate/up).
+
+    `experts`: the global routed-expert ids this rank's rollout shard holds (None: every one). The
+    sets are exchanged once per call; a routed-expert tensor then reaches only the ranks that hold
+    it — point to point from each of its sending ranks, one packed message per (sender, receiver)
+    and bucket — and a bucket holds only the experts of this rank. Dense tensors still reach every
+    rank whole (vLLM's `load_weights` slices full tensors itself). `stats`: "recv_bytes" /
+    "sent_bytes" are incremented by the payload this rank received from / sent to other ranks (a
+    broadcast counts once on its sender).
     """
     m = Mapping(hf_cfg)
     mine: dict[str, list[tuple[dict[str, Any], torch.Tensor]]] = {}
@@ -66,6 +76,11 @@ def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any], b
     world = dist.get_world_size() if dist.is_initialized() else 1
     device = next(p.device for c in chunks for p in c.parameters())
     arena = arena or PushArena()
+    wants: list[Any] = [None if experts is None else sorted(int(e) for e in experts)]
+    if world > 1:
+        wants = [None] * world
+        dist.all_gather_object(wants, None if experts is None else sorted(int(e) for e in experts))
+    owners = _ExpertOwners(wants)
     bucket: list[str] = []
     size = 0
     for i, rule in enumerate(m.rules):
@@ -73,9 +88,11 @@ def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any], b
         size += torch.Size(rule.shape).numel() * 4
         if size >= bucket_bytes or i == len(m.rules) - 1:
             pieces = [(d, t.detach()) for name in bucket for d, t in mine.get(name, [])]
-            full = _gather_full(pieces, world, device, m.vocab_size, target, arena)
+            full = _gather_full(pieces, world, device, m.vocab_size, target, arena, owners, stats)
             out = []
             for name in bucket:
+                if name not in full:  # a routed expert another rank's rollout shard holds
+                    continue
                 r = m.by_canonical[name]
                 out += list(zip(r.hf, m.to_hf(r, full[name]))) if hf_names else [(name, full[name])]
             yield out
@@ -104,19 +121,45 @@ class PushArena:
 _ALIGN = 64  # bytes: every packed piece starts aligned, so a byte view can be re-viewed as any dtype
 
 
-def _gather_full(pieces: list[tuple[dict[str, Any], torch.Tensor]], world: int, device: torch.device,
-                 vocab_size: int, target: Any = None, arena: PushArena | None = None) -> dict[str, torch.Tensor]:
-    """The bucket's canonical tensors, whole (vocab unpadded), on every rank.
+class _ExpertOwners:
+    """Which ranks receive a canonical tensor: every rank for dense tensors; for a routed expert the
+    ranks whose `experts` set holds its id (a rank that gave None holds every expert)."""
 
-    The specs travel as objects (small). The bytes travel with one `broadcast` per sending rank:
-    the sender packs every piece it owns for this bucket into one flat buffer (`arena`), the others
-    receive it and copy each piece out into its slot of the full tensor (a TP slice, or the two
-    halves of SwiGLU fc1's [gate_r; up_r]). So each byte is sent once, the collective count is the
-    number of senders (not of pieces), and the extra memory is one sender's share plus the full
-    tensors. One source per (tensor, TP rank): data-parallel copies send nothing; vocab padding
-    rows are not sent. `target` may place a full tensor in the consumer's own parameter (then
-    nothing more is copied on receivers).
+    def __init__(self, wants: list[list[int] | None]) -> None:
+        self.world = len(wants)
+        self.sets = [None if w is None else set(w) for w in wants]
+        self.everyone = all(w is None for w in self.sets)
+
+    def receivers(self, name: str) -> list[int] | None:
+        """Ranks that get `name`, or None for all of them."""
+        e = None if self.everyone else _EXPERT.search(name)
+        if e is None:
+            return None
+        expert = int(e.group(1))
+        got = [r for r, w in enumerate(self.sets) if w is None or expert in w]
+        return None if len(got) == self.world else got
+
+
+def _gather_full(pieces: list[tuple[dict[str, Any], torch.Tensor]], world: int, device: torch.device,
+                 vocab_size: int, target: Any = None, arena: PushArena | None = None,
+                 owners: _ExpertOwners | None = None, stats: dict[str, int] | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """The bucket's canonical tensors, whole (vocab unpadded): every dense one on every rank, a
+    routed expert on the ranks `owners` names.
+
+    The specs travel as objects (small). The bytes of tensors every rank receives travel with one
+    `broadcast` per sending rank: the sender packs every such piece it owns for this bucket into one
+    flat buffer (`arena`), the others receive it and copy each piece out into its slot of the full
+    tensor (a TP slice, or the two halves of SwiGLU fc1's [gate_r; up_r]). So each byte is sent once,
+    the collective count is the number of senders (not of pieces), and the extra memory is one
+    sender's share plus the full tensors. Routed experts with fewer receivers go point to point
+    afterwards, one packed message per (sender, receiver) pair (`batch_isend_irecv`); a sender that
+    does not hold the expert in the rollout packs its piece without building the full tensor. One
+    source per (tensor, TP rank): data-parallel copies send nothing; vocab padding rows are not
+    sent. `target` may place a full tensor in the consumer's own parameter (then nothing more is
+    copied on receivers).
     """
+    owners = owners or _ExpertOwners([None] * world)
     meta = [(d, tuple(t.shape), t.dtype) for d, t in pieces]
     metas: list[Any] = [meta]
     if world > 1:
@@ -131,22 +174,40 @@ def _gather_full(pieces: list[tuple[dict[str, Any], torch.Tensor]], world: int, 
             chosen.setdefault((spec.global_name, spec.tp_rank if spec.split_dim is not None else 0),
                               (src, spec, shape, dt))
     full: dict[str, torch.Tensor] = {}
+    slots_of: dict[str, torch.Tensor] = {}  # the full tensor, or its shape on "meta" where this rank gets none
+    receivers: dict[str, list[int] | None] = {}
     for (name, _), (src, spec, shape, dt) in chosen.items():
-        if name not in full:
+        if name not in slots_of:
             size = list(shape)
             if spec.split_dim is not None:
                 size[spec.split_dim] *= spec.tp_size
             if spec.vocab:
                 size[0] = vocab_size
+            receivers[name] = owners.receivers(name)
+            if receivers[name] is not None and me not in receivers[name]:
+                slots_of[name] = torch.empty(size, dtype=dt, device="meta")
+                continue
             into = None if target is None else target(name, tuple(size), dt)
             full[name] = into if into is not None else torch.empty(size, dtype=dt, device=device)
-    # Per sender, in the same order on every rank: (slot in the full tensor, its cut of the piece).
+            slots_of[name] = full[name]
+    # Per sender (broadcast) / per (sender, receiver) pair (point to point), in the same order on
+    # every rank: (slot in the full tensor, its cut of the piece on the sender).
     parts: list[list[tuple[torch.Tensor, torch.Tensor | None]]] = [[] for _ in range(world)]
+    pairs: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
     for (name, _), (src, spec, shape, dt) in chosen.items():
         mine = own.get((name, spec.tp_rank)) if src == me else None
-        for slot, cut in _slots(full[name], spec, shape):
-            parts[src].append((slot, None if mine is None else cut(mine)))
+        for slot, cut in _slots(slots_of[name], spec, shape):
+            local = None if mine is None else cut(mine)
+            if receivers[name] is None:
+                parts[src].append((slot, local))
+                continue
+            if local is not None and me in receivers[name]:
+                slot.copy_(local)
+            for dst in receivers[name]:
+                if dst != src and me in (src, dst):
+                    pairs.setdefault((src, dst), []).append((slot, local))
     arena = arena or PushArena()
+    stats = stats if stats is not None else {}
     for src, todo in enumerate(parts):
         if not todo:
             continue
@@ -154,12 +215,7 @@ def _gather_full(pieces: list[tuple[dict[str, Any], torch.Tensor]], world: int, 
             for slot, local in todo:
                 slot.copy_(local)
             continue
-        offsets, nbytes = [], 0
-        for slot, _ in todo:
-            offsets.append(nbytes)
-            nbytes += -(-slot.numel() * slot.element_size() // _ALIGN) * _ALIGN
-        buf = arena.get(nbytes, device)
-        views = [buf[o:o + s.numel() * s.element_size()].view(s.dtype).view(s.shape) for o, (s, _) in zip(offsets, todo)]
+        buf, views = _pack_views(arena, [slot for slot, _ in todo], device)
         if src == me:
             for view, (slot, local) in zip(views, todo):
                 view.copy_(local)
@@ -168,7 +224,52 @@ def _gather_full(pieces: list[tuple[dict[str, Any], torch.Tensor]], world: int, 
         if src != me:
             for view, (slot, _) in zip(views, todo):
                 slot.copy_(view)
+        key = "sent_bytes" if src == me else "recv_bytes"
+        stats[key] = stats.get(key, 0) + sum(v.numel() * v.element_size() for v in views)
+    if pairs:
+        _exchange_pairs(pairs, me, arena, device, stats)
     return full
+
+
+def _pack_views(arena: PushArena, slots: list[torch.Tensor], device: torch.device, offset: int = 0,
+                total: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """An arena buffer with one aligned view per slot (same shape and dtype), from `offset`."""
+    offsets, nbytes = [], offset
+    for slot in slots:
+        offsets.append(nbytes)
+        nbytes += -(-slot.numel() * slot.element_size() // _ALIGN) * _ALIGN
+    buf = arena.get(total if total is not None else nbytes, device)
+    views = [buf[o:o + s.numel() * s.element_size()].view(s.dtype).view(s.shape) for o, s in zip(offsets, slots)]
+    return buf[offset:nbytes], views
+
+
+def _exchange_pairs(pairs: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor | None]]], me: int,
+                    arena: PushArena, device: torch.device, stats: dict[str, int]) -> None:
+    """One packed message per (sender, receiver) pair this rank is part of, all posted at once; the
+    arena holds every one of this rank's messages of the bucket side by side."""
+    keys = sorted(pairs)
+    sizes = [sum(-(-s.numel() * s.element_size() // _ALIGN) * _ALIGN for s, _ in pairs[k]) for k in keys]
+    total = sum(sizes)
+    ops, unpack, offset = [], [], 0
+    for key, size in zip(keys, sizes):
+        src, dst = key
+        buf, views = _pack_views(arena, [slot for slot, _ in pairs[key]], device, offset, total)
+        offset += size
+        payload = sum(v.numel() * v.element_size() for v in views)
+        if src == me:
+            for view, (_, local) in zip(views, pairs[key]):
+                view.copy_(local)
+            ops.append(dist.P2POp(dist.isend, buf, dst))
+            stats["sent_bytes"] = stats.get("sent_bytes", 0) + payload
+        else:
+            ops.append(dist.P2POp(dist.irecv, buf, src))
+            unpack.append((views, pairs[key]))
+            stats["recv_bytes"] = stats.get("recv_bytes", 0) + payload
+    for work in dist.batch_isend_irecv(ops):
+        work.wait()
+    for views, todo in unpack:
+        for view, (slot, _) in zip(views, todo):
+            slot.copy_(view)
 
 
 def _slots(full: torch.Tensor, spec: ShardSpec, shape: tuple[int, ...]) -> list[tuple[torch.Tensor, Any]]:
@@ -253,6 +354,13 @@ class HFShardLoader:
                 if spec.vocab and tuple(t.shape[1:]) == shape[1:] and t.shape[0] >= shape[0]:
                     return t.data[:shape[0]]
         return None
+
+    def expert_ids(self) -> list[int] | None:
+        """The global routed-expert ids this rank's shard holds (None: the model has no routed
+        experts): what `iter_hf_buckets(experts=...)` sends it."""
+        if not self.m.num_experts:
+            return None
+        return sorted({int(e.group(1)) for name in self.targets for e in [_EXPERT.search(name)] if e is not None})
 
     def missing(self) -> list[str]:
         """Local tensors not written since `counts` was last cleared."""

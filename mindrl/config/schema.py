@@ -114,7 +114,10 @@ class RolloutISConfig:
 class LauncherConfig:
     """How ranks are started and stopped (mindrl.cli.train_grpo, mindrl.launch; docs/multinode.md)."""
 
-    collective_timeout_s: float = 1800.0  # every torch.distributed collective; a dead peer raises, never hangs
+    # Timeout of every process group (its collectives and rendezvous): the world group, megatron's
+    # training groups, the rollout layout's groups, and vLLM's groups when the vLLM adapter passes
+    # mindrl.backends.distributed.vllm_timeout_kwargs(); a dead or stuck peer raises, never hangs.
+    collective_timeout_s: float = 1800.0
     failure_timeout_s: float = 60.0  # Ray: after a rank dies or raises, all ranks are stopped within this
     placement_timeout_s: float = 120.0  # Ray: devices not reserved by then -> error naming per-node counts
     node_join_timeout_s: float = 600.0  # Ray per-node scripts: the head waits this long for the other nodes

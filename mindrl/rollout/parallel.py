@@ -11,7 +11,10 @@ trainer's afterwards. Every group is created once, by every rank in the same ord
 (`initialize_model_parallel`), so the swap itself costs nothing and talks to nobody. Layers built
 inside the block keep the rollout groups they captured; the trainer never runs inside it.
 
-May import: torch, megatron-core.
+Every rollout group gets the collective timeout of the trainer's groups
+(`rl_config.launcher.collective_timeout_s`; `mindrl.backends.distributed.initialize_model_parallel`).
+
+May import: torch, megatron-core, mindrl.backends.distributed.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from typing import Any, Iterator
 
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
+
+from mindrl.backends.distributed import initialize_model_parallel
 
 _GLOBAL = re.compile(r"^_[A-Z][A-Z0-9_]*$")
 
@@ -52,15 +57,17 @@ class RolloutParallelState:
 
     Collective to build (every rank, same order); afterwards `active()` is local."""
 
-    def __init__(self, layout: RolloutLayout) -> None:
+    def __init__(self, layout: RolloutLayout, timeout_s: float | None = None) -> None:
+        """`timeout_s`: every rollout group's collective timeout (None: the launcher's
+        `collective_timeout_s`, as for the trainer's groups; mindrl.backends.distributed)."""
         if not ps.model_parallel_is_initialized():
             raise RuntimeError("RolloutParallelState needs the trainer's parallel state set up first")
         self.layout = layout
         self._training = _snapshot()
         try:
             ps.destroy_model_parallel()
-            ps.initialize_model_parallel(tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=1,
-                                         expert_model_parallel_size=layout.ep)
+            initialize_model_parallel(timeout_s, tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=1,
+                                      expert_model_parallel_size=layout.ep)
             self._rollout = _snapshot()
         finally:
             _install(self._training)
@@ -92,3 +99,26 @@ class RolloutParallelState:
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def vllm_expert_ids(model: Any) -> list[int] | None:
+    """The global routed-expert ids a vLLM model's layers hold on this rank (None: every expert, or
+    no routed experts): what the weight push should send this rank (`iter_hf_buckets(experts=)`).
+
+    Read from vLLM's own placement, the `expert_map_manager` of each routed-experts layer
+    (vLLM 0.32, `fused_moe/expert_map_manager.py`: `get_local_expert_ids()`; the layer's weight
+    loader skips every other id). The union over layers, so a per-layer placement (EPLB) still gets
+    every expert it holds. Not verified with vllm-ascend, whose MoE layers may keep it elsewhere:
+    a model with no such layer gets None, i.e. every expert (the safe default)."""
+    held: set[int] = set()
+    total = 0
+    for module in model.modules():
+        manager = getattr(module, "expert_map_manager", None)
+        if manager is None or not hasattr(manager, "get_local_expert_ids"):
+            continue
+        total = max(total, int(manager.global_num_experts))
+        held.update(int(e) for e in manager.get_local_expert_ids())
+    if not total or len(held) >= total:
+        return None
+    return sorted(held)
+

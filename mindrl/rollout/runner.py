@@ -116,8 +116,12 @@ class RolloutRunner:
                 return loader.target(name, shape, dtype)
 
         target = receive_into if loader is not None and not hf_names else None
+        # The routed experts this rank's rollout shard holds (None: all): only those are sent to it.
+        owned = loader.expert_ids if loader is not None else getattr(self.engine, "expert_ids", None)
+        stats: dict[str, int] = {}
         for bucket in iter_hf_buckets(self.source_chunks, self.hf_cfg, self.bucket_bytes, hf_names=hf_names,
-                                      target=target, arena=self.arena):
+                                      target=target, arena=self.arena, experts=None if owned is None else owned(),
+                                      stats=stats):
             nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
             with self._rollout_state():
                 self.engine.load_weights(bucket)
@@ -127,7 +131,8 @@ class RolloutRunner:
                 raise RuntimeError(f"weight push left rollout tensors unwritten or written twice: {bad[:4]}")
         self.stale = False
         self.pushes += 1
-        self.last_push = {"seconds": time.perf_counter() - t0, "bytes": float(nbytes)}
+        self.last_push = {"seconds": time.perf_counter() - t0, "bytes": float(nbytes),
+                          "received_bytes": float(stats.get("recv_bytes", 0))}
 
     def sleep(self) -> None:
         self.engine.sleep()

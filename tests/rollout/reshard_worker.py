@@ -12,7 +12,8 @@ Per rank, DIR/rank{R}.pt holds:
 - gate_diff: max |rollout log-prob - training forward's| for the sampled sequences (fp32);
 - after one optimizer step on the actor: updated_max_diff (rollout shard vs the new actor weights,
   re-sliced for the rollout layout) and changed (the step moved the weights at all);
-- outputs, replica, pushes.
+- outputs, replica, pushes, expert_ids (the routed experts the rollout copy holds, None without
+  experts) and num_experts.
 """
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def rank_main(job: dict) -> None:
                            core_attention=backend.core_attention_cls(), seed=1234, use_cpu_initialization=True)
     assert not runner.shared
     rollout_chunks = runner.engine.model if isinstance(runner.engine.model, list) else [runner.engine.model]
-    result: dict = {"replica": (runner.replica, runner.num_replicas)}
+    result: dict = {"replica": (runner.replica, runner.num_replicas), "num_experts": plan.args.num_experts,
+                    "expert_ids": runner.engine.weight_loader.expert_ids()}
 
     # 1. First generate pushes; the rollout shard must equal the direct conversion, bit for bit.
     dp = ps.get_data_parallel_rank()

@@ -2,7 +2,8 @@
 training weights (bit for bit) and the rollout log-probs are the training forward's (fp32,
 <= 1e-5); after an optimizer step the next generate sees the new weights (and a skipped push is
 caught). Layouts: train TP2 -> rollout TP1 (two replicas), train PP2 -> rollout TP2, DeepSeek-V3
-train EP2 -> rollout EP1. Each case runs in fresh processes (reshard_worker.py).
+train EP2 -> rollout EP1, DeepSeek-V3 train TP2 -> rollout EP2 (each rank receives only its
+experts). Each case runs in fresh processes (reshard_worker.py).
 """
 from __future__ import annotations
 
@@ -62,6 +63,16 @@ def test_train_pp2_to_rollout_tp2(tmp_path):
 @pytest.mark.slow
 def test_deepseek_train_ep2_to_rollout_ep1(tmp_path):
     assert_case(run_case(tmp_path, "deepseek_v3", {"tp": 1, "pp": 1, "ep": 2}, {"tp": 1, "ep": 1}), replicas=2)
+
+
+@pytest.mark.slow
+def test_deepseek_train_tp2_to_rollout_ep2_sends_each_rank_its_experts(tmp_path):
+    """Rollout EP2: each rank's copy holds half the experts and the push sends it only those
+    (HFShardLoader.expert_ids); its shard still equals the direct conversion bit for bit."""
+    ranks = run_case(tmp_path, "deepseek_v3", {"tp": 2, "pp": 1, "ep": 1}, {"tp": 1, "ep": 2})
+    assert_case(ranks, replicas=2)
+    for r in ranks:  # not every expert of the tiny model: the push skipped the other rank's
+        assert 0 < len(r["expert_ids"]) < r["num_experts"], r["expert_ids"]
 
 
 @pytest.mark.slow
