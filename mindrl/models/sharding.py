@@ -46,9 +46,12 @@ class ShardSpec:
 
 def _local_tensors(chunk: torch.nn.Module) -> Iterable[tuple[str, torch.Tensor, bool]]:
     """(name, tensor, is_parameter) for every parameter and persistent buffer of a chunk."""
+    from mindrl.models.lora import is_lora_name
+
     params = dict(chunk.named_parameters())
     for name, tensor in chunk.state_dict(keep_vars=True).items():
-        if name.endswith("_extra_state") or tensor is None:
+        # LoRA adapters are not part of the base model's canonical state (models/lora.py has their own).
+        if name.endswith("_extra_state") or tensor is None or is_lora_name(name):
             continue
         yield name, tensor, name in params
 
