@@ -5,6 +5,7 @@
   this rank with `mindrl.models.sharding`).
 - `iter_hf_buckets(chunks, hf_cfg)`: HF-named full tensors in size-bounded buckets, gathered over
   TP/PP/EP; every rank gets every bucket (rollout engines call `load_weights(bucket)` with them).
+  With LoRA adapters on `chunks` the tensors are the merged weights (base + scaling * B @ A).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch.distributed as dist
 
 from mindrl.checkpoint.convert import MegatronSource
 from mindrl.checkpoint.hf_mapping import Mapping
+from mindrl.models.lora import gather_canonical_adapters, has_lora, merge_canonical_
 from mindrl.models.sharding import ShardSpec, iter_local, slice_canonical
 
 
@@ -57,6 +59,9 @@ def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any], b
     split when `hf_names`, for q/k/v and gate/up).
     """
     m = Mapping(hf_cfg)
+    # LoRA: the pushed tensors are merged (W + scaling * B @ A, in fp32, cast once), so any consumer
+    # (a rollout copy at another layout, vLLM) needs no adapter support; the actor is not modified.
+    adapters, scaling = gather_canonical_adapters(chunks) if has_lora(chunks) else ({}, 0.0)
     mine: dict[str, list[tuple[dict[str, Any], torch.Tensor]]] = {}
     sender = _first_copies()
     for name, spec, t in iter_local(chunks, m.num_experts):
@@ -74,6 +79,8 @@ def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any], b
         if size >= bucket_bytes or i == len(m.rules) - 1:
             pieces = [(d, t.detach()) for name in bucket for d, t in mine.get(name, [])]
             full = _gather_full(pieces, world, device, m.vocab_size, target, arena)
+            for name in bucket if adapters else ():
+                merge_canonical_(name, full[name], adapters, hf_cfg, scaling)
             out = []
             for name in bucket:
                 r = m.by_canonical[name]

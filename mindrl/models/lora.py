@@ -36,6 +36,7 @@ No process group is needed to plan; `apply_lora` needs megatron's parallel state
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -368,6 +369,45 @@ def canonical_delta(adapters: Mapping[str, torch.Tensor], layer: int, module: st
     return deltas[None]
 
 
+_CANONICAL_LINEAR = re.compile(r"^decoder\.layers\.(\d+)\.(self_attention\.linear_qkv|self_attention\.linear_proj|"
+                               r"mlp\.linear_fc1|mlp\.linear_fc2)\.weight$")
+
+
+@torch.no_grad()
+def merge_canonical_(name: str, tensor: torch.Tensor, adapters: Mapping[str, torch.Tensor], hf: Mapping[str, Any],
+                     scaling: float) -> bool:
+    """W += delta W in place for a canonical base tensor (summed in fp32, cast once); False if not adapted."""
+    m = _CANONICAL_LINEAR.match(name)
+    if m is None:
+        return False
+    delta = canonical_delta(adapters, int(m.group(1)), m.group(2), hf, scaling)
+    if delta is None:
+        return False
+    tensor.copy_((tensor.float() + delta.to(tensor.device)).to(tensor.dtype))
+    return True
+
+
+def gather_canonical_adapters(chunks: list[torch.nn.Module]) -> tuple[dict[str, torch.Tensor], float]:
+    """Every rank's adapters merged to canonical (peft-shaped) tensors on every rank, and the scaling.
+    Collective over the world (adapters are small: one object all-gather)."""
+    import torch.distributed as dist
+
+    from mindrl.models.sharding import merge_shards
+
+    pieces = [(d, t.cpu()) for d, t in local_adapter_shards(chunks)]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        everyone: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, pieces)
+        pieces = [p for ps_ in everyone for p in ps_]
+    layer = next((layer for _, layer in lora_layers(chunks)), None)
+    scales: list[Any] = [None if layer is None else layer.scaling]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        scales = [None] * dist.get_world_size()
+        dist.all_gather_object(scales, None if layer is None else layer.scaling)
+    scaling = next((x for x in scales if x is not None), 0.0)
+    return merge_shards(pieces, vocab_size=0), float(scaling)
+
+
 def hf_delta(adapters: Mapping[str, torch.Tensor], hf_name: str, scaling: float) -> torch.Tensor | None:
     """delta W (fp32) for an HF tensor name (`model.layers.{i}.self_attn.q_proj.weight`), or None."""
     parts = hf_name.split(".")
@@ -383,5 +423,5 @@ def hf_delta(adapters: Mapping[str, torch.Tensor], hf_name: str, scaling: float)
 
 
 __all__ = ["HF_PARENT", "LoRALayer", "LoRASpec", "SUPPORTED_MODEL_TYPES", "TARGETS", "adapters_disabled",
-           "apply_lora", "canonical_delta", "canonical_names", "full_shapes", "has_lora", "hf_delta",
+           "apply_lora", "canonical_delta", "canonical_names", "gather_canonical_adapters", "merge_canonical_", "full_shapes", "has_lora", "hf_delta",
            "init_lora_A", "is_lora_name", "load_adapters", "local_adapter_shards", "lora_layers", "peft_names"]
