@@ -183,8 +183,17 @@ class MergedSource:
     def dtype(self, canonical: str) -> torch.dtype:
         return self.base.dtype(canonical)
 
+    def _base_in_rule_order(self) -> Iterator[tuple[str, torch.Tensor]]:
+        if hasattr(self.base, "read"):  # MegatronSource: already in rule order
+            yield from self.base
+            return
+        # HFSource yields in file order; the HF writer takes rule order: read each rule's tensors directly.
+        for rule in self.m.rules:
+            yield rule.canonical, self.m.to_canonical(rule, [self.base._read(n) for n in rule.hf])
+        self.base.st.close()
+
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for name, t in self.base:
+        for name, t in self._base_in_rule_order():
             t = t.clone()
             self.merged += merge_canonical_(name, t, self.adapters, self.m.cfg, self.spec.scaling)
             yield name, t
