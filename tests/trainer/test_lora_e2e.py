@@ -57,6 +57,7 @@ def test_first_step_is_the_base_and_checkpoints_hold_adapters_only(lora_run):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_rerun_resumes_and_matches_an_uninterrupted_run(tiny_demo, lora_run, tmp_path):
     resumed = run_cli(train_cmd(tiny_demo, lora_run, "megatron_training.train_iters=3"))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
@@ -122,6 +123,7 @@ def test_exports_load_in_peft_with_mindrl_logits(tiny_demo, lora_run, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # three 6-step runs; took over 10 min at load average 30 on 2 cores
 def test_sigkill_and_rerun_reproduces_every_step(tiny_demo, tmp_path):
     """Kill -9 a LoRA run mid-way, rerun the same command: every step equals an uninterrupted run."""
     full = tmp_path / "full"
@@ -144,3 +146,17 @@ def test_sigkill_and_rerun_reproduces_every_step(tiny_demo, tmp_path):
     for x, y in zip(a, b):
         for key in ("reward/mean", "actor/pg_loss", "response_length/mean", "kl", "actor/grad_norm"):
             assert x[key] == y[key], (x["step"], key)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)  # measured 10 min (training + both evaluations) at load average 12-39 on 2 cores
+def test_lora_demo_learns_the_task(tmp_path):
+    """`LORA=1 bash examples/grpo/grpo_trainer_tiny.sh`: the whole demo (prepare, warm start, GRPO with rank-16
+    adapters on the frozen warm start, evaluation of base + adapters) and its own verdict: accuracy +0.3."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", LORA="1", OUTPUT_DIR=str(tmp_path / "tiny"))
+    proc = subprocess.run(["bash", "examples/grpo/grpo_trainer_tiny.sh"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=3500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "LEARNED" in proc.stdout, proc.stdout[-2000:]
+    state = json.loads((tmp_path / "tiny" / "checkpoints" / "iter_0000150" / "trainer_state.json").read_text())
+    assert state["lora"]["rank"] == 16
