@@ -25,7 +25,7 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # The tracking packages are in `test` too, so CI checks SwanLab (offline) and TensorBoard output.
     # scipy: the sampler's chi-square test (tests/rollout/test_sampling.py).
-    "test": ["pytest>=8.0", "pytest-timeout>=2.3", "swanlab>=0.6", "tensorboard>=2.15", "scipy>=1.10"],
+    "test": ["pytest>=8.0", "pytest-timeout>=2.3", "swanlab>=0.6", "tensorboard>=2.15", "scipy>=1.10", "peft>=0.17"],
     # The vLLM adapter (mindrl/rollout/vllm_engine.py) is written against these; not verified on
     # hardware (docs/hardware.md). vllm pins its own torch: install it before mindrl.
     "gpu": ["vllm==0.11.0", "flash-attn"],

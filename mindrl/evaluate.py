@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "exit status: 0 ok, 2 bad input (nothing loaded), 1 failure while running")
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, help="HF directory or megatron checkpoint directory")
+    g.add_argument("--adapter", default=None, help="LoRA on top of --model: an HF PEFT folder, or a mindrl LoRA "
+                   "training checkpoint root (a LoRA checkpoint root given as --model brings its recorded base)")
     g.add_argument("--tokenizer", help="tokenizer directory (default: --model, or its hf/ for a megatron checkpoint)")
     g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="weights/compute dtype (auto: fp32 on CPU, else bf16 if config.json says bf16/fp16)")
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             tp=args.tp, pp=args.pp, ep=args.ep, nproc=nproc, backend=args.backend, dtype=args.dtype,
             vocab_divisible_by=args.vocab_divisible_by, temperature=args.temperature, top_p=args.top_p,
             top_k=args.top_k, max_tokens=args.max_tokens, seed=args.seed, max_batch_size=args.max_batch_size,
-            reward_timeout=args.reward_timeout, reward_workers=args.reward_workers)
+            reward_timeout=args.reward_timeout, reward_workers=args.reward_workers, adapter=args.adapter)
     except EvalError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,9 @@ memory at a time. See docs/convert_ckpt.md.
   mg -> hf:  python tools/convert_ckpt.py --model-type-hf qwen2 --load-model-type mg --save-model-type hf \\
                  --load-dir qwen7b-tp4 --save-dir Qwen2.5-7B-out     (the layout is read from the checkpoint)
   mg -> mg:  as hf -> mg, with --load-model-type mg (re-shards to the target layout)
+  LoRA run:  python tools/convert_ckpt.py --model-type-hf qwen2 --load-model-type mg --save-model-type hf \
+                 --load-dir <run>/checkpoints --save-dir adapter --lora-format peft      (an HF PEFT folder)
+             ... --lora-merge [--base-dir <HF base>]                                   (merged HF weights)
 """
 from __future__ import annotations
 
@@ -34,6 +37,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--params-dtype", choices=["bf16", "fp16", "fp32"], default=None,
                    help="cast weights to this dtype (default: keep the source dtypes)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --save-dir")
+    g = p.add_argument_group("LoRA (a training checkpoint root written with actor_config.lora: adapters only)")
+    g.add_argument("--lora-format", choices=["peft"], default=None,
+                   help="write an HF PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
+    g.add_argument("--lora-merge", action="store_true",
+                   help="write a merged HF checkpoint: base + scaling * B @ A")
+    g.add_argument("--base-dir", default=None,
+                   help="--lora-merge: the HF base model (default: the megatron checkpoint the run loaded, actor_config.load)")
     return p.parse_args(argv)
 
 
@@ -53,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                 load_dir=args.load_dir, save_dir=args.save_dir, tp=args.target_tensor_parallel_size,
                 pp=args.target_pipeline_parallel_size, ep=args.target_expert_parallel_size, num_layer_list=layers,
                 vpp_layers=args.num_layers_per_virtual_pipeline_stage, params_dtype=args.params_dtype,
-                overwrite=args.overwrite)
+                overwrite=args.overwrite, lora_format=args.lora_format, lora_merge=args.lora_merge,
+                base_dir=args.base_dir)
     except (CheckpointError, ValueError, KeyError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -11,9 +11,14 @@
 # Several nodes (Ray; docs/multinode.md): the same command on every node with NNODES, DEVICES_PER_NODE,
 # MASTER_ADDR, MASTER_PORT (Ray head port), optional NODE_IP/NODE_RANK; or all on this machine:
 #   NNODES=2 SIMULATE_LOCAL=1 bash examples/grpo/grpo_trainer_tiny.sh   # two Ray nodes on 127.0.0.1
+# LoRA (docs/lora.md): LORA=1 trains rank-16 adapters on the frozen warm start instead of every weight
+# (the same as passing actor_config.lora.rank=16); the reference policy is then the base itself.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUTPUT_DIR=${OUTPUT_DIR:-output/tiny}
+if [ "${LORA:-0}" = 1 ]; then
+  set -- actor_config.lora.rank=16 "$@"
+fi
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
 # A worker node only joins the head's Ray cluster and leaves when the job ends (mindrl/launch/ray_node.py).
 NODE_ARGS=(--config-name grpo_tiny_cpu megatron_training.output_dir="$OUTPUT_DIR")

@@ -262,8 +262,50 @@ def _check_save_dir(save_dir: Path, load_dir: Path, overwrite: bool) -> None:
 def convert(*, model_type: str, load_type: str, save_type: str, load_dir: str | Path, save_dir: str | Path,
             tp: int = 1, pp: int = 1, ep: int = 1, num_layer_list: list[int] | None = None,
             vpp_layers: int | None = None, params_dtype: str | None = None, overwrite: bool = False,
-            hf_shard_bytes: int = HF_SHARD_BYTES) -> None:
+            hf_shard_bytes: int = HF_SHARD_BYTES, lora_format: str | None = None, lora_merge: bool = False,
+            base_dir: str | Path | None = None) -> None:
+    """`lora_format="peft"` / `lora_merge`: `load_dir` is a LoRA training checkpoint root (adapters only);
+    write an HF PEFT folder, or a merged HF checkpoint whose base comes from `base_dir` (HF) or else from
+    the megatron checkpoint the run loaded its base from (`actor_config.load`, recorded in the checkpoint)."""
+    from mindrl.checkpoint.lora_io import LoRACheckpoint, MergedSource, is_lora_checkpoint, write_peft_adapter
+
     load_dir, save_dir = Path(load_dir), Path(save_dir)
+    lora = load_type == "mg" and load_dir.is_dir() and is_lora_checkpoint(load_dir)
+    if lora_format not in (None, "peft"):
+        raise CheckpointError(f"--lora-format {lora_format!r}: only 'peft' is supported")
+    if lora_format and lora_merge:
+        raise CheckpointError("--lora-format peft and --lora-merge are exclusive (an adapter folder, or merged weights)")
+    if (lora_format or lora_merge or base_dir) and not lora:
+        raise CheckpointError(f"--lora-format/--lora-merge/--base-dir need --load-model-type mg and a LoRA training "
+                              f"checkpoint root as --load-dir ({load_dir} is not one)")
+    if lora and not (lora_format or lora_merge):
+        raise CheckpointError(f"{load_dir} holds LoRA adapters only (trained with actor_config.lora): export them with "
+                              f"--lora-format peft (an HF PEFT folder) or --lora-merge (a merged HF checkpoint)")
+    if lora and save_type != "hf":
+        raise CheckpointError("a LoRA checkpoint exports to --save-model-type hf (a PEFT folder or merged weights)")
+    if lora:
+        ckpt = LoRACheckpoint(load_dir)
+        if ckpt.hf_cfg.get("model_type") != model_type:
+            raise CheckpointError(f"--model-type-hf {model_type} but {load_dir} holds a {ckpt.hf_cfg.get('model_type')!r} model")
+        _check_save_dir(save_dir, load_dir, overwrite)
+        adapters = ckpt.adapters()
+        if lora_format == "peft":
+            tmp = save_dir.parent / f".{save_dir.name}.tmp-{os.getpid()}"
+            try:
+                write_peft_adapter(tmp, ckpt.spec, adapters, ckpt.hf_cfg, base_model_name_or_path=ckpt.base_load)
+                _replace(tmp, save_dir)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+            return
+        if base_dir is None and not ckpt.base_load:
+            raise CheckpointError(f"{load_dir}: the run's base was not loaded from a checkpoint (actor_config.load unset); "
+                                  f"pass the base model with --base-dir <HF dir>")
+        base: Any = (HFSource(Path(base_dir), Mapping(ckpt.hf_cfg)) if base_dir is not None
+                     else MegatronSource(Path(ckpt.base_load)))
+        _write(MergedSource(base, adapters, ckpt.spec), save_dir, "hf", ckpt.root / "hf", None,
+               DTYPES[params_dtype] if params_dtype else None, hf_shard_bytes)
+        return
     if load_type not in ("hf", "mg") or save_type not in ("hf", "mg") or (load_type, save_type) == ("hf", "hf"):
         raise CheckpointError(f"unsupported conversion {load_type} -> {save_type} (use hf->mg, mg->hf or mg->mg)")
     if not load_dir.is_dir():
@@ -283,13 +325,22 @@ def convert(*, model_type: str, load_type: str, save_type: str, load_dir: str | 
             raise CheckpointError(f"--model-type-hf {model_type} but {load_dir} holds a {hf_cfg.get('model_type')!r} model")
     mapping = Mapping(hf_cfg) if load_type == "hf" else None
     source: Any = HFSource(load_dir, mapping) if load_type == "hf" else MegatronSource(load_dir)
+    layout = None
+    if save_type == "mg":
+        layout = ParallelLayout(tp=tp, pp=pp, ep=ep, num_layer_list=num_layer_list,
+                                num_layers_per_virtual_pipeline_stage=vpp_layers)
+    _write(source, save_dir, save_type, hf_files, layout, dtype, hf_shard_bytes)
+
+
+def _write(source: Any, save_dir: Path, save_type: str, hf_files: Path, layout: ParallelLayout | None,
+           dtype: torch.dtype | None, hf_shard_bytes: int) -> None:
+    """Stream `source` into a new `save_dir` (written aside, then renamed into place)."""
     mapping = source.m
     tmp = save_dir.parent / f".{save_dir.name}.tmp-{os.getpid()}"
     try:
         if save_type == "mg":
-            layout = ParallelLayout(tp=tp, pp=pp, ep=ep, num_layer_list=num_layer_list,
-                                    num_layers_per_virtual_pipeline_stage=vpp_layers)
-            plan = plan_model(hf_cfg, layout, dtype="fp32")  # validates the layout (raises ValueError)
+            assert layout is not None
+            plan = plan_model(mapping.cfg, layout, dtype="fp32")  # validates the layout (raises ValueError)
             tmp.mkdir(parents=True)
             sink: Any = MegatronSink(tmp, mapping, layout, plan.padded_vocab_size, source.dtype, dtype, hf_files)
         else:
@@ -298,13 +349,17 @@ def convert(*, model_type: str, load_type: str, save_type: str, load_dir: str | 
         for canonical, tensor in source:
             sink.put(canonical, tensor)
         sink.close()
-        if save_dir.exists():
-            old = save_dir.parent / f".{save_dir.name}.old-{os.getpid()}"
-            save_dir.rename(old)
-            tmp.rename(save_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(save_dir)
+        _replace(tmp, save_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _replace(tmp: Path, save_dir: Path) -> None:
+    if save_dir.exists():
+        old = save_dir.parent / f".{save_dir.name}.old-{os.getpid()}"
+        save_dir.rename(old)
+        tmp.rename(save_dir)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(save_dir)

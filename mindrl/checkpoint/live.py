@@ -6,6 +6,7 @@
 - `iter_hf_buckets(chunks, hf_cfg, experts=...)`: HF-named full tensors in size-bounded buckets,
   gathered over TP/PP/EP; every rank gets every dense tensor and the routed experts its rollout
   shard holds (`experts`; None: all of them). Rollout engines call `load_weights(bucket)` with them.
+  With LoRA adapters on `chunks` the tensors are the merged weights (base + scaling * B @ A).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch.distributed as dist
 
 from mindrl.checkpoint.convert import MegatronSource
 from mindrl.checkpoint.hf_mapping import Mapping
+from mindrl.models.lora import gather_canonical_adapters, has_lora, merge_canonical_
 from mindrl.models.sharding import _EXPERT, ShardSpec, iter_local, slice_canonical
 
 
@@ -67,6 +69,9 @@ def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any], b
     broadcast counts once on its sender).
     """
     m = Mapping(hf_cfg)
+    # LoRA: the pushed tensors are merged (W + scaling * B @ A, in fp32, cast once), so any consumer
+    # (a rollout copy at another layout, vLLM) needs no adapter support; the actor is not modified.
+    adapters, scaling = gather_canonical_adapters(chunks) if has_lora(chunks) else ({}, 0.0)
     mine: dict[str, list[tuple[dict[str, Any], torch.Tensor]]] = {}
     sender = _first_copies()
     for name, spec, t in iter_local(chunks, m.num_experts):
@@ -89,6 +94,9 @@ def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any], b
         if size >= bucket_bytes or i == len(m.rules) - 1:
             pieces = [(d, t.detach()) for name in bucket for d, t in mine.get(name, [])]
             full = _gather_full(pieces, world, device, m.vocab_size, target, arena, owners, stats)
+            for name in bucket if adapters else ():
+                if name in full:  # not: a routed expert another rank holds (LoRA on experts is refused)
+                    merge_canonical_(name, full[name], adapters, hf_cfg, scaling)
             out = []
             for name in bucket:
                 if name not in full:  # a routed expert another rank's rollout shard holds

@@ -51,6 +51,21 @@ class MegatronTrainingConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """LoRA on the actor (docs/lora.md): adapters on a frozen base; the reference is the base itself."""
+
+    rank: int = 0  # 0: off (full fine-tuning)
+    alpha: float = 16.0  # scaling = alpha / rank (alpha / sqrt(rank) with use_rslora)
+    dropout: float = 0.0  # on the adapters' input, as peft's lora_dropout
+    # peft's names: q_proj k_proj v_proj (inside the fused QKV) o_proj gate_proj up_proj (fused fc1) down_proj
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                               "gate_proj", "up_proj", "down_proj"])
+    use_rslora: bool = False
+    # A 4-bit base (QLoRA: "nf4" / "int4"): refused by validate() — no NF4/int4 library runs here.
+    quantize_base: Optional[str] = None
+
+
+@dataclass
 class ActorConfig:
     load: Optional[str] = None  # megatron checkpoint to start from (tools/convert_ckpt.py output)
     # Where training checkpoints go (and a rerun resumes from); None: <output_dir>/checkpoints.
@@ -74,6 +89,7 @@ class ActorConfig:
     clip_grad: float = 1.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 @dataclass

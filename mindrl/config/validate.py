@@ -86,6 +86,7 @@ def validate(cfg: MindRLConfig, check_paths: bool = True) -> list[str]:
             errors.append(f"a mini-batch of {mini} prompts x {rl.n_samples_per_prompt} samples is not divisible by "
                           f"micro_batch_size x data-parallel size = {actor.micro_batch_size} x {dp}")
     errors += _rl_algorithm_errors(cfg)
+    errors += _lora_errors(cfg, hf)
     if len(rl.verifier_function) != len(rl.verifier_weight):
         errors.append(f"rl_config.verifier_function has {len(rl.verifier_function)} entries but verifier_weight "
                       f"has {len(rl.verifier_weight)}")
@@ -120,6 +121,23 @@ def validate(cfg: MindRLConfig, check_paths: bool = True) -> list[str]:
         if longest > mt.seq_length:
             errors.append(f"rl_config.max_prompt_length + sampling_config.max_tokens = {longest} exceeds "
                           f"megatron_training.seq_length={mt.seq_length} (the longest sequence the actor trains on)")
+    return errors
+
+
+def _lora_errors(cfg: MindRLConfig, hf: HFConfig | None) -> list[str]:
+    """actor_config.lora: known peft target names, a supported architecture, no 4-bit base."""
+    from mindrl.models.lora import LoRASpec
+
+    lora = cfg.actor_config.lora
+    spec = LoRASpec(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=list(lora.target_modules),
+                    use_rslora=lora.use_rslora)
+    errors = spec.check(hf)
+    if lora.quantize_base is not None:
+        errors.append(f"actor_config.lora.quantize_base={lora.quantize_base!r}: a 4-bit (QLoRA) base is not supported: "
+                      f"no NF4/int4 library (bitsandbytes, torchao) is available to build and test it here; "
+                      f"remove the key (the base then stays in the training dtype, e.g. bf16; docs/lora.md)")
+    if spec.enabled and lora.alpha <= 0:
+        errors.append(f"actor_config.lora.alpha={lora.alpha} must be > 0")
     return errors
 
 

@@ -63,6 +63,7 @@ class EvalPlan:
     max_batch_size: int = 256
     reward_timeout: float = 5.0
     reward_workers: int | None = None
+    adapter: str | None = None  # a peft LoRA folder or a mindrl LoRA checkpoint root, on top of `model`
 
 
 def per_dataset(values: Sequence[str] | None, flag: str, cast: Callable[[str], Any], default: Any,
@@ -280,7 +281,17 @@ def build_plan(*, model: str, tokenizer: str | None, datasets: Sequence[str], ov
     if not 0 < sampling_and_layout.get("top_p", 1.0) <= 1:
         raise EvalError("--top-p must be in (0, 1]")
 
+    adapter = sampling_and_layout.pop("adapter", None)
+    model, adapter = _split_lora_checkpoint(model, adapter)
     kind, hf, default_tok = check_model(model)
+    if adapter is not None:
+        from mindrl.checkpoint.lora_io import read_adapter
+        from mindrl.checkpoint.tensor_io import CheckpointError
+
+        try:
+            read_adapter(adapter, hf)  # config, names and shapes against the base model
+        except (CheckpointError, OSError, ValueError, KeyError) as err:
+            raise EvalError(f"--adapter {adapter}: {err}") from None
     tokenizer_dir = tokenizer or default_tok
     tok = load_tokenizer(tokenizer_dir)
     vocab = check_layout(hf, sampling_and_layout.get("tp", 1), sampling_and_layout.get("pp", 1),
@@ -317,4 +328,20 @@ def build_plan(*, model: str, tokenizer: str | None, datasets: Sequence[str], ov
                                  options=scorer_options(scorer, tail), n=n_of[label], items=items, stop=strings,
                                  stop_token_ids=ids))
     return EvalPlan(model=model, model_kind=kind, hf_config=json.loads(json.dumps(hf)), tokenizer=tokenizer_dir,
-                    datasets=plans, output=str(out_dir), **sampling_and_layout)
+                    datasets=plans, output=str(out_dir), adapter=adapter, **sampling_and_layout)
+
+
+def _split_lora_checkpoint(model: str, adapter: str | None) -> tuple[str, str | None]:
+    """A LoRA training checkpoint root as --model means: its recorded base (`actor_config.load`) plus
+    its adapters."""
+    from mindrl.checkpoint.lora_io import LoRACheckpoint, is_lora_checkpoint
+
+    if not Path(model).is_dir() or not is_lora_checkpoint(model):
+        return model, adapter
+    if adapter is not None:
+        raise EvalError(f"--model {model} holds LoRA adapters only; pass the base model as --model and it as --adapter")
+    base = LoRACheckpoint(model).base_load
+    if not base:
+        raise EvalError(f"--model {model} holds LoRA adapters only and its run loaded no base checkpoint "
+                        f"(actor_config.load unset): pass --model <base> --adapter {model}")
+    return base, model

@@ -34,7 +34,7 @@ def load_hf_weights(chunks: list[torch.nn.Module], model_dir: str, hf_cfg: dict[
     targets: dict[str, list[tuple[torch.Tensor, Any]]] = {}
     for chunk, specs in zip(chunks, shard_specs(chunks, m.num_experts)):
         for name, tensor in chunk.state_dict(keep_vars=True).items():
-            if name.endswith("_extra_state") or tensor is None:
+            if name.endswith("_extra_state") or tensor is None or name not in specs:  # LoRA adapters: not HF's
                 continue
             targets.setdefault(specs[name].global_name, []).append((tensor, specs[name]))
     for canonical, full in source:
@@ -61,8 +61,13 @@ def rank_main(plan: EvalPlan) -> None:
 
     backend = get_backend(plan.backend)
     t0 = time.perf_counter()
+    lora, adapters = None, None
+    if plan.adapter is not None:
+        from mindrl.checkpoint.lora_io import read_adapter
+
+        lora, adapters = read_adapter(plan.adapter, plan.hf_config)
     model = build_policy(PolicySpec(plan.hf_config, ParallelLayout(tp=plan.tp, pp=plan.pp, ep=plan.ep), dtype=plan.dtype,
-                                    make_vocab_size_divisible_by=plan.vocab_divisible_by, seed=plan.seed),
+                                    make_vocab_size_divisible_by=plan.vocab_divisible_by, seed=plan.seed, lora=lora),
                          backend, train=False)
     mplan = model.plan
     rank = dist.get_rank()
@@ -70,6 +75,10 @@ def rank_main(plan: EvalPlan) -> None:
         load_hf_weights(model.unwrapped, plan.model, plan.hf_config)
     else:
         load_megatron_checkpoint(model.unwrapped, plan.model)
+    if adapters is not None:  # generation runs base + unmerged adapters, as the trainer's rollout does
+        from mindrl.models.lora import load_adapters
+
+        load_adapters(model.unwrapped, adapters)
     tokenizer = AutoTokenizer.from_pretrained(plan.tokenizer)
     engine = BuiltinRolloutEngine.from_plan(mplan, model.chunks, tokenizer=tokenizer,
                                             eos_token_id=tokenizer.eos_token_id, seed=plan.seed,

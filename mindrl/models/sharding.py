@@ -44,11 +44,15 @@ class ShardSpec:
         return asdict(self)
 
 
-def _local_tensors(chunk: torch.nn.Module) -> Iterable[tuple[str, torch.Tensor, bool]]:
-    """(name, tensor, is_parameter) for every parameter and persistent buffer of a chunk."""
+def _local_tensors(chunk: torch.nn.Module, lora: bool = False) -> Iterable[tuple[str, torch.Tensor, bool]]:
+    """(name, tensor, is_parameter) for every parameter and persistent buffer of a chunk: the base
+    model's, or with `lora` its LoRA adapters' only (mindrl.models.lora; never mixed: an adapter is
+    not part of the base model's canonical state)."""
+    from mindrl.models.lora import is_lora_name
+
     params = dict(chunk.named_parameters())
     for name, tensor in chunk.state_dict(keep_vars=True).items():
-        if name.endswith("_extra_state") or tensor is None:
+        if name.endswith("_extra_state") or tensor is None or is_lora_name(name) != lora:
             continue
         yield name, tensor, name in params
 
@@ -68,8 +72,9 @@ def _layer_numbers(chunk: torch.nn.Module) -> dict[int, int]:
 
 
 def shard_specs(chunks: list[torch.nn.Module], num_experts: int | None = None,
-                gated: bool = True) -> list[dict[str, ShardSpec]]:
-    """For each model chunk: local name -> ShardSpec, on the current rank."""
+                gated: bool = True, lora: bool = False) -> list[dict[str, ShardSpec]]:
+    """For each model chunk: local name -> ShardSpec, on the current rank (`lora`: of the LoRA
+    adapters instead, whose canonical names are their local names with global layer indices)."""
     tp_rank, tp_size = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
     ep_rank, ep_size = ps.get_expert_model_parallel_rank(), ps.get_expert_model_parallel_world_size()
     etp_rank = ps.get_expert_tensor_parallel_rank()
@@ -79,7 +84,7 @@ def shard_specs(chunks: list[torch.nn.Module], num_experts: int | None = None,
     for chunk in chunks:
         layer_map = _layer_numbers(chunk)
         specs: dict[str, ShardSpec] = {}
-        for name, tensor, _ in _local_tensors(chunk):
+        for name, tensor, _ in _local_tensors(chunk, lora):
             global_name = name
             m = _LAYER.match(name)
             if m:

@@ -7,6 +7,8 @@ the model part directly):
         latest_checkpointed_iteration.txt
         iter_0000010/
             mp_rank_00[_000][_000]/model_optim_rng.pt # written by data-parallel rank 0 of each model shard
+                                                       # (with LoRA: the adapters, their optimizer state and
+                                                       # `lora_specs`; the frozen base is not saved)
             rng/rank_00000.pt                          # every rank: its RNG states
             trainer_state.json                         # step, data position, layout, architecture
 
@@ -27,6 +29,8 @@ from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
 from mindrl.checkpoint.convert import LAYOUT_FILE
 from mindrl.checkpoint.layout_plan import layout_meta, rank_dir_name
+from mindrl.models.lora import has_lora, is_lora_name
+from mindrl.models.sharding import shard_specs
 from mindrl.utils.io import atomic_write_text
 
 LATEST = "latest_checkpointed_iteration.txt"
@@ -83,11 +87,15 @@ def save_checkpoint(ckpt_root: Path, step: int, model: Any, trainer_state: dict[
     if ps.get_data_parallel_rank(with_context_parallel=True) == 0:
         state: dict[str, Any] = {"iteration": step, "checkpoint_version": 3.0}
         chunks = model.unwrapped
-        if len(chunks) == 1:
-            state["model"] = chunks[0].state_dict()
-        else:
-            for i, chunk in enumerate(chunks):
-                state[f"model{i}"] = chunk.state_dict()
+        lora = has_lora(chunks)
+        for i, chunk in enumerate(chunks):
+            sd = chunk.state_dict()
+            if lora:  # the base is frozen and comes from actor_config.load (or the seed): adapters only
+                sd = {k: v for k, v in sd.items() if is_lora_name(k)}
+            state["model" if len(chunks) == 1 else f"model{i}"] = sd
+        if lora:  # where each local adapter tensor sits in the canonical (peft-shaped) one, for export
+            state["lora_specs"] = [{k: s.to_dict() for k, s in specs.items()}
+                                   for specs in shard_specs(chunks, lora=True)]
         state["optimizer"] = model.optimizer.state_dict()
         state["opt_param_scheduler"] = model.scheduler.state_dict() if model.scheduler is not None else None
         (tmp / _my_rank_dir()).mkdir(parents=True, exist_ok=True)
@@ -118,7 +126,7 @@ def load_checkpoint(ckpt_root: Path, step: int, model: Any, expected: dict[str, 
     if not state_path.is_file():
         raise CheckpointMismatch(f"{ckpt}: trainer_state.json missing; not a mindrl training checkpoint")
     trainer_state = json.loads(state_path.read_text())
-    for key in ("architecture", "layout", "world_size"):
+    for key in ("architecture", "layout", "world_size", "lora"):
         if trainer_state.get(key) != expected.get(key):
             raise CheckpointMismatch(
                 f"{ckpt} was written with {key}={trainer_state.get(key)} but this run has {key}={expected.get(key)}; "
@@ -129,8 +137,20 @@ def load_checkpoint(ckpt_root: Path, step: int, model: Any, expected: dict[str, 
         raise CheckpointMismatch(f"{path} missing: the checkpoint does not match this layout")
     state = torch.load(path, map_location="cpu", weights_only=False)
     chunks = model.unwrapped
+    lora = has_lora(chunks)
+    if lora != ("lora_specs" in state):
+        raise CheckpointMismatch(f"{path}: the checkpoint {'holds' if 'lora_specs' in state else 'has no'} LoRA "
+                                 f"adapters but this run {'uses' if lora else 'does not use'} actor_config.lora")
     for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(state["model"] if len(chunks) == 1 else state[f"model{i}"])
+        sd = state["model"] if len(chunks) == 1 else state[f"model{i}"]
+        if not lora:
+            chunk.load_state_dict(sd)
+            continue
+        missing, unexpected = chunk.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if is_lora_name(k)]
+        if missing or unexpected:
+            raise CheckpointMismatch(f"{path}: adapters differ from this run's (missing {missing[:3]}, "
+                                     f"unexpected {list(unexpected)[:3]}); same actor_config.lora?")
     model.optimizer.load_state_dict(state["optimizer"])
     if model.scheduler is not None and state.get("opt_param_scheduler") is not None:
         model.scheduler.load_state_dict(state["opt_param_scheduler"])

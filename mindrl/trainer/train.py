@@ -39,11 +39,11 @@ def checkpoint_root(cfg: MindRLConfig) -> Path:
     return Path(save) if save else Path(cfg.megatron_training.output_dir) / "checkpoints"
 
 
-def policy_worker(cfg: MindRLConfig, model: Any) -> PolicyWorker:
+def policy_worker(cfg: MindRLConfig, model: Any, adapters: bool = True) -> PolicyWorker:
     """The actor and the reference share their micro-batching and sampling temperature."""
     return PolicyWorker(model, micro_batch_size=cfg.actor_config.micro_batch_size,
                         temperature=cfg.generate_config.sampling_config.temperature,
-                        max_tokens_per_micro_batch=cfg.actor_config.max_tokens_per_micro_batch)
+                        max_tokens_per_micro_batch=cfg.actor_config.max_tokens_per_micro_batch, adapters=adapters)
 
 
 def rollout_train_state(gen_cfg: Any, backend: Any, actor_model: Any) -> Any:
@@ -64,14 +64,20 @@ def setup(cfg: MindRLConfig) -> Run:
     backend = get_backend(cfg.backend)
     layout = actor_layout(cfg)
     mt, rl = cfg.megatron_training, cfg.rl_config
-    actor_model = build_policy(PolicySpec.from_config(cfg), backend, optim=optim_config(cfg))
+    spec = PolicySpec.from_config(cfg)
+    actor_model = build_policy(spec, backend, optim=optim_config(cfg))
     plan = actor_model.plan
     if mt.global_batch_size % ps.get_data_parallel_world_size():
         raise TrainingError(f"global_batch_size={mt.global_batch_size} must split over "
                             f"{ps.get_data_parallel_world_size()} data-parallel ranks")
     _load_initial_weights(cfg, actor_model.unwrapped, plan)
     reference = None
-    if rl.use_kl_loss or rl.kl_coef:
+    lora = spec.lora
+    if (rl.use_kl_loss or rl.kl_coef) and lora is not None:
+        # LoRA: the reference is the frozen base, i.e. the actor with its adapters disabled (B starts at
+        # zero, so that is also the initial policy); no second copy of the weights.
+        reference = policy_worker(cfg, actor_model, adapters=False)
+    elif rl.use_kl_loss or rl.kl_coef:
         # The reference is the frozen initial policy: the same weights, copied before any update.
         ref_model = frozen_copy(actor_model, backend)
         reference = policy_worker(cfg, ref_model)
@@ -88,7 +94,10 @@ def setup(cfg: MindRLConfig) -> Run:
     ckpt_root = checkpoint_root(cfg)
     expected = {"architecture": plan.hf.get("model_type"), "world_size": dist.get_world_size(),
                 "layout": {"tp": layout.tp, "pp": layout.pp, "ep": layout.ep, "num_layer_list": layout.num_layer_list,
-                           "vpp": plan.config.virtual_pipeline_model_parallel_size}}
+                           "vpp": plan.config.virtual_pipeline_model_parallel_size},
+                # LoRA checkpoints hold adapters only: their config and the base they sit on (export reads both).
+                "lora": lora.to_dict() if lora is not None else None,
+                "base_load": cfg.actor_config.load if lora is not None else None}
     start_step, consumed = 0, 0
     resume = latest_step(ckpt_root)
     if resume is not None:

@@ -1,11 +1,13 @@
 """The policy on this rank: log-probs of given sequences (forward only) and GRPO updates.
 
 Works on a `SequenceBatch` (this data-parallel rank's sequences, right-padded). The reference
-model is the same class built with `train=False`. Loss math comes from mindrl.algorithms; this
+model is the same class built with `train=False`, or, with LoRA, the actor's own model with its
+adapters disabled (`adapters=False`). Loss math comes from mindrl.algorithms; this
 module only feeds it megatron's micro-batches and undoes megatron's own loss scaling.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +16,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from mindrl.algorithms import compute_actor_loss, logprob_diff_stats, loss_normaliser, rollout_is_clipfrac_weight
+from mindrl.models.lora import adapters_disabled
 from mindrl.workers.megatron_engine import MegatronModel, forward_backward, gpt_forward, output_log_probs
 
 
@@ -132,8 +135,11 @@ class PolicyWorker:
     """A megatron model (actor or frozen reference) on this rank."""
 
     def __init__(self, model: MegatronModel, *, micro_batch_size: int, temperature: float = 1.0,
-                 max_tokens_per_micro_batch: int | None = None) -> None:
+                 max_tokens_per_micro_batch: int | None = None, adapters: bool = True) -> None:
         self.model = model
+        # False: this worker is the LoRA actor's base (the reference policy): its log-probs run with
+        # every adapter disabled, on the actor's own weights (no second copy).
+        self.adapters = adapters
         self.micro_batch_size = micro_batch_size
         self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
         if max_tokens_per_micro_batch is not None and ps.get_pipeline_model_parallel_world_size() > 1:
@@ -195,7 +201,8 @@ class PolicyWorker:
             return output, collect
 
         micro = self._micro_batches(batch)
-        reported = forward_backward(self.model, micro, forward, forward_only=True)
+        with contextlib.nullcontext() if self.adapters else adapters_disabled(self.model.unwrapped):
+            reported = forward_backward(self.model, micro, forward, forward_only=True)
         local = None
         if reported:  # back to batch order and width; labels past a row's micro-batch width are not response
             local = torch.zeros(len(batch), batch.tokens.shape[1] - 1)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from mindrl.backends.base import BackendBase
 from mindrl.backends.distributed import init_distributed
 from mindrl.models import ParallelLayout, plan_model
+from mindrl.models.lora import LoRASpec
 from mindrl.workers.megatron_engine import MegatronModel, OptimConfig, setup_model
 
 if TYPE_CHECKING:
@@ -36,16 +37,22 @@ class PolicySpec:
     seed: int = 1234  # seeds torch and megatron's model-parallel RNG tracker (initial weights)
     # Extra megatron TransformerConfig fields (e.g. init_method_std for a test's random model).
     overrides: dict[str, Any] = field(default_factory=dict)
+    lora: LoRASpec | None = None  # adapters on a frozen base (rank 0 or None: full fine-tuning)
 
     @classmethod
     def from_config(cls, cfg: "MindRLConfig") -> "PolicySpec":
         """The actor as a training config describes it (model, actor layout, megatron_training numerics)."""
         from mindrl.config import actor_layout, resolve_hf_config
 
-        mt = cfg.megatron_training
+        mt, lora = cfg.megatron_training, cfg.actor_config.lora
+        if lora.quantize_base:  # validate() refuses it first; never silently train a bf16 base instead
+            raise ValueError(f"actor_config.lora.quantize_base={lora.quantize_base!r}: a 4-bit base is not supported")
+        spec = LoRASpec(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), use_rslora=lora.use_rslora)
         return cls(hf=resolve_hf_config(cfg), layout=actor_layout(cfg), dtype="bf16" if mt.bf16 else "fp32",
                    make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
-                   mtp_num_layers=cfg.model.mtp_num_layers, recompute=mt.recompute, seed=mt.seed)
+                   mtp_num_layers=cfg.model.mtp_num_layers, recompute=mt.recompute, seed=mt.seed,
+                   lora=spec if spec.enabled else None)
 
 
 def optim_config(cfg: "MindRLConfig", updates_per_iteration: int | None = None) -> OptimConfig:
@@ -72,7 +79,8 @@ def build_policy(spec: PolicySpec, backend: BackendBase, *, train: bool = True,
                       mtp_num_layers=spec.mtp_num_layers, recompute=spec.recompute, **spec.overrides)
     init_distributed(backend, tp=spec.layout.tp, pp=spec.layout.pp, ep=spec.layout.ep,
                      vpp=plan.config.virtual_pipeline_model_parallel_size, seed=spec.seed, **dist_kwargs)
-    return setup_model(plan, backend.core_attention_cls(), train=train, optim=optim)
+    return setup_model(plan, backend.core_attention_cls(), train=train, optim=optim, lora=spec.lora,
+                       lora_seed=spec.seed)
 
 
 def frozen_copy(model: MegatronModel, backend: BackendBase) -> MegatronModel:

@@ -17,6 +17,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
 from mindrl.models.builder import ModelPlan, build_model
+from mindrl.models.lora import LoRASpec, apply_lora
 from mindrl.models.logprobs import output_log_probs_and_entropy, token_log_probs_and_entropy
 
 
@@ -50,12 +51,16 @@ class MegatronModel:
 
 
 def setup_model(plan: ModelPlan, core_attention: type, *, train: bool = True,
-                optim: OptimConfig | None = None) -> MegatronModel:
-    """Build this rank's chunks; for training wrap them in megatron DDP and make the optimizer."""
+                optim: OptimConfig | None = None, lora: LoRASpec | None = None, lora_seed: int = 0) -> MegatronModel:
+    """Build this rank's chunks; for training wrap them in megatron DDP and make the optimizer.
+    `lora` (rank > 0): the base is frozen and fp32 adapters are added (mindrl.models.lora) after the
+    half-precision wrapping and before DDP, so DDP's buffers and the optimizer hold adapters only."""
     chunks: list[torch.nn.Module] = build_model(plan, core_attention)
     config = plan.config
     if config.bf16 or config.fp16:
         chunks = [Float16Module(config, c) for c in chunks]
+    if lora is not None and lora.enabled:
+        apply_lora(chunks, lora, plan.hf, lora_seed)
     if not train:
         for c in chunks:
             c.eval()

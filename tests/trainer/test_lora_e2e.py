@@ -1,0 +1,162 @@
+"""LoRA GRPO end to end on the tiny CPU demo: the first step, adapter-only checkpoints, exact resume,
+and the exports (`--lora-format peft`, `--lora-merge`) against real peft.
+
+Each run is `python -m mindrl.cli.train_grpo ... actor_config.lora.rank=8` in a subprocess, as a user runs it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, demo_train_cmd, run_cli
+from tests.trainer.test_grpo_e2e import metrics
+
+pytestmark = pytest.mark.megatron
+# entropy_coeff: a gradient even when every group's rewards are equal (short max_tokens: often all flat).
+LORA = ("actor_config.lora.rank=8", "actor_config.lora.alpha=16", "actor_config.lr=5e-3", "rl_config.entropy_coeff=0.01")
+
+
+def train_cmd(demo: Path, out: Path, *overrides: str) -> list[str]:
+    return demo_train_cmd(demo, out, "megatron_training.global_batch_size=4", "rl_config.n_samples_per_prompt=4",
+                          "actor_config.micro_batch_size=8", "rl_config.actor_resource.num_npus=1",
+                          "generate_config.sampling_config.max_tokens=24", "megatron_training.save_interval=2",
+                          *LORA, *overrides)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_demo, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lora_run")
+    proc = run_cli(train_cmd(tiny_demo, out, "megatron_training.train_iters=2"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return out
+
+
+def test_first_step_is_the_base_and_checkpoints_hold_adapters_only(lora_run):
+    step1, step2 = metrics(lora_run)
+    # B starts at zero: the actor is the base, which is also the reference (the actor, adapters disabled).
+    # (`kl` is measured against the rollout engine's log-probs: equal up to its decode path's rounding.)
+    assert step1["actor/kl_loss"] == 0.0 and step1["actor/ppo_kl"] == 0.0 and abs(step1["kl"]) < 1e-6
+    assert abs(step2["kl"]) > 1e-6  # after one update the adapters move the policy away from the reference
+    state = torch.load(lora_run / "checkpoints" / "iter_0000002" / "mp_rank_00" / "model_optim_rng.pt",
+                       weights_only=False)
+    names = list(state["model"])
+    assert names and all(".lora.adapters." in n for n in names)  # no base tensor saved
+    assert set(state["lora_specs"][0]) == set(names)
+    # Adam state for the adapters only: two moments per adapter tensor.
+    assert len(state["optimizer"]["state"]) == len(names)
+    trainer_state = json.loads((lora_run / "checkpoints" / "iter_0000002" / "trainer_state.json").read_text())
+    assert trainer_state["lora"]["rank"] == 8 and trainer_state["base_load"].endswith("mg")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_rerun_resumes_and_matches_an_uninterrupted_run(tiny_demo, lora_run, tmp_path):
+    resumed = run_cli(train_cmd(tiny_demo, lora_run, "megatron_training.train_iters=3"))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    fresh = run_cli(train_cmd(tiny_demo, tmp_path, "megatron_training.train_iters=3"))
+    assert fresh.returncode == 0, fresh.stderr[-4000:]
+    a, b = metrics(lora_run), metrics(tmp_path)
+    assert [m["step"] for m in a] == [1, 2, 3]
+    for x, y in zip(a, b):
+        for key in ("reward/mean", "actor/pg_loss", "response_length/mean", "kl", "actor/grad_norm"):
+            assert x[key] == y[key], (x["step"], key, x[key], y[key])
+
+
+def test_lora_checkpoint_refused_without_lora_and_plain_export(tiny_demo, lora_run, tmp_path):
+    proc = run_cli(train_cmd(tiny_demo, lora_run, "megatron_training.train_iters=5", "actor_config.lora.rank=0"))
+    assert proc.returncode != 0 and "lora" in proc.stderr
+    proc = run_cli([sys.executable, "tools/convert_ckpt.py", "--model-type-hf", "qwen2", "--load-model-type", "mg",
+                    "--save-model-type", "hf", "--load-dir", str(lora_run / "checkpoints"), "--save-dir", str(tmp_path / "x")])
+    assert proc.returncode == 2 and "--lora-format peft" in proc.stderr
+
+
+def _export(run: Path, out: Path, *extra: str) -> Path:
+    proc = run_cli([sys.executable, "tools/convert_ckpt.py", "--model-type-hf", "qwen2", "--load-model-type", "mg",
+                    "--save-model-type", "hf", "--load-dir", str(run / "checkpoints"), "--save-dir", str(out), *extra])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_exports_load_in_peft_with_mindrl_logits(tiny_demo, lora_run, tmp_path):
+    """PEFT folder -> PeftModel.from_pretrained on the HF warm start: logits equal mindrl's (base megatron
+    checkpoint + the run's adapters); --lora-merge (base from the run's record, or --base-dir) equals
+    peft's merge_and_unload()."""
+    import transformers
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from tests.checkpoint.test_lora_peft import run_worker
+    from tests.checkpoint.logits_worker import prompt
+
+    peft_dir = _export(lora_run, tmp_path / "peft", "--lora-format", "peft")
+    config = json.loads((peft_dir / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 8 and config["lora_alpha"] == 16
+    names = load_file(peft_dir / "adapter_model.safetensors")
+    assert "base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight" in names
+    base = transformers.AutoModelForCausalLM.from_pretrained(tiny_demo / "warm_start", torch_dtype=torch.float32)
+    vocab = base.config.vocab_size
+    model = PeftModel.from_pretrained(base, peft_dir).eval()
+    with torch.no_grad():
+        want = model(prompt(vocab)).logits
+        with model.disable_adapter():
+            assert (model(prompt(vocab)).logits - want).abs().max() > 0  # trained adapters are not zero
+    mine = run_worker({"base": str(tiny_demo / "mg"), "adapter": str(lora_run / "checkpoints"), "tp": 1,
+                       "divisible_by": 1}, tmp_path / "worker", 1)
+    assert (mine["logits"] - want).abs().max().item() <= 1e-4
+    merged_ref = model.merge_and_unload().state_dict()
+    for extra in ((), ("--base-dir", str(tiny_demo / "warm_start"))):
+        merged = load_file(_export(lora_run, tmp_path / f"merged{len(extra)}", "--lora-merge", *extra) / "model.safetensors")
+        for name, t in merged.items():
+            assert (t.float() - merged_ref[name].float()).abs().max().item() <= 1e-6, name
+        with torch.no_grad():
+            hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"merged{len(extra)}",
+                                                                   torch_dtype=torch.float32)
+            assert (hf(prompt(vocab)).logits - want).abs().max().item() <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # three 6-step runs; took over 10 min at load average 30 on 2 cores
+def test_sigkill_and_rerun_reproduces_every_step(tiny_demo, tmp_path):
+    """Kill -9 a LoRA run mid-way, rerun the same command: every step equals an uninterrupted run."""
+    full = tmp_path / "full"
+    assert run_cli(train_cmd(tiny_demo, full, "megatron_training.train_iters=6")).returncode == 0
+    killed = tmp_path / "killed"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(train_cmd(tiny_demo, killed, "megatron_training.train_iters=6"), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 500
+    while time.time() < deadline:
+        if (killed / "metrics.jsonl").exists() and len(metrics(killed)) >= 3:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(metrics(killed)) < 6
+    assert run_cli(train_cmd(tiny_demo, killed, "megatron_training.train_iters=6")).returncode == 0
+    a, b = metrics(full), metrics(killed)
+    assert [m["step"] for m in b] == list(range(1, 7))
+    for x, y in zip(a, b):
+        for key in ("reward/mean", "actor/pg_loss", "response_length/mean", "kl", "actor/grad_norm"):
+            assert x[key] == y[key], (x["step"], key)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)  # measured 10 min (training + both evaluations) at load average 12-39 on 2 cores
+def test_lora_demo_learns_the_task(tmp_path):
+    """`LORA=1 bash examples/grpo/grpo_trainer_tiny.sh`: the whole demo (prepare, warm start, GRPO with rank-16
+    adapters on the frozen warm start, evaluation of base + adapters) and its own verdict: accuracy +0.3."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", LORA="1", OUTPUT_DIR=str(tmp_path / "tiny"))
+    proc = subprocess.run(["bash", "examples/grpo/grpo_trainer_tiny.sh"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=3500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "LEARNED" in proc.stdout, proc.stdout[-2000:]
+    state = json.loads((tmp_path / "tiny" / "checkpoints" / "iter_0000150" / "trainer_state.json").read_text())
+    assert state["lora"]["rank"] == 16
