@@ -1,4 +1,4 @@
-"""A simulated 2-node Ray cluster on 127.0.0.1 for the Ray launch tests, started once per session."""
+"""A simulated 2-node Ray cluster on 127.0.0.1 for the Ray launch tests, started once for tests/launch."""
 from __future__ import annotations
 
 import os
@@ -14,7 +14,7 @@ ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "MINDRL_CPU_THREADS": "1", "RAY
 DEVICES_PER_NODE = 3  # more than the 1 per node most jobs ask for: node groups must still land on distinct machines
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster(tmp_path_factory):
     """Two Ray nodes on 127.0.0.1 with 3 `mindrl_cpu` each, started by mindrl.launch.ray_node (the code under
     test); always stopped. Yields the head's address."""

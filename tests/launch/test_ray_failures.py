@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from mindrl.launch.placement import PlacementError
-from tests.launch.conftest import DEVICES_PER_NODE
 from tests.launch import ray_rank_fns
+from tests.launch.conftest import DEVICES_PER_NODE
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,7 @@ def _settled(expected: float, timeout_s: float = 30.0) -> float:
 def test_killed_rank_is_blamed_even_when_its_peers_errors_arrive_first(driver, tmp_path):
     """Rank 1 of 3 dies (SIGKILL) while ranks 0 and 2 wait on it in an all-reduce; they raise at once, and its
     node reports the death 2 s late, so their errors reach the driver first. The failure is rank 1's."""
+    from mindrl.launch.failures import death_time_from_ray
     from mindrl.launch.ray_driver import RankFailure, RayLaunch, run_on_ray
 
     launch = RayLaunch(address=driver, devices_per_node=3, placement_timeout_s=60, failure_timeout_s=40,
@@ -65,6 +66,10 @@ def test_killed_rank_is_blamed_even_when_its_peers_errors_arrive_first(driver, t
     # Each time came from where it should: the survivors' stamps survived Ray's serialization.
     first, *others = [(f.slot.rank, f.died, f.source) for f in err.value.failures]
     assert first == (1, True, "heartbeat") and sorted(others) == [(0, False, "raised"), (2, False, "raised")]
+    # The fallback without a readable heartbeat: Ray's time of death, after the last heartbeat. (It can be a
+    # little after the driver saw the death: Ray may first report the actor unreachable, then dead.)
+    dead = err.value.failures[0]
+    assert dead.at <= death_time_from_ray(dead.err.actor_id) <= dead.arrived + 10
     assert time.monotonic() - t0 < 40 + 30
     assert _settled(2 * DEVICES_PER_NODE) == 2 * DEVICES_PER_NODE  # every rank stopped, the group removed
 
