@@ -153,7 +153,9 @@ def test_per_node_script_head_and_worker_on_one_machine(tiny_demo, tmp_path):
     tmp = f"/tmp/mindrl_ray_script_{os.getpid()}"
     base = {**ENV, "NNODES": "2", "DEVICES_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(free_port()), "NODE_IP": "127.0.0.1", "OUTPUT_DIR": str(out),
-            "RAY_JOIN_INTERVAL_S": "2", "RAY_NODE_TMPDIR": tmp}
+            # The worker waits for the head's Ray while the head runs its lone steps (the warm-start eval:
+            # minutes on loaded cores); 30 tries x 2 s gave up before the head was up.
+            "RAY_JOIN_INTERVAL_S": "2", "RAY_JOIN_RETRIES": "450", "RAY_NODE_TMPDIR": tmp}
     args = ["bash", "examples/grpo/grpo_trainer_tiny.sh",
             *overrides(tiny_demo, out, "megatron_training.train_iters=1")[4:]]
     worker = subprocess.Popen(args, cwd=REPO, env={**base, "NODE_RANK": "1"}, stdout=subprocess.PIPE,
