@@ -37,8 +37,8 @@ class RankSlot:
     ip: str
     local_rank: int = 0
     local_world_size: int = 1
-    group: int = 0  # which placement group (one per node) and which bundle in it
-    bundle: int = 0
+    group: int = 0  # which bundle of the placement group (one bundle per node) ...
+    bundle: int = 0  # ... and which of that bundle's devices
     accelerator_ids: list[str] = field(default_factory=list)
 
 
@@ -67,20 +67,23 @@ def missing_node_ranks(nodes: list[NodeInfo], nnodes: int) -> list[int] | None:
 
 
 def check_capacity(nodes: list[NodeInfo], world_size: int, devices_per_node: int, resource: str) -> None:
-    """Fail now, with the numbers, when no assignment of `world_size` ranks can exist."""
+    """Fail now, with the numbers, when no assignment of `world_size` ranks can exist. Each group of
+    `devices_per_node` ranks needs its own machine (the driver reserves them STRICT_SPREAD), so a node
+    with twice the devices still hosts one group."""
     if devices_per_node < 1 or world_size % devices_per_node:
         raise PlacementError(f"{world_size} ranks cannot be split into nodes of devices_per_node="
                              f"{devices_per_node}; rl_config.actor_resource.num_npus must be a multiple of it")
     groups = world_size // devices_per_node
-    fits = sum(int(n.available // devices_per_node) for n in nodes)
+    fits = sum(1 for n in nodes if n.available >= devices_per_node)
     if fits < groups:
         raise PlacementError(
             f"requested {world_size} '{resource}' devices as {groups} node(s) x {devices_per_node}, but the "
-            f"cluster can host only {fits} such group(s). Available per node: {describe_nodes(nodes, resource)}")
+            f"cluster can host only {fits} such group(s), one per machine. Available per node: "
+            f"{describe_nodes(nodes, resource)}")
 
 
 def order_slots(bundle_nodes: list[list[tuple[str, str]]], head_node_id: str | None = None) -> list[RankSlot]:
-    """Ranks from reserved bundles: `bundle_nodes[g]` lists (node_id, ip) per bundle of group g.
+    """Ranks from reserved bundles: `bundle_nodes[g]` lists (node_id, ip) per device of node bundle g.
 
     Groups are sorted by node (the head's first, then by ip and node id) so the numbering is the
     same on every run; within a group, bundle order is device order.

@@ -53,6 +53,16 @@ def test_capacity_error_names_requested_and_available_per_node():
         check_capacity([], 1, 1, "NPU")
 
 
+def test_each_node_group_needs_its_own_machine():
+    """16 free devices on one machine do not make two nodes of 8: the groups are spread one per machine."""
+    big = NodeInfo("n1aaaaaaaa", "10.0.0.1", total=16, available=16, is_head=True)
+    check_capacity([big], 16, 16, "NPU")
+    with pytest.raises(PlacementError, match=r"as 2 node\(s\) x 8, but the cluster can host only 1 such group\(s\), "
+                                             r"one per machine.*10.0.0.1 \(node n1aaaaaa\): 16 of 16 NPU free"):
+        check_capacity([big], 16, 8, "NPU")
+    check_capacity([big, NodeInfo("n2bbbbbbbb", "10.0.0.2", total=8, available=8)], 16, 8, "NPU")
+
+
 def _cfg(*overrides: str):
     return load_config("grpo_tiny_cpu", list(overrides))
 
@@ -142,8 +152,9 @@ def test_loopback_detection():
 def test_failure_message_names_rank_node_reason_and_log_tail(tmp_path):
     import ray.exceptions as rex
 
+    from mindrl.launch.failures import failure_message as _failure_message
+    from mindrl.launch.failures import rank_log_path
     from mindrl.launch.placement import RankSlot
-    from mindrl.launch.ray_driver import _failure_message, rank_log_path
 
     rank_log_path(tmp_path, 3).write_text("".join(f"line {i}\n" for i in range(40)))
     slot = RankSlot(rank=3, node_id="abcdef0123456789", ip="10.0.0.7")
@@ -154,3 +165,38 @@ def test_failure_message_names_rank_node_reason_and_log_tail(tmp_path):
     assert "rank 3 of 8 on node 10.0.0.7 (node abcdef01) died (The actor died unexpectedly" in died
     missing = _failure_message(RankSlot(rank=5, node_id="n", ip="10.0.0.8"), rex.ActorDiedError(), str(tmp_path), 8)
     assert "no log readable here" in missing and "it is on the rank's node" in missing
+
+
+def test_first_failure_is_by_when_it_happened_not_when_it_arrived(tmp_path):
+    """A dead rank's last heartbeat is before its peers' exceptions (they raised because it died), even when
+    their exceptions reach the driver first; an exception stamped before the heartbeat wins instead."""
+    import ray.exceptions as rex
+
+    from mindrl.launch.failures import FAILED_AT, classify, first_failure, heartbeat_path
+    from mindrl.launch.placement import RankSlot
+
+    def raised(at: float | None) -> rex.RayTaskError:
+        cause = RuntimeError("Connection closed by peer")
+        if at is not None:
+            setattr(cause, FAILED_AT, at)
+        return rex.RayTaskError("run", "Traceback ...", cause)
+
+    slot = [RankSlot(rank=r, node_id=f"node{r}", ip="10.0.0.1") for r in range(3)]
+    heartbeat_path(tmp_path, 1).write_text("100.000\n")
+    survivors = [classify(slot[0], raised(100.2), 100.25, tmp_path, started=50.0),
+                 classify(slot[2], raised(100.3), 100.31, tmp_path, started=50.0)]
+    dead = classify(slot[1], rex.ActorDiedError(), 100.9, tmp_path, started=50.0)
+    assert (dead.at, dead.died, dead.source) == (100.0, True, "heartbeat")
+    assert [(f.at, f.source) for f in survivors] == [(100.2, "raised"), (100.3, "raised")]
+    assert first_failure([*survivors, dead]) is dead  # arrived last, happened first
+    earlier = classify(slot[2], raised(99.5), 100.95, tmp_path, started=50.0)
+    assert first_failure([*survivors, dead, earlier]) is earlier
+    # A heartbeat from before this run started is a previous run's: the death counts from its arrival.
+    stale = classify(slot[1], rex.ActorDiedError(), 100.9, tmp_path, started=100.5)
+    assert (stale.at, stale.source) == (100.9, "arrival") and first_failure([*survivors, stale]) is survivors[0]
+    # No stamp (an exception type that refused the attribute): its arrival time stands in.
+    unstamped = classify(slot[0], raised(None), 101.0, tmp_path)
+    assert (unstamped.at, unstamped.source) == (101.0, "arrival")
+    # Same time: the death is the likelier cause.
+    tie = classify(slot[0], raised(100.0), 100.1, tmp_path, started=50.0)
+    assert first_failure([tie, dead]) is dead
