@@ -31,7 +31,8 @@ def _model_and_peak(run: Any) -> tuple[FlopModel, float | None]:
 
 def perf_metrics(run: Any, generated: Sequence[Any], trained: Sequence[Any], seconds: dict[str, float], *,
                  old_log_probs: bool) -> dict[str, float]:
-    """perf/tflop (the step's model FLOPs, all ranks, in 1e12), perf/tflops_per_device, and with a known
+    """perf/tflop (the step's model FLOPs, all ranks, in 1e12) and perf/tflop_<phase> for each phase that
+    ran, perf/tflops_per_device, and with a known
     peak perf/mfu (whole step) and perf/mfu_<phase> for each phase that ran (rollout, reference,
     old_log_probs, update; over that phase's time/<phase>). `generated`: every group generated this
     step (with `.prompt`, `.outputs`); `trained`: those trained on (a prefix of the kept ones)."""
@@ -48,6 +49,7 @@ def perf_metrics(run: Any, generated: Sequence[Any], trained: Sequence[Any], sec
     step_s = max(seconds.get("time/step", sum(seconds.values())), 1e-9)
     per_device = totals["total"] / world / step_s
     out = {"perf/tflop": totals["total"] / 1e12, "perf/tflops_per_device": per_device / 1e12}
+    out.update({f"perf/tflop_{phase}": totals[phase] / 1e12 for phase in _PHASES if totals[phase]})
     if peak:
         out["perf/mfu"] = per_device / peak
         for phase in _PHASES:

@@ -44,6 +44,7 @@ def test_mfu_is_model_flops_over_world_time_and_peak(two_dp_ranks):
                        old_log_probs=True, epochs=2)
     total = 2 * parts["total"]  # both DP ranks
     assert out["perf/tflop"] == pytest.approx(total / 1e12)
+    assert out["perf/tflop_rollout"] == pytest.approx(2 * parts["rollout"] / 1e12)
     assert out["perf/tflops_per_device"] == pytest.approx(total / 2 / 5.0 / 1e12)
     assert out["perf/mfu"] == pytest.approx(total / 2 / 5.0 / 1e9)
     assert out["perf/mfu_update"] == pytest.approx(2 * parts["update"] / 2 / 1.5 / 1e9)
@@ -55,5 +56,5 @@ def test_mfu_is_model_flops_over_world_time_and_peak(two_dp_ranks):
 def test_no_reference_and_no_peak(two_dp_ranks, monkeypatch):
     monkeypatch.setattr(perf, "get_backend", lambda name: SimpleNamespace(peak_flops=lambda dtype: None))
     out = perf.perf_metrics(fake_run(reference=False), [group(4, [3])], [], {"time/step": 1.0}, old_log_probs=False)
-    assert set(out) == {"perf/tflop", "perf/tflops_per_device"}  # no peak known: no MFU
+    assert set(out) == {"perf/tflop", "perf/tflop_rollout", "perf/tflops_per_device"}  # no peak known: no MFU
     assert out["perf/tflop"] == pytest.approx(2 * step_flops(flop_model(HF), [4], [[3]], trained=[])["rollout"] / 1e12)
