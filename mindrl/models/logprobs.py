@@ -82,22 +82,28 @@ def _chunk_statistics(z: torch.Tensor, local_lab: torch.Tensor, n_valid: int, gr
 def _chunk_grad(z: torch.Tensor, lse: torch.Tensor, entropy: torch.Tensor, g_lp: torch.Tensor | None,
                 g_h: torch.Tensor | None, local_lab: torch.Tensor, n_valid: int, inv_temp: float) -> torch.Tensor:
     """d(g_lp . logp + g_h . H) / d(unscaled logits) for one chunk of scaled fp32 logits `z`
-    [rows, n_valid] (overwritten and returned). Needs no communication: `lse` and `entropy` are global."""
+    [rows, n_valid] (overwritten and returned). Needs no communication: `lse` and `entropy` are global.
+
+    With p = softmax, d logp(label)/dz = onehot - p and d H/dz = -p (log p + H), so the gradient is
+    inv_temp * (p * (a log p + b) + g_lp onehot) with per-row a = -g_h, b = -(g_h H + g_lp): the
+    vocab-wide work is three in-place passes (log p, p, and one multiply-add) over the chunk, the per-row
+    factors (and the temperature) folded into a and b."""
     logq = z.sub_(lse[:, None])  # log softmax
-    p = logq.exp()
-    # d logp(label)/dz = onehot - p ; d H/dz = -p * (log p + H)
+    rows = z.shape[0]
+    zero = torch.zeros(rows, dtype=z.dtype, device=z.device)
+    lp = zero if g_lp is None else g_lp
     if g_h is not None:
-        logq += entropy[:, None]
-        gz = logq.mul_(p).mul_(-g_h[:, None])
+        p = logq.exp()
+        a = (-inv_temp * g_h)[:, None]
+        b = (-inv_temp * (g_h * entropy + lp))[:, None]
+        gz = torch.addcmul(b, logq, a, out=logq).mul_(p)
+        del p
     else:
-        gz = logq.zero_()
+        gz = logq.exp_().mul_((-inv_temp * lp)[:, None])
     if g_lp is not None:
-        gz.sub_(p.mul_(g_lp[:, None]))
         inside = (local_lab >= 0) & (local_lab < n_valid)
         gz.scatter_add_(1, local_lab.clamp(0, n_valid - 1)[:, None],
-                        torch.where(inside, g_lp, torch.zeros_like(g_lp))[:, None])
-    if inv_temp != 1.0:
-        gz.mul_(inv_temp)
+                        torch.where(inside, inv_temp * g_lp, torch.zeros_like(g_lp))[:, None])
     return gz
 
 
@@ -207,7 +213,9 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
         for s in range(0, n if n_valid and (want_h or want_w) else 0, step):
             e = min(n, s + step)
             h = hidden[s:e].to(w.dtype)
-            z = (h @ w.t()).float() * ctx.inv_temp  # recomputed: the forward kept no logits
+            z = (h @ w.t()).float()  # recomputed (the forward kept no logits); a new tensor, ours to overwrite
+            if ctx.inv_temp != 1.0:
+                z.mul_(ctx.inv_temp)
             gz = _chunk_grad(z, lse[s:e], entropy[s:e], None if g_lp is None else g_lp[s:e],
                              None if g_h is None else g_h[s:e], labels[s:e] - rank * local, n_valid, ctx.inv_temp)
             if want_h:
