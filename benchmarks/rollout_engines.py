@@ -17,7 +17,8 @@ cores; vLLM is built last because it patches `torch.set_num_threads` away):
   loaded from the HF folder (`HFShardLoader`);
 - vLLM: `vllm.LLM` in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, the `uni` executor,
   `enforce_eager=True`, VLLM_CPU_KVCACHE_SPACE=1 GiB), its defaults otherwise (prefix caching on, so
-  the n samples share the prompt's prefill, as ours do); `n` in its SamplingParams;
+  the n samples share the prompt's prefill, as ours do; the cache is reset before each call, so no call
+  reuses an earlier one's prefill); `n` in its SamplingParams;
 - HF: `generate(do_sample=True, num_return_sequences=8)` on the left-padded prompts.
 One warm-up call each, then `rounds` rounds in a rotating order; medians. `--quick`: h256 only, 2 rounds.
 `--profile N`: torch.profiler's top N operators of one built-in and one vLLM call (the last model).
@@ -88,11 +89,11 @@ def build_builtin(hf_dir: Path):  # noqa: ANN201
     return BuiltinRolloutEngine.from_plan(model.plan, model.chunks, eos_token_id=[])
 
 
-def build_vllm(hf_dir: Path):  # noqa: ANN201
+def build_vllm(hf_dir: Path, new: int):  # noqa: ANN201
     from vllm import LLM
 
     return LLM(model=str(hf_dir), tokenizer=None, skip_tokenizer_init=True, dtype="float32", enforce_eager=True,
-               distributed_executor_backend="uni", max_model_len=PROMPT_LEN + 256, max_num_seqs=256, seed=0)
+               distributed_executor_backend="uni", max_model_len=PROMPT_LEN + new + 16, max_num_seqs=256, seed=0)
 
 
 def run_model(name: str, workdir: Path, rows: int, new: int, rounds: int, engines: list[str],
@@ -127,11 +128,14 @@ def run_model(name: str, workdir: Path, rows: int, new: int, rounds: int, engine
         from vllm import SamplingParams as VSP
         from vllm.inputs import TokensPrompt
 
-        llm = build_vllm(hf_dir)
+        llm = build_vllm(hf_dir, new)
         vprompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]
         vsp = VSP(n=N, temperature=1.0, top_k=-1, top_p=1.0, max_tokens=new, ignore_eos=True, seed=0)
 
         def vllm_generate() -> None:
+            # Each call prefills its prompts, as the built-in engine's does: the n samples of a prompt
+            # share its prefill (prefix caching), but no call reuses an earlier call's cache.
+            llm.reset_prefix_cache()
             out = llm.generate(vprompts, vsp, use_tqdm=False)
             got = sum(len(c.token_ids) for o in out for c in o.outputs)
             assert got == rows * new, f"vLLM generated {got} tokens, expected {rows * new}"
