@@ -152,6 +152,7 @@ class _Batch:
         self.pos = 0  # next position whose token is chosen
         self.prefilled = False
         self.logits: torch.Tensor | None = None  # last pipeline stage only
+        self.probs: torch.Tensor | None = None  # the sampler's softmax buffer, reused every step
 
     def step(self) -> bool:
         """One forward (prefill or one decode step) and the token choice it allows; True when done."""
@@ -178,9 +179,11 @@ class _Batch:
             if self.logits is not None:  # the last pipeline stage (every rank when PP=1)
                 # Every row sampling (the usual case past the longest prompt): no copy of the logits.
                 logits = self.logits if len(rows) == len(started) else self.logits[started]
+                if self.probs is None or self.probs.shape[1] != logits.shape[1]:
+                    self.probs = torch.empty(len(self.buf), logits.shape[1], dtype=torch.float32, device=logits.device)
                 tokens, logps = sample(logits, temperature=p.temperature, top_k=p.top_k,
                                        top_p=p.top_p, min_p=p.min_p, keys=self.keys[rows],
-                                       steps=self.pos - self.prompt_len[rows])
+                                       steps=self.pos - self.prompt_len[rows], probs_out=self.probs[:len(rows)])
             tokens, logps = self.engine.share_choice(tokens, logps, len(rows))
             self.buf[rows, self.pos] = tokens
             for r, t, lp in zip(rows.tolist(), tokens.tolist(), logps.tolist()):
