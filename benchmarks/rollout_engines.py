@@ -20,7 +20,9 @@ cores; vLLM is built last because it patches `torch.set_num_threads` away):
   the n samples share the prompt's prefill, as ours do; the cache is reset before each call, so no call
   reuses an earlier one's prefill); `n` in its SamplingParams;
 - HF: `generate(do_sample=True, num_return_sequences=8)` on the left-padded prompts.
-One warm-up call each, then `rounds` rounds in a rotating order; medians. `--quick`: h256 only, 2 rounds.
+One warm-up call each, then `rounds` rounds in a rotating order; medians of wall time and of the process's CPU
+time (on a loaded machine, `MINDRL_CPU_THREADS=1` and the CPU-time columns compare the engines' work
+far more stably than wall time). `--quick`: h256 only, 2 rounds.
 `--profile N`: torch.profiler's top N operators of one built-in and one vLLM call (the last model).
 """
 from __future__ import annotations
@@ -143,19 +145,21 @@ def run_model(name: str, workdir: Path, rows: int, new: int, rounds: int, engine
     for fn in calls.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in calls}
+    cpu: dict[str, list[float]] = {k: [] for k in calls}
     names = list(calls)
     for r in range(rounds):
         for k in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             calls[k]()
             times[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
     if profile:
         for k in [k for k in ("built-in", "vLLM (CPU)") if k in calls]:
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                 calls[k]()
             print(f"\n### {name}, {k}: one call, top {profile} operators by self CPU time\n")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile))
-    return [{"model": name, "engine": k, "seconds": statistics.median(v), "runs": v,
+    return [{"model": name, "engine": k, "seconds": statistics.median(v), "runs": v, "cpu": statistics.median(cpu[k]),
              "tok_s": rows * new / statistics.median(v), "threads": torch.get_num_threads()} for k, v in times.items()]
 
 
@@ -203,11 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             print("\n".join(x for x in lines if not x.startswith("RESULT ")))
         load.append(os.getloadavg()[0])
-    print("| model | engine | seconds (median) | generated tok/s | built-in vs this |\n|---|---|---:|---:|---:|")
+    print("| model | engine | seconds (median) | generated tok/s | built-in vs this | CPU seconds | built-in vs this, CPU "
+          "time |\n|---|---|---:|---:|---:|---:|---:|")
     for r in results:
         base = next((x for x in results if x["model"] == r["model"] and x["engine"] == "built-in"), None)
         ratio = f"{r['seconds'] / base['seconds']:.2f}x" if base else "-"
-        print(f"| {r['model']} | {r['engine']} | {r['seconds']:.2f} | {r['tok_s']:,.0f} | {ratio} |")
+        cpu_ratio = f"{r['cpu'] / base['cpu']:.2f}x" if base else "-"
+        print(f"| {r['model']} | {r['engine']} | {r['seconds']:.2f} | {r['tok_s']:,.0f} | {ratio} | {r['cpu']:.2f} | "
+              f"{cpu_ratio} |")
     runs = "; ".join(f"{r['model']} {r['engine']} {[round(t, 2) for t in r['runs']]}" for r in results)
     print(f"\n{args.rows} rows ({args.rows // N} prompts x {N}) x {args.new} new tokens, prompt {PROMPT_LEN} tokens, "
           f"fp32, {results[0]['threads'] if results else '?'} threads; runs (s): {runs}; "
