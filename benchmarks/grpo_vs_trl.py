@@ -113,7 +113,10 @@ def run_mindrl(workdir: Path, prompts_per_step: int, steps: int, out: Path) -> d
                       for r in records]}
 
 
-def run_trl(workdir: Path, prompts_per_step: int, steps: int, prompts: list[str]) -> dict:
+def run_trl(workdir: Path, prompts_per_step: int, steps: int, prompts: list[str], micro_batch: int = 0) -> dict:
+    """TRL's side. `micro_batch` > 0: TRL's micro-batch (`per_device_train_batch_size`, with gradient
+    accumulation over the step's rows; TRL then generates once per optimizer step, as before); 0: all
+    rows in one micro-batch (the default of this benchmark)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -150,7 +153,9 @@ def run_trl(workdir: Path, prompts_per_step: int, steps: int, prompts: list[str]
             self.rows.append({"step_s": time.perf_counter() - self.t0, "gen_s": gen_time[0], "gen_tokens": gen_tokens[0]})
 
     rows = prompts_per_step * N
-    args = GRPOConfig(output_dir=str(workdir / "trl_out"), per_device_train_batch_size=rows, num_generations=N,
+    micro = micro_batch if micro_batch and rows % micro_batch == 0 else rows
+    args = GRPOConfig(output_dir=str(workdir / "trl_out"), per_device_train_batch_size=micro,
+                      gradient_accumulation_steps=rows // micro, num_generations=N,
                       max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0, beta=KL, learning_rate=LR,
                       max_steps=steps, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
                       bf16=False, seed=0, dataloader_num_workers=0, disable_tqdm=True)
@@ -222,7 +227,7 @@ def side_main(args: argparse.Namespace) -> None:
         result = run_mindrl(workdir, p, total, out)
     else:
         result = run_trl(workdir, p, total, meta["prompts"][:p * total] if p * total <= len(meta["prompts"])
-                         else (meta["prompts"] * total)[:p * total])
+                         else (meta["prompts"] * total)[:p * total], args.trl_micro_batch)
     result["steps"] = result["steps"][args.warmup:]
     result["rss_gib"] = _rss_gib()
     (out / "result.json").write_text(json.dumps(result))
@@ -237,7 +242,7 @@ def trl_python(explicit: str | None) -> str | None:
 
 
 def compare(settings: list[str], steps: int, warmup: int, rounds: int, workdir: Path, tokenizer: Path,
-            trl_py: str | None = None) -> list[dict]:
+            trl_py: str | None = None, trl_micro_batch: int = 0) -> list[dict]:
     """Run everything; returns one row per (setting, framework) with medians."""
     prepare(workdir, tokenizer)
     meta = json.loads((workdir / "prepared.json").read_text())
@@ -255,7 +260,7 @@ def compare(settings: list[str], steps: int, warmup: int, rounds: int, workdir: 
                 out = workdir / "runs" / f"{setting}_{side}_{r}"
                 cmd = [py if side == "trl" else sys.executable, "-m", "benchmarks.grpo_vs_trl", "--side", side,
                        "--setting", setting, "--steps", str(steps), "--warmup", str(warmup), "--workdir", str(workdir),
-                       "--out", str(out)]
+                       "--out", str(out), "--trl-micro-batch", str(trl_micro_batch)]
                 proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
                 if proc.returncode:
                     raise SystemExit(f"{side} {setting} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -307,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rollout-only", type=int, default=0, metavar="ROWS",
                    help="only time generation at ROWS rows: built-in engine vs HF generate, one process")
     p.add_argument("--new", type=int, default=16, help="new tokens for --rollout-only")
+    p.add_argument("--trl-micro-batch", type=int, default=0, metavar="ROWS",
+                   help="TRL's per_device_train_batch_size (gradient accumulation over the rest); 0: all rows at once")
     p.add_argument("--side", choices=["mindrl", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--setting", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -327,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = [s for s in args.settings.split(",") if s]
     rows = compare(settings, args.steps, args.warmup, args.rounds, Path(args.workdir), Path(args.tokenizer),
-                   args.trl_python)
+                   args.trl_python, args.trl_micro_batch)
     print(table(rows))
     print(f"\n{args.steps} timed steps after {args.warmup} warm-up per run, {args.rounds} alternating rounds; "
           f"model hidden 256 x 4 layers, vocab 151,936, fp32; {N} samples x {NEW_TOKENS} new tokens; load "

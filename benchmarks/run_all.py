@@ -29,6 +29,8 @@ def plan(quick: bool) -> list[tuple[str, list[str]]]:
             ("step_parts", ["benchmarks.step_parts", "--tokens", "1024", "--repeats", "2"]),
             ("reshard", ["benchmarks.reshard", "--repeats", "3"]),
             ("rollout_vs_hf", ["benchmarks.grpo_vs_trl", "--rollout-only", "64", "--new", "8", "--rounds", "2"]),
+            ("rollout_engines", ["benchmarks.rollout_engines", "--quick"]),
+            ("efficiency", ["benchmarks.efficiency", "--quick"]),
             ("grpo_vs_trl", ["benchmarks.grpo_vs_trl", "--settings", "1x8", "--steps", "2", "--warmup", "1",
                              "--rounds", "1"]),
         ]
@@ -40,6 +42,8 @@ def plan(quick: bool) -> list[tuple[str, list[str]]]:
         ("step_parts", ["benchmarks.step_parts"]),
         ("reshard", ["benchmarks.reshard", "--repeats", "5"]),
         ("rollout_vs_hf", ["benchmarks.grpo_vs_trl", "--rollout-only", "64", "--new", "32", "--rounds", "3"]),
+        ("rollout_engines", ["benchmarks.rollout_engines"]),
+        ("efficiency", ["benchmarks.efficiency"]),
         ("grpo_vs_trl", ["benchmarks.grpo_vs_trl"]),
     ]
 

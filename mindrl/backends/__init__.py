@@ -2,7 +2,8 @@
 
 Owns: device type and `torch.device`, collective backend (nccl / hccl / gloo), process-group
 setup (`distributed`), visible-devices variable and Ray resource name, attention kernel, the
-hardware's answers to "which params dtype for `auto`" and "initialise on the host?", seeding, and
+hardware's answers to "which params dtype for `auto`" and "initialise on the host?", seeding, the
+device's matmul peak FLOP/s (`peak`, for MFU), and
 the adaptations that let megatron-core run on the CPU (`cpu_megatron`).
 May import: torch, megatron-core. Nothing else in mindrl.
 

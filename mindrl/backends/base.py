@@ -54,6 +54,9 @@ class Backend(Protocol):
         """How many ranks this machine can host, one per device; None when ranks are not tied to devices
         (CPU: a rank is a process, so any number per node works, within what the launcher allows)."""
 
+    def peak_flops(self, dtype: torch.dtype) -> float | None:
+        """This rank's device's matmul peak FLOP/s in `dtype` (`mindrl.backends.peak`), None when unknown."""
+
 
 @dataclass
 class BackendBase:
@@ -72,6 +75,10 @@ class BackendBase:
 
     def empty_cache(self) -> None:
         """No device allocator cache: nothing to return."""
+
+    def peak_flops(self, dtype: torch.dtype) -> float | None:
+        """Unknown unless the backend knows its device (see mindrl/backends/peak.py)."""
+        return None
 
     def device(self, local_rank: int = 0) -> torch.device:
         return torch.device(self.device_type, local_rank)

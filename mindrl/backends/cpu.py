@@ -51,5 +51,11 @@ class CpuBackend(BackendBase):
     def manual_seed(self, seed: int) -> None:
         torch.manual_seed(seed)
 
+    def peak_flops(self, dtype: torch.dtype) -> float | None:
+        """Measured once per process (2048^2 `torch.mm` at this rank's threads), or MINDRL_CPU_PEAK_FLOPS."""
+        from mindrl.backends.peak import cpu_peak
+
+        return cpu_peak(dtype)
+
     def local_device_count(self) -> int | None:
         return None  # ranks are processes, not devices

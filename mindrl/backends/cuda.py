@@ -49,3 +49,9 @@ class CudaBackend(BackendBase):
 
     def local_device_count(self) -> int | None:
         return torch.cuda.device_count()
+
+    def peak_flops(self, dtype: torch.dtype) -> float | None:
+        """The card's datasheet dense bf16/fp16 peak by name (fp32: None)."""
+        from mindrl.backends.peak import table_peak
+
+        return table_peak(torch.cuda.get_device_name(), dtype)

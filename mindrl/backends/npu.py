@@ -74,3 +74,9 @@ class NpuBackend(BackendBase):
 
     def local_device_count(self) -> int | None:
         return int(self._npu().device_count())
+
+    def peak_flops(self, dtype: torch.dtype) -> float | None:
+        """The die's datasheet dense bf16/fp16 peak by name (fp32: None)."""
+        from mindrl.backends.peak import table_peak
+
+        return table_peak(str(self._npu().get_device_name()), dtype)

@@ -56,8 +56,30 @@ def _chunk_rows(local: int, chunk_elements: int | None) -> int:
     return max(1, (chunk_elements or CHUNK_ELEMENTS) // max(local, 1))
 
 
-def _chunk_statistics(z: torch.Tensor, local_lab: torch.Tensor, n_valid: int, group: Any
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+class _Scratch:
+    """Chunk-sized fp32 buffers allocated once per call and reused by every chunk. A fresh 64 MiB tensor
+    per chunk and pass is not free on the CPU: torch's CPU allocator hands big blocks straight to
+    mmap/munmap, so each one is page-faulted and zero-filled again (an `exp` into a fresh chunk took
+    3x as long as into a reused one)."""
+
+    def __init__(self, rows: int, cols: int, device: torch.device, count: int) -> None:
+        self.bufs = [torch.empty(rows * cols, dtype=torch.float32, device=device) for _ in range(count)]
+        self.cols = cols
+
+    def __call__(self, i: int, rows: int) -> torch.Tensor:
+        return self.bufs[i][:rows * self.cols].view(rows, self.cols)
+
+
+def _logits_into(out: torch.Tensor, hidden: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """out[rows, n_valid] = hidden @ w.T (in the weight's dtype, as megatron's output layer), as fp32."""
+    h = hidden.to(w.dtype)
+    if w.dtype == torch.float32:
+        return torch.mm(h, w.t(), out=out)
+    return out.copy_(h @ w.t())
+
+
+def _chunk_statistics(z: torch.Tensor, local_lab: torch.Tensor, n_valid: int, group: Any,
+                      scratch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log p(label), entropy, log-normaliser) per row of one chunk of scaled fp32 logits `z`
     [rows, n_valid] (this rank's real columns; overwritten). `local_lab` are labels relative to this
     rank's first column (outside [0, n_valid): another rank's token). `group`: the TP group or None."""
@@ -70,7 +92,7 @@ def _chunk_statistics(z: torch.Tensor, local_lab: torch.Tensor, n_valid: int, gr
     picked = torch.zeros_like(zmax)
     if n_valid:
         picked = torch.where(inside, z.gather(1, local_lab.clamp(0, n_valid - 1)[:, None])[:, 0], picked)
-    ez = z.exp()
+    ez = z.exp() if scratch is None else torch.exp(z, out=scratch)  # scratch: a reused [rows, n_valid] buffer
     sums = torch.stack([ez.sum(-1), picked, torch.linalg.vecdot(ez, z)])
     del ez
     if group is not None:
@@ -80,24 +102,31 @@ def _chunk_statistics(z: torch.Tensor, local_lab: torch.Tensor, n_valid: int, gr
 
 
 def _chunk_grad(z: torch.Tensor, lse: torch.Tensor, entropy: torch.Tensor, g_lp: torch.Tensor | None,
-                g_h: torch.Tensor | None, local_lab: torch.Tensor, n_valid: int, inv_temp: float) -> torch.Tensor:
+                g_h: torch.Tensor | None, local_lab: torch.Tensor, n_valid: int, inv_temp: float,
+                scratch: torch.Tensor | None = None) -> torch.Tensor:
     """d(g_lp . logp + g_h . H) / d(unscaled logits) for one chunk of scaled fp32 logits `z`
-    [rows, n_valid] (overwritten and returned). Needs no communication: `lse` and `entropy` are global."""
+    [rows, n_valid] (overwritten and returned). Needs no communication: `lse` and `entropy` are global.
+
+    With p = softmax, d logp(label)/dz = onehot - p and d H/dz = -p (log p + H), so the gradient is
+    inv_temp * (p * (a log p + b) + g_lp onehot) with per-row a = -g_h, b = -(g_h H + g_lp): the
+    vocab-wide work is three in-place passes (log p, p, and one multiply-add) over the chunk, the per-row
+    factors (and the temperature) folded into a and b."""
     logq = z.sub_(lse[:, None])  # log softmax
-    p = logq.exp()
-    # d logp(label)/dz = onehot - p ; d H/dz = -p * (log p + H)
+    rows = z.shape[0]
+    zero = torch.zeros(rows, dtype=z.dtype, device=z.device)
+    lp = zero if g_lp is None else g_lp
     if g_h is not None:
-        logq += entropy[:, None]
-        gz = logq.mul_(p).mul_(-g_h[:, None])
+        p = logq.exp() if scratch is None else torch.exp(logq, out=scratch)
+        a = (-inv_temp * g_h)[:, None]
+        b = (-inv_temp * (g_h * entropy + lp))[:, None]
+        gz = torch.addcmul(b, logq, a, out=logq).mul_(p)
+        del p
     else:
-        gz = logq.zero_()
+        gz = logq.exp_().mul_((-inv_temp * lp)[:, None])
     if g_lp is not None:
-        gz.sub_(p.mul_(g_lp[:, None]))
         inside = (local_lab >= 0) & (local_lab < n_valid)
         gz.scatter_add_(1, local_lab.clamp(0, n_valid - 1)[:, None],
-                        torch.where(inside, g_lp, torch.zeros_like(g_lp))[:, None])
-    if inv_temp != 1.0:
-        gz.mul_(inv_temp)
+                        torch.where(inside, inv_temp * g_lp, torch.zeros_like(g_lp))[:, None])
     return gz
 
 
@@ -122,13 +151,15 @@ class _LogProbEntropy(torch.autograd.Function):
         logp = torch.empty(n, dtype=torch.float32, device=logits.device)
         entropy, lse = torch.empty_like(logp), torch.empty_like(logp)
         step = _chunk_rows(local, chunk_elements)
+        scratch = _Scratch(min(step, n), n_valid, logits.device, 2)
         for s in range(0, n, step):
             e = min(n, s + step)
-            z = flat[s:e, :n_valid].to(torch.float32, copy=True)  # this chunk's only vocab-sized copy
+            z = scratch(0, e - s).copy_(flat[s:e, :n_valid])  # this chunk's vocab-sized copy
             if inv_temp != 1.0:
                 z *= inv_temp
-            logp[s:e], entropy[s:e], lse[s:e] = _chunk_statistics(z, lab[s:e] - rank * local, n_valid, group)
-            del z
+            logp[s:e], entropy[s:e], lse[s:e] = _chunk_statistics(z, lab[s:e] - rank * local, n_valid, group,
+                                                                  scratch(1, e - s))
+        del scratch
         ctx.save_for_backward(logits, labels, lse, entropy)
         ctx.vocab_size, ctx.inv_temp, ctx.chunk_elements = vocab_size, inv_temp, chunk_elements
         ctx.set_materialize_grads(False)
@@ -148,12 +179,15 @@ class _LogProbEntropy(torch.autograd.Function):
         g_lp = None if g_logp is None else g_logp.reshape(-1).float()
         g_h = None if g_entropy is None else g_entropy.reshape(-1).float()
         step = _chunk_rows(local, ctx.chunk_elements)
+        scratch = _Scratch(min(step, n), n_valid, logits.device, 2) if n and n_valid else None
         for s in range(0, n if n_valid else 0, step):
             e = min(n, s + step)
-            z = flat[s:e, :n_valid].float() * ctx.inv_temp  # a new tensor: ours to overwrite
+            z = scratch(0, e - s).copy_(flat[s:e, :n_valid])  # fp32, ours to overwrite
+            if ctx.inv_temp != 1.0:
+                z.mul_(ctx.inv_temp)
             grad_flat[s:e, :n_valid] = _chunk_grad(
                 z, lse[s:e], entropy[s:e], None if g_lp is None else g_lp[s:e],
-                None if g_h is None else g_h[s:e], lab[s:e] - rank * local, n_valid, ctx.inv_temp)
+                None if g_h is None else g_h[s:e], lab[s:e] - rank * local, n_valid, ctx.inv_temp, scratch(1, e - s))
         return grad, None, None, None, None
 
 
@@ -175,14 +209,16 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
         logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
         entropy, lse = torch.empty_like(logp), torch.empty_like(logp)
         step = _chunk_rows(local, chunk_elements)
+        scratch = _Scratch(min(step, n), n_valid, hidden.device, 2) if n else None
         for s in range(0, n, step):
             e = min(n, s + step)
             # The matmul in the weight's dtype, as megatron's output layer does; statistics in fp32.
-            z = (hidden[s:e].to(w.dtype) @ w.t()).float()
+            z = _logits_into(scratch(0, e - s), hidden[s:e], w)
             if inv_temp != 1.0:
                 z *= inv_temp
-            logp[s:e], entropy[s:e], lse[s:e] = _chunk_statistics(z, labels[s:e] - rank * local, n_valid, group)
-            del z
+            logp[s:e], entropy[s:e], lse[s:e] = _chunk_statistics(z, labels[s:e] - rank * local, n_valid, group,
+                                                                  scratch(1, e - s))
+        del scratch
         ctx.save_for_backward(hidden, weight, labels, lse, entropy)
         ctx.vocab_size, ctx.inv_temp, ctx.chunk_elements = vocab_size, inv_temp, chunk_elements
         ctx.set_materialize_grads(False)
@@ -204,12 +240,17 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
         g_lp = None if g_logp is None else g_logp.float()
         g_h = None if g_entropy is None else g_entropy.float()
         step = _chunk_rows(local, ctx.chunk_elements)
-        for s in range(0, n if n_valid and (want_h or want_w) else 0, step):
+        busy = n and n_valid and (want_h or want_w)
+        scratch = _Scratch(min(step, n), n_valid, hidden.device, 1 if g_h is None else 2) if busy else None
+        for s in range(0, n if busy else 0, step):
             e = min(n, s + step)
             h = hidden[s:e].to(w.dtype)
-            z = (h @ w.t()).float() * ctx.inv_temp  # recomputed: the forward kept no logits
+            z = _logits_into(scratch(0, e - s), h, w)  # recomputed: the forward kept no logits
+            if ctx.inv_temp != 1.0:
+                z.mul_(ctx.inv_temp)
             gz = _chunk_grad(z, lse[s:e], entropy[s:e], None if g_lp is None else g_lp[s:e],
-                             None if g_h is None else g_h[s:e], labels[s:e] - rank * local, n_valid, ctx.inv_temp)
+                             None if g_h is None else g_h[s:e], labels[s:e] - rank * local, n_valid, ctx.inv_temp,
+                             None if g_h is None else scratch(1, e - s))
             if want_h:
                 grad_h[s:e] = (gz.to(w.dtype) @ w).float()
             if want_w:

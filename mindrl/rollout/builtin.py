@@ -49,6 +49,10 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core.inference.contexts import StaticInferenceContext
+from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
+from megatron.core.models.common.embeddings.yarn_rotary_pos_embedding import (
+    _yarn_get_concentration_factor_from_config)
+from megatron.core.transformer.attention import Attention
 
 from mindrl.rollout.base import RolloutOutput, SamplingParams
 from mindrl.rollout.sampling import row_keys, sample, splitmix64_py
@@ -63,21 +67,56 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+def _rope_before_cache(module: Attention) -> Callable[..., Any]:
+    """`module._adjust_key_value_for_inference` with the new keys rotated *before* they enter the KV cache.
+
+    megatron 0.16's static-batching path caches un-rotated keys and applies the rotary embedding to the
+    whole cache (`k_pos_emb[:sequence_end]`) in every layer at every decode step: several full passes
+    over the cache (cos, sin, mul, neg, cat) per token, quadratic in the length. Here each key is rotated
+    once, at its own position, with the same elementwise formula, so the cache holds bit-identical
+    rotated keys; the query is rotated as before and megatron skips the key (k_pos_emb None, the path
+    its flash-decode mode takes). Attention without rotary embeddings (MLA rotates its own) is untouched."""
+    original = module._adjust_key_value_for_inference
+
+    def adjust(inference_context: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               rotary_pos_emb: Any, *args: Any, **kwargs: Any) -> Any:
+        if (rotary_pos_emb is None or inference_context is None or not inference_context.is_static_batching()
+                or module.config.flash_decode):
+            return original(inference_context, query, key, value, rotary_pos_emb, *args, **kwargs)
+        q_emb, k_emb = rotary_pos_emb if isinstance(rotary_pos_emb, tuple) else (rotary_pos_emb,) * 2
+        start = inference_context.sequence_len_offset
+        end = start + key.shape[0]
+        if k_emb is not None:
+            key = apply_rotary_pos_emb(key, k_emb[start:end], config=module.config,
+                                       mscale=_yarn_get_concentration_factor_from_config(module.config),
+                                       cp_group=module.pg_collection.cp)
+        query, key, value, _, mask_type, block_table = original(inference_context, query, key, value, None,
+                                                                *args, **kwargs)
+        return query, key, value, (None if q_emb is None else q_emb[start:end], None), mask_type, block_table
+    return adjust
+
+
 @contextmanager
 def _inference_mode(model: torch.nn.Module) -> Iterator[None]:
-    """eval(), no grad, sequence parallelism off; everything restored afterwards."""
+    """eval(), no grad, sequence parallelism off, keys rotated once before the KV cache
+    (`_rope_before_cache`); everything restored afterwards."""
     inner = _unwrap(model)
     saved = [(m, a, getattr(m, a)) for m in inner.modules() for a in _SP_ATTRS if getattr(m, a, None) is True]
     config_sp = inner.config.sequence_parallel
     was_training = [(m, m.training) for m in model.modules()]
+    attentions = [m for m in inner.modules() if isinstance(m, Attention)]
     try:
         for m, a, _ in saved:
             setattr(m, a, False)
         inner.config.sequence_parallel = False
+        for m in attentions:
+            m._adjust_key_value_for_inference = _rope_before_cache(m)  # this instance only, for this call
         model.eval()
         with torch.no_grad():
             yield
     finally:
+        for m in attentions:
+            m.__dict__.pop("_adjust_key_value_for_inference", None)
         for m, a, v in saved:
             setattr(m, a, v)
         inner.config.sequence_parallel = config_sp
@@ -113,6 +152,7 @@ class _Batch:
         self.pos = 0  # next position whose token is chosen
         self.prefilled = False
         self.logits: torch.Tensor | None = None  # last pipeline stage only
+        self.probs: torch.Tensor | None = None  # the sampler's softmax buffer, reused every step
 
     def step(self) -> bool:
         """One forward (prefill or one decode step) and the token choice it allows; True when done."""
@@ -137,9 +177,13 @@ class _Batch:
             rows = self.active[started]
             tokens = logps = None
             if self.logits is not None:  # the last pipeline stage (every rank when PP=1)
-                tokens, logps = sample(self.logits[started], temperature=p.temperature, top_k=p.top_k,
+                # Every row sampling (the usual case past the longest prompt): no copy of the logits.
+                logits = self.logits if len(rows) == len(started) else self.logits[started]
+                if self.probs is None or self.probs.shape[1] != logits.shape[1]:
+                    self.probs = torch.empty(len(self.buf), logits.shape[1], dtype=torch.float32, device=logits.device)
+                tokens, logps = sample(logits, temperature=p.temperature, top_k=p.top_k,
                                        top_p=p.top_p, min_p=p.min_p, keys=self.keys[rows],
-                                       steps=self.pos - self.prompt_len[rows])
+                                       steps=self.pos - self.prompt_len[rows], probs_out=self.probs[:len(rows)])
             tokens, logps = self.engine.share_choice(tokens, logps, len(rows))
             self.buf[rows, self.pos] = tokens
             for r, t, lp in zip(rows.tolist(), tokens.tolist(), logps.tolist()):

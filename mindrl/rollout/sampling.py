@@ -123,12 +123,15 @@ def inverse_cdf(weights: torch.Tensor, u: torch.Tensor, block: int = BLOCK) -> t
 
 
 def sample(logits: torch.Tensor, *, temperature: float, top_k: int = -1, top_p: float = 1.0, min_p: float = 0.0,
-           keys: torch.Tensor | None = None, steps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           keys: torch.Tensor | None = None, steps: torch.Tensor | None = None,
+           probs_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens [rows] and their log-probs [rows] (fp32) from logits [rows, vocab].
 
     `logits` must already have non-tokens (TP vocab padding) at -inf. The log-prob is
     `log_softmax(logits / temperature)` of the chosen token *before* filtering (temperature 1 when
     greedy), which is what the trainer recomputes; see mindrl/rollout/base.py.
+    `probs_out`: an fp32 [rows, vocab] buffer for the softmax, reused across decode steps (the same
+    kernel, so the same values; it saves page-faulting a fresh vocab-sized tensor every step).
     """
     logits = logits.float()
     if temperature == 0:
@@ -137,7 +140,9 @@ def sample(logits: torch.Tensor, *, temperature: float, top_k: int = -1, top_p: 
     if keys is None or steps is None:
         raise ValueError("sampling with temperature > 0 needs row keys and steps")
     scaled = logits / temperature if temperature != 1.0 else logits
-    probs = torch.softmax(scaled, dim=-1)  # row-wise kernel: a row's values never depend on other rows
+    # row-wise kernel: a row's values never depend on other rows
+    probs = (torch.softmax(scaled, dim=-1) if probs_out is None
+             else torch.ops.aten._softmax.out(scaled, -1, False, out=probs_out))
     weights = probs
     if (top_k is not None and 0 < top_k < logits.shape[-1]) or top_p < 1.0 or min_p > 0.0:
         weights = probs.masked_fill(torch.isinf(filter_logits(scaled, top_k, top_p, min_p)), 0.0)

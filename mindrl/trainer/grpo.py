@@ -35,6 +35,7 @@ from mindrl.algorithms import (AdaptiveKLController, DynamicSamplingBuffer, Fixe
                                overlong_filter_mask, scores_on_last_token)
 from mindrl.config import MindRLConfig
 from mindrl.rollout import RolloutRunner, SamplingParams
+from mindrl.trainer.perf import perf_metrics
 from mindrl.trainer.tracking import Tracker
 from mindrl.workers.actor import PolicyWorker, SequenceBatch, build_sequence_batch
 
@@ -261,6 +262,7 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
     metrics["time/step"] = sum(timer.seconds.values())
     metrics.update(push_metrics(run.engine, pushes))
     metrics["throughput/tokens_per_s"] = metrics["response_length/sum"] / max(metrics["time/step"], 1e-9)
+    metrics.update(perf_metrics(run, generated, groups, metrics, old_log_probs=rl.epochs * num_mini > 1))
     if run.tracker is not None and rl.log_samples_interval and (step - 1) % rl.log_samples_interval == 0:
         run.tracker.log_samples(step, [{"prompt": run.tokenizer.decode(g.prompt), "completion": c, "reward": r}
                                        for g in generated[:1] for c, r in list(zip(g.completions, g.totals))[:4]])

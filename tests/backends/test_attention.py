@@ -53,6 +53,18 @@ def test_decode_step_is_bottom_right_aligned(attn):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("sq", [1, 3])
+def test_decode_against_a_cache_gqa_and_mla_sizes(attn, sq):
+    """A few queries against a longer cache (the rollout's decode path, `cached_attention`): grouped-query
+    heads (3 per KV head), K and V head sizes that differ, causal bottom-right."""
+    torch.manual_seed(4)
+    q, k, v = torch.randn(sq, 2, 6, 12), torch.randn(7, 2, 2, 12), torch.randn(7, 2, 2, 8)
+    got = attn(k_channels=12, v_channels=8, softmax_scale=0.3)(q, k, v, None)
+    want = reference(q, k, v, 0.3, causal_mask(sq, 7, q.device))
+    assert got.shape == (sq, 2, 6 * 8)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_explicit_mask_true_means_masked(attn):
     torch.manual_seed(2)
     q, k, v = torch.randn(4, 1, 2, 8), torch.randn(4, 1, 2, 8), torch.randn(4, 1, 2, 8)

@@ -65,7 +65,7 @@ def test_first_step_rollout_log_probs_are_the_policys(first_run):
     assert step1["actor/kl_loss"] == 0.0 and abs(step1["kl"]) < 1e-6
     for key in ("reward/mean", "reward/format/mean", "reward/acc/mean", "accuracy", "response_length/mean",
                 "response_length/max", "response_length/clip_ratio", "actor/entropy", "actor/grad_norm", "actor/lr",
-                "time/rollout", "time/update", "throughput/tokens_per_s"):
+                "time/rollout", "time/update", "throughput/tokens_per_s", "perf/tflop", "perf/mfu"):
         assert key in step1, key
 
 
