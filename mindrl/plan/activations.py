@@ -19,8 +19,9 @@ May import: torch, megatron-core, mindrl.workers.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -31,11 +32,17 @@ from mindrl.workers.megatron_engine import MegatronModel, _gpt_model, gpt_forwar
 class KnownMaskCounts(TorchDispatchMode):
     """Fake tensors have no values, so `mask.nonzero()` (boolean indexing, `index_put` with a mask) has no
     size. The only masks in a training forward are the log-prob's `select` ([rows, seq] or its transpose),
-    which we made: answer its number of True elements (`selected`); any other mask counts as all True."""
+    which we made: answer its number of True elements (`selected`); any other mask counts as all True.
+    A boolean `.item()` is True: megatron's RNG-tracker fork asserts the CPU RNG state is unchanged
+    (`torch.all(a == b).item()`), a check on values fake tensors do not have. An integer `.item()` is
+    `expert_tokens`: megatron's SequentialMLP reads its per-expert token counts with `.tolist()`; with
+    the planner's balanced routing (drop-and-pad at capacity factor 1) every local expert gets an equal
+    share of the tokens it is sent, which `balanced_experts()` sets before each expert block runs."""
 
     def __init__(self, mask_numel: int, selected: int) -> None:
         super().__init__()
         self.mask_numel, self.selected = mask_numel, selected
+        self.expert_tokens: int | None = None
 
     def _count(self, mask: torch.Tensor) -> int:
         return self.selected if mask.numel() == self.mask_numel else mask.numel()
@@ -43,6 +50,10 @@ class KnownMaskCounts(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         aten = torch.ops.aten
+        if func is aten._local_scalar_dense.default and args[0].dtype == torch.bool:
+            return True
+        if func is aten._local_scalar_dense.default and self.expert_tokens is not None:
+            return self.expert_tokens
         if func is aten.nonzero.default:
             x = args[0]
             return torch.empty((self._count(x), x.dim()), dtype=torch.long, device=x.device)
@@ -59,10 +70,32 @@ class KnownMaskCounts(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+@contextlib.contextmanager
+def balanced_experts(mode: KnownMaskCounts) -> Iterator[None]:
+    """megatron's SequentialMLP.forward with `mode.expert_tokens` = its tokens / local experts."""
+    from megatron.core.transformer.moe.experts import SequentialMLP
+
+    original = SequentialMLP.forward
+
+    def forward(self, hidden, tokens_per_expert, probs):  # noqa: ANN001, ANN202
+        mode.expert_tokens = hidden.shape[0] // max(1, self.num_local_experts)
+        try:
+            return original(self, hidden, tokens_per_expert, probs)
+        finally:
+            mode.expert_tokens = None
+
+    SequentialMLP.forward = forward
+    try:
+        yield
+    finally:
+        SequentialMLP.forward = original
+
+
 @dataclass
 class ActivationBytes:
     held: int  # allocated at the end of the forward (kept for the backward)
     peak: int  # highest point of forward (+ backward)
+    forward_peak: int = 0  # highest point before the backward
 
 
 def _input_hidden(model: torch.nn.Module, rows: int, seq: int) -> torch.Tensor:
@@ -78,9 +111,25 @@ def _inside_ddp(chunk: torch.nn.Module) -> torch.nn.Module:
     return chunk.module if isinstance(chunk, DistributedDataParallel) else chunk
 
 
+@contextlib.contextmanager
+def only_layers(gpt: torch.nn.Module, keep: list[int] | None) -> Iterator[None]:
+    """Run the decoder with just its layers `keep` (None: all), e.g. one layer of each kind."""
+    block = gpt.decoder
+    layers, count = block.layers, block.num_layers_per_pipeline_rank
+    if keep is not None:
+        block.layers = torch.nn.ModuleList([layers[i] for i in keep])
+        block.num_layers_per_pipeline_rank = len(keep)
+    try:
+        yield
+    finally:
+        block.layers, block.num_layers_per_pipeline_rank = layers, count
+
+
 def micro_batch_activations(model: MegatronModel, chunk_index: int, *, rows: int, seq: int, response: int,
-                            vocab_size: int, forward_only: bool = False) -> ActivationBytes:
-    """Measure one micro-batch through chunk `chunk_index` of this rank (see the module docstring)."""
+                            vocab_size: int, forward_only: bool = False,
+                            layers: list[int] | None = None) -> ActivationBytes:
+    """Measure one micro-batch through chunk `chunk_index` of this rank (see the module docstring), through
+    its decoder layers `layers` only when given (`stage_activations` composes a whole stage from those)."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
     # DDP's forward only calls its module; MemTracker's module hooks trip over DDP's `buffers` list.
@@ -107,16 +156,70 @@ def micro_batch_activations(model: MegatronModel, chunk_index: int, *, rows: int
             gpt.set_input_tensor(hidden_in)
         dev = torch.device("cpu")
         base = tracker.get_tracker_snapshot("current").get(dev, {}).get("Total", 0)
-        with tracker, KnownMaskCounts(rows * seq, rows * response):
+        values = KnownMaskCounts(rows * seq, rows * response)
+        with tracker, values, balanced_experts(values), only_layers(gpt, layers):
             out = gpt_forward(chunk, batch, hidden_states=True)
             if gpt.post_process:
                 logp, _ = output_log_probs(chunk, out, labels, vocab_size, select=select)
                 out = logp.sum()
             held = tracker.get_tracker_snapshot("current").get(dev, {}).get("Total", 0) - base
+            forward_peak = tracker.get_tracker_snapshot("peak").get(dev, {}).get("Total", 0) - base
             if not forward_only:
                 out.backward(None if out.dim() == 0 else torch.ones_like(out))
             del out
         peak = tracker.get_tracker_snapshot("peak").get(dev, {}).get("Total", 0) - base
     if not gpt.pre_process:
         gpt.set_input_tensor(None)
-    return ActivationBytes(held=max(0, held), peak=max(0, peak, held))
+    return ActivationBytes(held=max(0, held), peak=max(0, peak, held), forward_peak=max(0, forward_peak, held))
+
+
+def layer_kind(layer: torch.nn.Module) -> str:
+    """Layers of one kind keep the same activations: the MLP's class (dense MLP or MoE) and attention's."""
+    return f"{type(layer.self_attention).__name__}/{type(layer.mlp).__name__}"
+
+
+def stage_activations(model: MegatronModel, chunk_index: int, *, forward_only: bool = False,
+                      cache: dict | None = None, **shape: Any) -> ActivationBytes:
+    """One micro-batch through a whole chunk, measured on a few of its layers and composed.
+
+    Running every layer of a large stage through fake tensors is slow (a 671B stage: minutes), and
+    each layer of a kind adds the same tensors. So: measure the chunk with only its first layer
+    (`base`: embedding / output layer / log-prob included where the chunk has them), and with the
+    first layer plus one more of each kind; a kind's increment is the difference. The whole chunk
+    holds base.held + the sum of its other layers' increments; its peak is that plus the largest
+    (peak - held) of the runs (the transient of the layer that runs last: the backward of the first
+    layer, or a recompute). A forward-only pass keeps nothing across layers: its peak is the largest
+    peak of one layer of each kind run alone. Runs are cached in `cache` by what they ran (ends of the
+    model, layer kinds), so stages that differ only in layer counts are measured once.
+    tests/plan/test_plan_activations.py checks the composition against real full runs."""
+    gpt = _gpt_model(model.chunks[chunk_index])
+    layers = list(gpt.decoder.layers)
+    cache = {} if cache is None else cache
+    # Full recompute: the training forward runs each layer without keeping its insides, as a forward-only
+    # pass does; the forward-only peak is then read off the training runs (no runs of its own).
+    recompute = gpt.config.recompute_granularity == "full"
+    train_runs = not forward_only or recompute
+
+    def run(keep: list[int]) -> ActivationBytes:
+        ends = (gpt.pre_process, gpt.post_process, not train_runs, tuple(sorted(shape.items())))
+        key = (ends, tuple(layer_kind(layers[i]) for i in keep))
+        if key not in cache:
+            cache[key] = micro_batch_activations(model, chunk_index, forward_only=not train_runs, layers=keep,
+                                                 **shape)
+        return cache[key]
+
+    kinds: dict[str, list[int]] = {}
+    for i, layer in enumerate(layers):
+        kinds.setdefault(layer_kind(layer), []).append(i)
+    base = run([0])
+    if forward_only and not recompute:
+        return ActivationBytes(held=0, peak=max(run([idx[0]]).peak for idx in kinds.values()))
+    pairs = [(len(other), run([0, other[0]])) for other in ([i for i in idx if i != 0] for idx in kinds.values())
+             if other]
+    if forward_only:
+        return ActivationBytes(held=0, peak=max([base.forward_peak] + [two.forward_peak for _, two in pairs]))
+    held, transient = base.held, base.peak - base.held
+    for count, two in pairs:
+        held += (two.held - base.held) * count
+        transient = max(transient, two.peak - two.held)
+    return ActivationBytes(held=held, peak=held + transient)

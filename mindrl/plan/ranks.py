@@ -25,7 +25,7 @@ import torch
 
 from mindrl.config import MindRLConfig
 from mindrl.models import plan_model
-from mindrl.plan.activations import ActivationBytes, KnownMaskCounts, micro_batch_activations
+from mindrl.plan.activations import ActivationBytes, KnownMaskCounts, stage_activations
 from mindrl.plan.states import TrainStates, count_train_states, frozen_weight_bytes
 from mindrl.plan.world import first_rank_of_stage, simulated_rank
 from mindrl.workers.bringup import PolicySpec, optim_config
@@ -37,10 +37,16 @@ MOE_OVERRIDES: dict[str, Any] = {"moe_expert_capacity_factor": 1.0, "moe_pad_exp
                                  "moe_token_dispatcher_type": "alltoall"}
 
 
-def _attention() -> type:
+def _attention(backend: str) -> type:
+    """The core attention whose memory the job's devices would see: on the cpu backend its own
+    SDPACoreAttention; on accelerators a flash-style kernel (no score matrix, see attention.py)."""
     from mindrl.backends.attention import SDPACoreAttention
 
-    return SDPACoreAttention
+    if backend == "cpu":
+        return SDPACoreAttention
+    from mindrl.plan.attention import FlashLikeAttention
+
+    return FlashLikeAttention
 
 
 @dataclass
@@ -77,17 +83,22 @@ def _num_experts(hf: Any) -> int | None:
     return int(n) if n else None
 
 
-def train_rank(cfg: MindRLConfig, stage: int, *, rows: int, seq: int, response: int,
-               activations: bool = True) -> TrainRank:
-    """Build and measure the first rank of pipeline stage `stage` (see the module docstring)."""
+def train_rank(cfg: MindRLConfig, stage: int, *, rows: int = 1, seq: int = 1, response: int = 1,
+               activations: bool = True, cache: dict | None = None, rank: int | None = None) -> TrainRank:
+    """Build and measure the first rank of pipeline stage `stage` (see the module docstring), or global
+    rank `rank` when given (`stage` is then that rank's)."""
     spec = PolicySpec.from_config(cfg)
     plan = train_plan(cfg, spec)
     world = cfg.rl_config.actor_resource.num_npus
     layout = plan.layout
-    rank = first_rank_of_stage(stage, world, layout.pp)
+    if rank is None:
+        rank = first_rank_of_stage(stage, world, layout.pp)
     with simulated_rank(rank, world, tp=layout.tp, pp=layout.pp, ep=layout.ep,
                         vpp=plan.config.virtual_pipeline_model_parallel_size, seed=spec.seed):
-        model = setup_model(plan, _attention(), train=True, optim=optim_config(cfg))
+        from megatron.core import parallel_state as ps
+
+        stage = ps.get_pipeline_model_parallel_rank()
+        model = setup_model(plan, _attention(cfg.backend), train=True, optim=optim_config(cfg))
         states = count_train_states(model)
         ref = sum(p.numel() * p.element_size() for p in {id(p): p for c in model.chunks
                                                          for p in c.parameters()}.values())
@@ -96,9 +107,10 @@ def train_rank(cfg: MindRLConfig, stage: int, *, rows: int, seq: int, response: 
                            chunk_layers=[len(g.decoder.layers) for g in gpts])
         if activations:
             for i in range(len(model.chunks)):
-                kw = dict(rows=rows, seq=seq, response=response, vocab_size=plan.vocab_size)
-                result.train_act.append(micro_batch_activations(model, i, **kw))
-                result.forward_act.append(micro_batch_activations(model, i, forward_only=True, **kw))
+                kw = dict(rows=rows, seq=seq, response=response, vocab_size=plan.vocab_size,
+                          cache=cache if cache is not None else {})
+                result.train_act.append(stage_activations(model, i, **kw))
+                result.forward_act.append(stage_activations(model, i, forward_only=True, **kw))
             if gpts[-1].post_process:
                 result.logprob_chunk = _logprob_chunk(model, rows=rows, response=response, vocab=plan.vocab_size)
     return result
@@ -193,7 +205,7 @@ def rollout_rank(cfg: MindRLConfig) -> RolloutRank:
                       make_vocab_size_divisible_by=spec.make_vocab_size_divisible_by,
                       mtp_num_layers=spec.mtp_num_layers, **overrides)
     with simulated_rank(0, world, tp=tp, pp=1, ep=ep, etp=etp, seed=spec.seed):
-        model = setup_model(plan, _attention(), train=False)
+        model = setup_model(plan, _attention(cfg.backend), train=False)
         num, nbytes = frozen_weight_bytes(model.chunks)
     dtype_bytes = torch.tensor([], dtype=plan.config.params_dtype).element_size()
     return RolloutRank(num_params=num, weight_bytes=nbytes, tp=tp, ep=ep,

@@ -12,6 +12,10 @@ What had to be adapted (each is undone on exit):
   the default (fake) backend instead;
 - megatron's optimizer aligns its param groups with `all_gather_object`, which a fake world cannot
   answer: every rank is taken to have this rank's groups (ranks of one layout build the same kinds);
+- `Module.bfloat16()` / `.half()` (megatron's `Float16Module` casts its module) swap each fake
+  parameter for a new one, which FakeTensorMode refuses (it holds weak references to its tensors):
+  the same casts are done in place (`param.data = param.to(dtype)`, buffers replaced), skipping
+  tensors already in that dtype;
 - megatron-core's unconditional CUDA calls go to the CPU (the cpu backend's `cpu_megatron.apply()`;
   process-wide, which is why `python -m mindrl.plan` and validate()'s memory check run the planner in
   a process of their own).
@@ -25,6 +29,19 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+
+
+def _cast_in_place(dtype: torch.dtype):  # noqa: ANN202
+    def cast(module: torch.nn.Module) -> torch.nn.Module:
+        for m in module.modules():
+            for p in m._parameters.values():
+                if p is not None and p.is_floating_point() and p.dtype != dtype:
+                    p.data = p.data.to(dtype)
+            for k, b in m._buffers.items():
+                if b is not None and b.is_floating_point() and b.dtype != dtype:
+                    m._buffers[k] = b.to(dtype)
+        return module
+    return cast
 
 
 @contextlib.contextmanager
@@ -52,6 +69,8 @@ def simulated_rank(rank: int, world: int, *, tp: int = 1, pp: int = 1, ep: int =
 
     dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
     ps.create_group, dist.all_gather_object = fake_group, same_objects
+    casts = torch.nn.Module.bfloat16, torch.nn.Module.half
+    torch.nn.Module.bfloat16, torch.nn.Module.half = _cast_in_place(torch.bfloat16), _cast_in_place(torch.float16)
     try:
         ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                      virtual_pipeline_model_parallel_size=vpp, expert_model_parallel_size=ep,
@@ -62,6 +81,7 @@ def simulated_rank(rank: int, world: int, *, tp: int = 1, pp: int = 1, ep: int =
             yield mode
     finally:
         ps.create_group, dist.all_gather_object = create_group, all_gather_object
+        torch.nn.Module.bfloat16, torch.nn.Module.half = casts
         if ps.model_parallel_is_initialized():
             ps.destroy_model_parallel()
         dist.destroy_process_group()
