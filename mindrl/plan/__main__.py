@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger("megatron").setLevel(logging.ERROR)
-    from mindrl.config import ConfigError, config_from_dict, load_config
+    from mindrl.config import ConfigError, config_from_dict, load_config, validate
     from mindrl.plan.devices import device_bytes
     from mindrl.plan.phases import plan_job
     from mindrl.plan.report import render
@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config_name, args.overrides, args.config_dir)
         else:
             raise ConfigError("give --config-name RECIPE (or --config-json FILE)")
+        problems = validate(cfg, check_paths=False)  # the plan needs a valid config; paths are warned about
+        if problems:
+            raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
         world = cfg.rl_config.actor_resource.num_npus
         dpn = args.devices_per_node
         if args.nodes is not None:

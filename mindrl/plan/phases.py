@@ -104,7 +104,7 @@ class JobPlan:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "fits": self.fits}
+        return {**asdict(self), "fits": self.fits, "problem": self.first_problem()}
 
 
 def gib(n: int | None) -> str:
