@@ -185,7 +185,8 @@ def stage_activations(model: MegatronModel, chunk_index: int, *, forward_only: b
     Running every layer of a large stage through fake tensors is slow (a 671B stage: minutes), and
     each layer of a kind adds the same tensors. So: measure the chunk with only its first layer
     (`base`: embedding / output layer / log-prob included where the chunk has them), and with the
-    first layer plus one more of each kind; a kind's increment is the difference. The whole chunk
+    first layer plus one more of each kind; a kind's increment is the difference (measured once per
+    kind and reused by later stages). The whole chunk
     holds base.held + the sum of its other layers' increments; its peak is that plus the largest
     (peak - held) of the runs (the transient of the layer that runs last: the backward of the first
     layer, or a recompute). A forward-only pass keeps nothing across layers: its peak is the largest
@@ -214,12 +215,23 @@ def stage_activations(model: MegatronModel, chunk_index: int, *, forward_only: b
     base = run([0])
     if forward_only and not recompute:
         return ActivationBytes(held=0, peak=max(run([idx[0]]).peak for idx in kinds.values()))
-    pairs = [(len(other), run([0, other[0]])) for other in ([i for i in idx if i != 0] for idx in kinds.values())
-             if other]
+    # A kind's increment (held, transient, forward peak of a run holding it) does not depend on the stage: a
+    # layer keeps the same tensors wherever it sits. Measured once per kind, in the first chunk that has two
+    # layers with it (the first one and one more), and reused by every later stage.
+    increments = []
+    for kind, idx in kinds.items():
+        other = [i for i in idx if i != 0]
+        if not other:
+            continue
+        key = ("increment", kind, not train_runs, tuple(sorted(shape.items())))
+        if key not in cache:
+            two = run([0, other[0]])
+            cache[key] = (two.held - base.held, two.peak - two.held, two.forward_peak)
+        increments.append((len(other), *cache[key]))
     if forward_only:
-        return ActivationBytes(held=0, peak=max([base.forward_peak] + [two.forward_peak for _, two in pairs]))
+        return ActivationBytes(held=0, peak=max([base.forward_peak] + [fwd for _, _, _, fwd in increments]))
     held, transient = base.held, base.peak - base.held
-    for count, two in pairs:
-        held += (two.held - base.held) * count
-        transient = max(transient, two.peak - two.held)
+    for count, step, layer_transient, _ in increments:
+        held += step * count
+        transient = max(transient, layer_transient)
     return ActivationBytes(held=held, peak=held + transient)

@@ -9,9 +9,12 @@ plan's composition (first layer + one more of the kind, times the count) is exer
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("activations_worker.py")
@@ -31,12 +34,12 @@ def run(mode: str, cases: list[dict], tmp_path: Path) -> list[int]:
     out = tmp_path / f"{mode}.json"
     proc = subprocess.run([sys.executable, str(WORKER), mode, "--cases", str(tmp_path / "cases.json"), "--out",
                            str(out)], capture_output=True, text=True, cwd=ROOT, timeout=900,
-                          env={**__import__("os").environ, "RANK": "0", "WORLD_SIZE": "1"} if mode == "real"
-                          else None)
+                          env={**os.environ, "RANK": "0", "WORLD_SIZE": "1"} if mode == "real" else None)
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_planned_activations_match_real_runs(tmp_path: Path) -> None:
     cases = [case(4, 64), case(4, 128), case(8, 64), case(8, 128)]
     planned, measured = run("plan", cases, tmp_path), run("real", cases, tmp_path)
