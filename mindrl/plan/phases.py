@@ -163,9 +163,9 @@ def _rank_phases(cfg: MindRLConfig, tr: TrainRank, ro: RolloutRank | None, capac
     peak = max((a.peak for a in tr.train_act), default=0)
     act = Row(f"activations ({k} micro-batch{'es' if k > 1 else ''} in flight)", (k - 1) * held + peak,
               f"{k - 1} x {gib(held)} held + {gib(peak)} peak of one (measured)")
-    phases = [Phase("training", state + ref + copy + [act] + (
-        [Row("output layer + fused log-prob (measured alone)", tr.logprob_chunk, "inside the activations above", in_peak=False)]
-        if tr.logprob_chunk else []), capacity)]
+    logprob = [Row("output layer + fused log-prob (measured alone)", tr.logprob_chunk, "inside the activations above",
+                   in_peak=False)] if tr.logprob_chunk else []
+    phases = [Phase("training", state + ref + copy + [act] + logprob, capacity)]
     fwd = max((a.peak for a in tr.forward_act), default=0)
     phases.append(Phase("reference forward", state + ref + copy + [
         Row("activations (forward only, one micro-batch)", fwd)], capacity))
@@ -277,11 +277,11 @@ def plan_job(cfg: MindRLConfig, *, capacity: int | None = None, device: str | No
         host.append(Row(f"offloaded training state x {dpn} devices", dpn * (s.main_params + s.optimizer)))
     if g.engine == "vllm":
         host.append(Row(f"vLLM weights asleep (sleep level 1) x {dpn} devices", dpn * ro.weight_bytes))
+    mt = cfg.megatron_training
+    paths = (("megatron_training.tokenizer_name_or_path", mt.tokenizer_name_or_path),
+             ("megatron_training.data_path", mt.data_path), ("actor_config.load", a.load))
     warnings = [f"{key}: '{value}' does not exist yet (planning needs only the recipe and the model's config)"
-                for key, value in (("megatron_training.tokenizer_name_or_path", cfg.megatron_training.tokenizer_name_or_path),
-                                   ("megatron_training.data_path", cfg.megatron_training.data_path),
-                                   ("actor_config.load", a.load))
-                if value and not _exists(value)]
+                for key, value in paths if value and not _exists(value)]
     layout = {"tp": a.tensor_model_parallel_size, "pp": pp, "ep": a.expert_model_parallel_size,
               "vpp_chunks": len(trains[0].chunk_layers), "dp": world // (a.tensor_model_parallel_size * pp),
               "micro_batch": [rows, seq], "micro_batches_per_update": mbs, "reference": uses_reference(cfg),

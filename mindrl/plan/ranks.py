@@ -166,9 +166,10 @@ def rollout_dtype(cfg: MindRLConfig) -> str:
 def shares_weights(cfg: MindRLConfig) -> bool:
     """mindrl.rollout.factory.shares_weights, on the config: the built-in engine on the actor's own weights."""
     a, g = cfg.actor_config, cfg.generate_config
-    return (g.engine == "builtin" and rollout_layout(cfg) == (a.tensor_model_parallel_size, a.expert_model_parallel_size)
-            and a.pipeline_model_parallel_size == 1 and not a.num_layers_per_virtual_pipeline_stage
-            and rollout_dtype(cfg) == ("bf16" if cfg.megatron_training.bf16 else "fp32"))
+    same_layout = rollout_layout(cfg) == (a.tensor_model_parallel_size, a.expert_model_parallel_size)
+    train_dtype = "bf16" if cfg.megatron_training.bf16 else "fp32"
+    return (g.engine == "builtin" and same_layout and a.pipeline_model_parallel_size == 1
+            and not a.num_layers_per_virtual_pipeline_stage and rollout_dtype(cfg) == train_dtype)
 
 
 def kv_bytes_per_token(hf: Any, config: Any, tp: int, engine: str, dtype_bytes: int) -> int:
