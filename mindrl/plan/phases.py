@@ -163,8 +163,8 @@ def _rank_phases(cfg: MindRLConfig, tr: TrainRank, ro: RolloutRank | None, capac
     peak = max((a.peak for a in tr.train_act), default=0)
     act = Row(f"activations ({k} micro-batch{'es' if k > 1 else ''} in flight)", (k - 1) * held + peak,
               f"{k - 1} x {gib(held)} held + {gib(peak)} peak of one (measured)")
-    logprob = [Row("output layer + fused log-prob (measured alone)", tr.logprob_chunk, "inside the activations above",
-                   in_peak=False)] if tr.logprob_chunk else []
+    logprob = [Row("fused log-prob chunk (3 fp32 chunk-sized temporaries)", tr.logprob_chunk,
+                   "inside the activations above", in_peak=False)] if tr.logprob_chunk else []
     phases = [Phase("training", state + ref + copy + [act] + logprob, capacity)]
     fwd = max((a.peak for a in tr.forward_act), default=0)
     phases.append(Phase("reference forward", state + ref + copy + [

@@ -25,7 +25,7 @@ import torch
 
 from mindrl.config import MindRLConfig
 from mindrl.models import plan_model
-from mindrl.plan.activations import ActivationBytes, KnownMaskCounts, stage_activations
+from mindrl.plan.activations import ActivationBytes, stage_activations
 from mindrl.plan.states import TrainStates, count_train_states, frozen_weight_bytes
 from mindrl.plan.world import first_rank_of_stage, simulated_rank
 from mindrl.workers.bringup import PolicySpec, optim_config
@@ -58,7 +58,7 @@ class TrainRank:
     chunk_layers: list[int]  # decoder layers per chunk
     train_act: list[ActivationBytes] = field(default_factory=list)  # per chunk, one micro-batch
     forward_act: list[ActivationBytes] = field(default_factory=list)  # per chunk, forward only
-    logprob_chunk: int = 0  # the fused log-prob's temporaries (last stage), included in train_act
+    logprob_chunk: int = 0  # the fused log-prob's chunk temporaries (last stage), included in train_act
 
 
 def _overrides(hf_num_experts: int | None) -> dict[str, Any]:
@@ -112,32 +112,19 @@ def train_rank(cfg: MindRLConfig, stage: int, *, rows: int = 1, seq: int = 1, re
                 result.train_act.append(stage_activations(model, i, **kw))
                 result.forward_act.append(stage_activations(model, i, forward_only=True, **kw))
             if gpts[-1].post_process:
-                result.logprob_chunk = _logprob_chunk(model, rows=rows, response=response, vocab=plan.vocab_size)
+                result.logprob_chunk = logprob_chunk_bytes(rows, response, plan.padded_vocab_size, layout.tp)
     return result
 
 
-def _logprob_chunk(model: Any, *, rows: int, response: int, vocab: int) -> int:
-    """Peak temporaries of the fused output layer + log-prob alone (forward and backward), over its input."""
-    from torch.distributed._tools.mem_tracker import MemTracker
+def logprob_chunk_bytes(rows: int, response: int, padded_vocab: int, tp: int) -> int:
+    """The fused log-prob's own temporaries (mindrl/models/logprobs.py): one chunk of at most CHUNK_ELEMENTS
+    fp32 logits at a time, with its exponentials and, in the backward, its gradient: 3 chunk-sized fp32
+    tensors (arithmetic from the chunk size; the measured activations contain them)."""
+    from mindrl.models.logprobs import CHUNK_ELEMENTS
 
-    from mindrl.workers.megatron_engine import output_log_probs
-
-    from mindrl.plan.activations import _inside_ddp
-
-    chunk = _inside_ddp(model.chunks[-1])
-    cfg = model.unwrapped[-1].config
-    tokens = rows * response
-    hidden = torch.empty(response, rows, cfg.hidden_size, dtype=cfg.params_dtype, requires_grad=True)
-    tracker = MemTracker()
-    tracker.track_external(*model.unwrapped, hidden)
-    labels = torch.zeros(rows, response, dtype=torch.long)
-    base = tracker.get_tracker_snapshot("current").get(torch.device("cpu"), {}).get("Total", 0)
-    del tokens
-    with tracker, KnownMaskCounts(rows * response, rows * response):
-        logp, _ = output_log_probs(chunk, hidden, labels, vocab)
-        logp.sum().backward()
-        del logp
-    return max(0, tracker.get_tracker_snapshot("peak").get(torch.device("cpu"), {}).get("Total", 0) - base)
+    local = padded_vocab // tp
+    rows_per_chunk = max(1, CHUNK_ELEMENTS // max(local, 1))
+    return 3 * 4 * min(rows * response, rows_per_chunk) * local
 
 
 @dataclass
