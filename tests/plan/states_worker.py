@@ -31,7 +31,8 @@ def rank_main(job: dict) -> None:
     torch.manual_seed(0)
     vocab = model.plan.vocab_size
     tokens = torch.randint(0, vocab, (2, 9))
-    mbs = [{"tokens": tokens[:, :-1], "labels": tokens[:, 1:]}]
+    # Two micro-batches of one row: the interleaved (VPP) schedule needs a multiple of PP.
+    mbs = [{"tokens": tokens[i:i + 1, :-1], "labels": tokens[i:i + 1, 1:]} for i in range(2)]
     forward_backward(model, mbs, next_token_loss_forward(vocab))
     model.optimizer.step()
 
