@@ -23,6 +23,8 @@ ALLOWED = {
     # config: `PolicySpec.from_config` / `optim_config` read a MindRLConfig in one place (bringup.py).
     "workers": {"backends", "models", "algorithms", "rewards", "data", "checkpoint", "rollout", "utils", "config"},
     "eval": {"backends", "models", "checkpoint", "rollout", "rewards", "data", "workers", "utils"},
+    # the planner builds the trainer's own model/DDP/optimizer (workers) from a config, on simulated ranks.
+    "plan": {"backends", "models", "config", "workers"},
     "trainer": {"backends", "models", "config", "algorithms", "rewards", "data", "utils", "checkpoint", "rollout",
                 "workers"},
 }

@@ -41,6 +41,18 @@ def _launcher(args: argparse.Namespace) -> str:
     return "ray" if (args.ray_address or os.environ.get("RAY_ADDRESS")) else "spawn"
 
 
+def _memory_check(cfg, args: argparse.Namespace):  # noqa: ANN001, ANN202
+    """validate()'s memory check when the device memory is known: --device / --device-gb, else the
+    backend's visible device (none on the cpu backend: no check)."""
+    from mindrl.plan.check import MemoryCheck
+    from mindrl.plan.devices import device_bytes, local_device_bytes
+
+    capacity = device_bytes(args.device, args.device_gb)
+    if capacity is None:
+        capacity = local_device_bytes(cfg.backend)
+    return MemoryCheck(capacity, device=args.device) if capacity else None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mindrl.cli.train_grpo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,11 +64,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="ray: wait until this many nodes joined (rl_config.launcher.node_join_timeout_s)")
     p.add_argument("--devices-per-node", type=int, default=None,
                    help="ray: devices per node (default: the largest per-node count in the cluster)")
+    p.add_argument("--device", default=None,
+                   help="device kind for the memory check (python -m mindrl.plan --help lists them; default: the "
+                        "backend's device when one is visible)")
+    p.add_argument("--device-gb", type=float, default=None, help="device memory in GiB for the memory check")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. rl_config.kl_coef=0.001")
     args = p.parse_args(argv)
     try:
-        cfg = check_config(load_config(args.config_name, args.overrides, args.config_dir))
-    except ConfigError as err:
+        cfg = load_config(args.config_name, args.overrides, args.config_dir)
+        cfg = check_config(cfg, memory_check=_memory_check(cfg, args))
+    except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     launcher, lc = _launcher(args), cfg.rl_config.launcher

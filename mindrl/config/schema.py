@@ -177,6 +177,8 @@ class RLConfig:
     use_tensorboard: bool = False
     use_swanlab: bool = False
     keep_last_checkpoints: int = 2
+    # validate()'s memory check (mindrl.plan): refuse a job whose plan does not fit the devices. True skips it.
+    skip_memory_check: bool = False
     max_bad_steps_in_a_row: int = 3  # NaN/inf losses: skip the step; stop after this many in a row
     log_samples_interval: int = 10  # write a few completions to completion_samples.jsonl every N steps
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
+from typing import Callable
 
 from mindrl.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
 from mindrl.config.loader import ConfigError
@@ -43,8 +44,11 @@ def _exists(path: str) -> bool:
     return Path(path).expanduser().exists() or bool(glob.glob(str(Path(path).expanduser()) + "*"))
 
 
-def validate(cfg: MindRLConfig, check_paths: bool = True) -> list[str]:
-    """All problems found (empty when the config is good). `check_config` raises instead."""
+def validate(cfg: MindRLConfig, check_paths: bool = True,
+             memory_check: Callable[[MindRLConfig], list[str]] | None = None) -> list[str]:
+    """All problems found (empty when the config is good). `check_config` raises instead.
+    `memory_check`: when the job's device memory is known, `mindrl.plan.check.MemoryCheck(capacity)`,
+    run last and only on an otherwise valid config (it plans the job, which needs a valid one)."""
     errors: list[str] = []
     if cfg.backend not in BACKEND_NAMES:
         errors.append(f"backend: unknown value '{cfg.backend}'; expected one of {', '.join(BACKEND_NAMES)}")
@@ -121,6 +125,8 @@ def validate(cfg: MindRLConfig, check_paths: bool = True) -> list[str]:
         if longest > mt.seq_length:
             errors.append(f"rl_config.max_prompt_length + sampling_config.max_tokens = {longest} exceeds "
                           f"megatron_training.seq_length={mt.seq_length} (the longest sequence the actor trains on)")
+    if memory_check is not None and not errors:
+        errors += memory_check(cfg)
     return errors
 
 
@@ -268,9 +274,10 @@ def _rollout_layout_errors(tp: int, ep: int, hf: HFConfig, experts: int | None, 
     return errors
 
 
-def check_config(cfg: MindRLConfig, check_paths: bool = True) -> MindRLConfig:
+def check_config(cfg: MindRLConfig, check_paths: bool = True,
+                 memory_check: Callable[[MindRLConfig], list[str]] | None = None) -> MindRLConfig:
     """Raise ConfigError listing every problem, or return the config unchanged."""
-    errors = validate(cfg, check_paths=check_paths)
+    errors = validate(cfg, check_paths=check_paths, memory_check=memory_check)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
     return cfg

@@ -1,0 +1,59 @@
+"""`python -m mindrl.plan` as a program, and validate()'s refusal of a job that does not fit."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from mindrl.config import load_config, validate
+from mindrl.plan.check import MemoryCheck
+from mindrl.plan.devices import DEVICES, GiB, device_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_plan_json_rows_peak_and_exit_status() -> None:
+    proc = subprocess.run([sys.executable, "-m", "mindrl.plan", "--config-name", "grpo_tiny_cpu", "--device-gb", "8",
+                           "--json"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = json.loads(proc.stdout)
+    assert plan["fits"] is True and plan["capacity"] == 8 * GiB
+    (rank,) = plan["ranks"]  # TP1 PP1: the first rank is the heaviest
+    phases = {p["name"]: p for p in rank["phases"]}
+    assert set(phases) == {"training", "reference forward", "rollout"}  # shared weights: no push phase
+    train = phases["training"]
+    rows = {r["name"]: r["bytes"] for r in train["rows"]}
+    # The tiny Qwen2 in fp32: weights = 4 bytes x parameters; Adam: two fp32 moments; the grads fp32 buffer.
+    assert rows["weights (parameters, training dtype)"] == 4 * rank["params"]
+    assert rows["optimizer states (Adam moments)"] == 8 * rank["params"]
+    assert train["peak"] == sum(r["bytes"] for r in train["rows"] if r["in_peak"])
+    assert train["headroom"] == 8 * GiB - train["peak"] and train["fits"] is True
+
+
+def test_validate_refuses_a_plan_that_does_not_fit_naming_phase_and_row() -> None:
+    cfg = load_config("grpo_tiny_cpu")
+    capacity = 2 * 1024 ** 2  # 2 MiB: the tiny model's state fits, one training micro-batch does not
+    errors = validate(cfg, check_paths=False, memory_check=MemoryCheck(capacity))
+    assert len(errors) == 1, errors
+    msg = errors[0]
+    assert msg.startswith("memory: the job does not fit"), msg
+    assert "phase '" in msg and "largest row '" in msg and "> capacity 2.00 MiB" in msg, msg
+    assert "rl_config.skip_memory_check=true" in msg
+
+
+def test_skip_memory_check_is_the_escape_hatch() -> None:
+    cfg = load_config("grpo_tiny_cpu", ["rl_config.skip_memory_check=true"])
+    assert validate(cfg, check_paths=False, memory_check=MemoryCheck(1)) == []
+
+
+def test_device_names() -> None:
+    assert device_bytes("a3-64g") == int(61.0 * GiB) and device_bytes(gb=2) == 2 * GiB
+    assert set(DEVICES) == {"h100-80g", "h200-141g", "a100-80g", "rtx4090-24g", "910b-64g", "a3-64g"}
+    for bad in ({"name": "h100"}, {"gb": 0}):
+        try:
+            device_bytes(**bad)
+        except ValueError as err:
+            assert "device" in str(err)
+        else:
+            raise AssertionError(f"{bad} accepted")
