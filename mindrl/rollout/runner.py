@@ -141,6 +141,12 @@ class RolloutRunner:
     def sleep(self) -> None:
         self.engine.sleep()
 
+    def close(self) -> None:
+        """Release the engine (vLLM: shut down before the process groups are destroyed)."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+
     def wake_up(self, tags: list[str] | None = None) -> None:
         self.engine.wake_up(tags)
 

@@ -193,6 +193,12 @@ class VllmRolloutEngine:
             self.llm.sleep(level=1)  # weights to host memory, KV cache dropped; NPU supports level 1 only
             self.awake.clear()
 
+    def close(self) -> None:
+        """Shut vLLM down while the process groups still exist. vLLM's teardown destroys its own groups
+        and then the torch.distributed world; left to its exit-time finalizer, after mindrl destroyed
+        the world, it raises "Invalid process group specified"."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def wake_up(self, tags: list[str] | None = None) -> None:
         tags = list(tags or ["weights", "kv_cache"])
         if "kv_cache" in tags and "weights" not in self.awake and "weights" not in tags:

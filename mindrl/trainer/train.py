@@ -160,6 +160,7 @@ def train(cfg: MindRLConfig) -> dict[str, Any]:
         run.tracker.close()
     if run.reward_fn is not None:
         run.reward_fn.close()
+    run.engine.close()  # vLLM tears down its process groups (and the world) itself, before ours go
     destroy_distributed()
     return metrics
 
