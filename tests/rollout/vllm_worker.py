@@ -100,6 +100,8 @@ def rank_main(job: dict) -> None:
     runner = build_rollout(gen, plan=plan, actor_chunks=model.chunks, tokenizer=None,
                            core_attention=backend.core_attention_cls(), seed=1234, use_cpu_initialization=True)
     result: dict = {"replica": (runner.replica, runner.num_replicas), "steps": []}
+    if job.get("generate_before_push"):  # vLLM on its dummy weights, before any push (diagnosis)
+        result["before_push"] = [o.token_ids for o in runner.engine.generate(PROMPTS, SamplingParams(max_tokens=4))]
     greedy = SamplingParams(n=1, temperature=0.0, max_tokens=8, seed=3, ignore_eos=True)  # as HF, eos_token_id=None
     sampled = SamplingParams(n=2, temperature=0.8, max_tokens=8, seed=7)
     for step in range(2):
