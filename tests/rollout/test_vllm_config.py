@@ -2,6 +2,8 @@
 policy's (mindrl/rollout/base.py), is refused before anything starts (issue 17, review items 2 and 7)."""
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from mindrl.config import load_config, validate
@@ -10,7 +12,9 @@ TINY = ["generate_config.engine=vllm"]
 
 
 def problems(*overrides: str, recipe: str = "grpo_tiny_cpu") -> list[str]:
-    return [e for e in validate(load_config(recipe, TINY + list(overrides))) if "engine=vllm" in e]
+    """validate()'s engine=vllm messages, on the tiny recipe with 2 heads (head_dim 32, which vLLM-CPU runs)."""
+    heads = ["model.scale_down.num_heads=2", "model.scale_down.num_kv_heads=1"]
+    return [e for e in validate(load_config(recipe, TINY + heads + list(overrides))) if "engine=vllm" in e]
 
 
 def test_plain_sampling_is_accepted():
@@ -32,10 +36,20 @@ def test_expert_parallel_must_be_one_or_tp_and_is_refused_on_cpu():
     ep_tp = ("generate_config.infer_tensor_parallel_size=2", "generate_config.infer_expert_parallel_size=2")
     assert not any("EP = 1 or EP = TP" in e for e in problems(*base, *ep_tp, "backend=cuda"))
     found = problems(*base, *ep_tp)  # the recipe's backend: cpu
-    assert len(found) == 1 and "cpu_fused_moe.cpp" in found[0], found
+    assert [e for e in found if "cpu_fused_moe.cpp" in e], found  # (and its MLA latent of 24: refused too)
 
 
 def test_npu_needs_temperature_one():
     found = problems("backend=npu", "generate_config.sampling_config.temperature=0.7")
     assert len(found) == 1 and "vllm-ascend ignores logprobs_mode" in found[0], found
     assert problems("backend=npu", "generate_config.sampling_config.temperature=1.0") == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+def test_head_sizes_vllm_cpu_cannot_run_are_refused():
+    # the demo's own heads (hidden 64 / 4 heads = 16) ...
+    found = [e for e in validate(load_config("grpo_tiny_cpu", TINY)) if "head_dim" in e]
+    assert len(found) == 1 and "head_dim (hidden_size / num_attention_heads) is 16" in found[0], found
+    assert not [e for e in validate(load_config("grpo_tiny_cpu", TINY + ["model.scale_down.num_heads=2",
+                                                                         "model.scale_down.num_kv_heads=1"]))
+                if "head_dim" in e]  # ... 32 runs (tests/rollout/test_vllm_grpo.py)
