@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # DeepSeek-R1-Zero on DeepSeek-V3-671B (configs/grpo_deepseek_r1_671b.yaml): 16 Ascend nodes x 16 NPUs,
-# training TP4 PP8 EP8 = 256 ranks; rollout vLLM TP4 x EP64 (4 engines of 4 nodes; per-die arithmetic in
+# training TP4 PP8 EP8 = 256 ranks; rollout vLLM TP64 x EP64 (4 engines of 4 nodes; per-die arithmetic in
 # docs/rollout.md, "The 671B layout"). NOT VERIFIED ON HARDWARE.
 # The same command on every node (docs/multinode.md); extra arguments are Hydra overrides.
 #   NNODES=16 DEVICES_PER_NODE=16 MASTER_ADDR=10.0.0.1 bash examples/grpo/grpo_trainer_deepseek_671b.sh   # all 16 nodes

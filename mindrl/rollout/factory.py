@@ -7,7 +7,7 @@
   (same TP and EP, training PP = 1, no virtual stages) and `dtype` equal to the training dtype
   shares the actor's live weights; anything else builds a rollout copy and pushes weights into it.
 - `max_num_seqs` bounds the rows of a batch; `max_model_len` bounds prompt + max_tokens (checked by
-  validate(), and passed to vLLM); `gpu_memory_utilization` goes to vLLM; `weight_bucket_mb` sizes
+  validate(), and passed to vLLM); `gpu_memory_utilization` goes to vLLM (`build_vllm`); `weight_bucket_mb` sizes
   the push buckets; `offload_train_state` is honoured by the caller passing `train_state`.
 
 Collective (every rank calls it, in step). May import: torch, megatron-core, mindrl.models,
@@ -49,9 +49,11 @@ def shares_weights(gen_cfg: Any, plan: Any) -> bool:
 def build_rollout(gen_cfg: Any, *, plan: Any, actor_chunks: Sequence[torch.nn.Module], tokenizer: Any,
                   core_attention: type, seed: int, use_cpu_initialization: bool = False,
                   make_vocab_size_divisible_by: int = 128, tokenizer_path: str | None = None,
-                  train_state: Any = None) -> RolloutRunner:
+                  train_state: Any = None, engine: Any = None) -> RolloutRunner:
     """The rollout for this rank (see the module docstring). `train_state`: what to offload to host
-    memory while a rollout with its own weights is awake (`generate_config.offload_train_state`)."""
+    memory while a rollout with its own weights is awake (`generate_config.offload_train_state`).
+    `engine`: a vLLM engine already built by `build_vllm` (the trainer builds it before the training
+    state, so vLLM's start-up memory check sees the device free); None builds it here."""
     from mindrl.rollout import ROLLOUT_ENGINES
 
     if gen_cfg.engine not in ROLLOUT_ENGINES:
@@ -82,11 +84,27 @@ def build_rollout(gen_cfg: Any, *, plan: Any, actor_chunks: Sequence[torch.nn.Mo
         return RolloutRunner(engine, state=state, replica=state.replica(), replica_leader=state.tp_rank() == 0,
                              **common)
     replica = rank // layout.tp  # vLLM's external launcher: consecutive ranks form one TP instance
-    engine = ROLLOUT_ENGINES[gen_cfg.engine].from_generate_config(gen_cfg, hf_cfg=plan.hf, layout=layout,
-                                                                  replica=replica, seed=seed,
-                                                                  tokenizer_path=tokenizer_path)
+    if engine is None:
+        engine = build_vllm(gen_cfg, plan.hf, plan.config.params_dtype, seed=seed, tokenizer_path=tokenizer_path,
+                            train_tp=plan.layout.tp, train_ep=plan.layout.ep)
     return RolloutRunner(engine, replica=(replica, layout.replicas(world)), replica_leader=rank % layout.tp == 0,
                          **common)
+
+
+def build_vllm(gen_cfg: Any, hf: dict[str, Any], train_dtype: torch.dtype, *, seed: int, train_tp: int,
+               train_ep: int, tokenizer_path: str | None = None) -> Any:
+    """This rank's vLLM engine (engine=vllm), asleep where the platform can sleep. Collective under a
+    torch.distributed world of several ranks (vLLM's external launcher); needs no megatron state, so the
+    trainer calls it before building the actor (vLLM >= 0.10 refuses to start when less than
+    `gpu_memory_utilization` x the device's memory is free)."""
+    from mindrl.rollout import ROLLOUT_ENGINES
+
+    layout = rollout_layout(gen_cfg, train_tp, train_ep)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return ROLLOUT_ENGINES[gen_cfg.engine].from_generate_config(gen_cfg, hf_cfg=dict(hf), layout=layout,
+                                                                replica=rank // layout.tp, seed=seed,
+                                                                dtype=rollout_dtype(gen_cfg, train_dtype),
+                                                                tokenizer_path=tokenizer_path)
 
 
 def build_builtin_copy(hf: dict[str, Any], layout: RolloutLayout, state: RolloutParallelState, *,

@@ -15,8 +15,9 @@ Two modes (chosen by `mindrl.rollout.factory.build_rollout`):
   rank gets exactly the samples one replica would have made for it: samples are keyed by
   (request seed, prompt index within the request, sample index), never by replica.
 
-Per step the engine sees: wake_up(["weights"]) -> load_weights (when stale) -> wake_up(["kv_cache"])
--> generate -> sleep() (the vLLM adapter resets its prefix cache and sleeps at level 1 there).
+Per step the engine sees: wake_up(["weights"]) -> load_weights (when stale; between the engine's
+start_weight_update / finish_weight_update where it has them) -> wake_up(["kv_cache"]) -> generate
+-> sleep() (the vLLM adapter resets its prefix cache and sleeps at level 1 there where the platform can).
 With `train_state` (generate_config.offload_train_state) the training state goes to host memory
 before the first wake-up and comes back after the sleep.
 
@@ -119,12 +120,20 @@ class RolloutRunner:
         # The routed experts this rank's rollout shard holds (None: all): only those are sent to it.
         owned = loader.expert_ids if loader is not None else getattr(self.engine, "expert_ids", None)
         stats: dict[str, int] = {}
+        # An engine with an update session (vLLM's weight-update API) gets the whole push inside one:
+        # its post-load processing runs once every tensor of a layer has arrived.
+        start, finish = getattr(self.engine, "start_weight_update", None), getattr(self.engine, "finish_weight_update",
+                                                                                  None)
+        if start is not None:
+            start()
         for bucket in iter_hf_buckets(self.source_chunks, self.hf_cfg, self.bucket_bytes, hf_names=hf_names,
                                       target=target, arena=self.arena, experts=None if owned is None else owned(),
                                       stats=stats):
             nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
             with self._rollout_state():
                 self.engine.load_weights(bucket)
+        if finish is not None:
+            finish()
         if loader is not None:  # every local tensor written exactly once, or the copy is wrong
             bad = loader.missing() + sorted(k for k, c in loader.counts.items() if c != len(loader.targets[k]))
             if bad:
@@ -136,6 +145,12 @@ class RolloutRunner:
 
     def sleep(self) -> None:
         self.engine.sleep()
+
+    def close(self) -> None:
+        """Release the engine (vLLM: shut down before the process groups are destroyed)."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
 
     def wake_up(self, tags: list[str] | None = None) -> None:
         self.engine.wake_up(tags)

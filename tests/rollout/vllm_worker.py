@@ -1,0 +1,141 @@
+"""The trainer's vLLM rollout (build_rollout -> RolloutRunner -> the real vLLM engine, in-process) against
+independent references; driven by test_vllm_engine.py.
+
+    python tests/rollout/vllm_worker.py --job JOB.json --nproc N --out DIR
+
+JOB.json: {"arch" (qwen2 | deepseek_v3), "tp", "ep" (training layout), "rollout_tp", "rollout_ep",
+optional "ascend_standin" (install tests/rollout/ascend_standin.py first; each step then also records its
+`snapshot`, and at the end a push the old way, `model.load_weights` into the live model, is tried)}.
+A tiny random model with head sizes vLLM's CPU kernels run (head_dim 64; MLA latent 512 + rope 64).
+Per rank, DIR/rank{R}.pt holds, for the first push and again after the actor's weights changed (a second
+push): the vLLM greedy tokens and HF transformers' greedy tokens from the same weights (the actor's,
+gathered as an HF checkpoint and loaded with `from_pretrained`), and the max |vLLM log-prob - the
+training forward's log-prob| of sampled tokens (temperature 0.8, fp32).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+PROMPTS = [[5, 17, 33, 99, 4], [7, 8, 9], [300, 2, 41, 41, 900, 11, 3], [12]]
+
+
+def tiny_vllm_config(arch: str) -> dict:
+    from mindrl.models import load_hf_config, scale_down
+    from tests.checkpoint.tiny import MODEL_DIRS
+    from tests.conftest import shared_path
+
+    cfg = scale_down(load_hf_config(shared_path("models") / MODEL_DIRS[arch]), num_layers=2, hidden_size=256,
+                     num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=1003, first_k_dense=1)
+    cfg.update(bos_token_id=1, eos_token_id=2)
+    if arch == "deepseek_v3":  # vLLM's CPU MLA kernel runs only a 576-wide latent (kv_lora_rank 512 + rope 64)
+        cfg.update(kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=32, v_head_dim=32, q_lora_rank=64)
+    return cfg
+
+
+def hf_reference(chunks, hf: dict, directory: str):
+    """The actor's weights as an HF checkpoint (collective), loaded by transformers."""
+    import safetensors.torch
+    import transformers
+
+    from mindrl.checkpoint.live import iter_hf_buckets
+    from mindrl.rollout.vllm_support import vllm_hf_config, write_hf_config
+
+    state = {n: t.clone() for bucket in iter_hf_buckets(chunks, hf, 1 << 20) for n, t in bucket}
+    write_hf_config(vllm_hf_config(hf, "float32"), directory)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(directory,
+                                                                                             "model.safetensors"))
+    return transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+
+
+def hf_greedy(model, max_tokens: int) -> list[list[int]]:
+    out = []
+    with torch.no_grad():
+        for p in PROMPTS:
+            ids = model.generate(torch.tensor([p]), max_new_tokens=max_tokens, do_sample=False, eos_token_id=None,
+                                 pad_token_id=0)
+            out.append(ids[0, len(p):].tolist())
+    return out
+
+
+def ascend_standin_names(hf: dict):
+    first = int(hf.get("first_k_dense_replace", 0))
+    yield f"model.layers.{first}.mlp.experts.0.gate_proj.weight"
+
+
+def rank_main(job: dict) -> None:
+    warnings.filterwarnings("ignore")
+    import faulthandler
+    faulthandler.dump_traceback_later(int(os.environ.get("MINDRL_HANG_DUMP_S", "500")), exit=True)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the tiny model needs far less
+    from mindrl.backends import get_backend
+    from mindrl.backends.distributed import destroy_distributed
+    from mindrl.config import GenerateConfig
+    from mindrl.models import ParallelLayout
+    from mindrl.rollout import SamplingParams, build_rollout
+    from mindrl.workers.bringup import PolicySpec, build_policy
+    from tests.rollout.rollout_worker import trainer_log_probs
+
+    backend = get_backend("cpu")
+    hf = tiny_vllm_config(job["arch"])
+    model = build_policy(PolicySpec(hf=hf, layout=ParallelLayout(tp=job["tp"], ep=job["ep"]), dtype="fp32", seed=1234,
+                                    make_vocab_size_divisible_by=1, overrides={"init_method_std": 0.1}), backend,
+                         train=False)
+    plan = model.plan
+    rank = torch.distributed.get_rank()
+    gen = GenerateConfig(engine="vllm", infer_tensor_parallel_size=job["rollout_tp"],
+                         infer_expert_parallel_size=job["rollout_ep"], max_model_len=64, max_num_seqs=16,
+                         gpu_memory_utilization=0.05, weight_bucket_mb=0.5)
+    if job.get("ascend_standin"):
+        from tests.rollout import ascend_standin
+
+        ascend_standin.install()
+    runner = build_rollout(gen, plan=plan, actor_chunks=model.chunks, tokenizer=None,
+                           core_attention=backend.core_attention_cls(), seed=1234, use_cpu_initialization=True)
+    result: dict = {"replica": (runner.replica, runner.num_replicas), "steps": []}
+    if job.get("generate_before_push"):  # vLLM on its dummy weights, before any push (diagnosis)
+        result["before_push"] = [o.token_ids for o in runner.engine.generate(PROMPTS, SamplingParams(max_tokens=4))]
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=8, seed=3, ignore_eos=True)  # as HF, eos_token_id=None
+    sampled = SamplingParams(n=2, temperature=0.8, max_tokens=8, seed=7)
+    for step in range(2):
+        if step:  # new weights in the actor (replicated tensors get the same noise on every rank)
+            g = torch.Generator().manual_seed(99)
+            with torch.no_grad():
+                for c in model.unwrapped:
+                    for _, p in c.named_parameters():
+                        p.add_(torch.randn(p.shape, generator=g) * 0.05)
+            runner.weights_updated()
+        tokens = [o.token_ids for o in runner.generate(PROMPTS, greedy)]
+        outs = runner.generate(PROMPTS, sampled)
+        ref = trainer_log_probs(model, outs, 0.8, plan.vocab_size)
+        diff = max((torch.tensor(o.logprobs) - r).abs().max().item() for o, r in zip(outs, ref))
+        with tempfile.TemporaryDirectory() as d:
+            hf_tokens = hf_greedy(hf_reference(model.unwrapped, plan.hf, d), 8)
+        result["steps"].append({"vllm": tokens, "hf": hf_tokens, "logprob_diff": diff, "pushes": runner.pushes,
+                                "sampled": [o.token_ids for o in outs]})
+        if job.get("ascend_standin"):
+            result["steps"][-1]["standin"] = runner.engine.llm.apply_model(ascend_standin.snapshot)[0]
+    if job.get("ascend_standin"):  # the old adapter's push: straight into the live model
+        name = next(n for n in ascend_standin_names(plan.hf))
+        weight = torch.zeros(int(plan.hf["moe_intermediate_size"]), int(plan.hf["hidden_size"]))
+        try:
+            runner.engine.llm.apply_model(lambda m: m.load_weights([(name, weight)]))
+            result["legacy_push"] = "ok"
+        except Exception as e:  # noqa: BLE001 - the error is the result
+            result["legacy_push"] = f"{type(e).__name__}: {e}"
+    torch.save(result, Path(job["out"]) / f"rank{rank}.pt")
+    runner.close()
+    destroy_distributed()
+
+
+if __name__ == "__main__":
+    from tests.tp_worker import spawn_job
+
+    spawn_job(rank_main)
