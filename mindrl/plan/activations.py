@@ -125,6 +125,14 @@ def only_layers(gpt: torch.nn.Module, keep: list[int] | None) -> Iterator[None]:
         block.layers, block.num_layers_per_pipeline_rank = layers, count
 
 
+class _NoHook:
+    def remove(self) -> None:
+        pass
+
+
+_NO_HOOK = _NoHook()
+
+
 def micro_batch_activations(model: MegatronModel, chunk_index: int, *, rows: int, seq: int, response: int,
                             vocab_size: int, forward_only: bool = False,
                             layers: list[int] | None = None) -> ActivationBytes:
@@ -143,6 +151,11 @@ def micro_batch_activations(model: MegatronModel, chunk_index: int, *, rows: int
             if b.param_data is not None:
                 external.append(b.param_data)
     tracker.track_external(*external)
+    # MemTracker (torch 2.13) hooks the gradient of every parameter, and torch refuses a hook on a frozen one
+    # (LoRA's base): mark frozen parameters as hooked already, with handles that remove nothing.
+    for p in {id(p): p for c in model.chunks for p in c.parameters()}.values():
+        if not p.requires_grad:
+            tracker._param_to_grad_hook_handles[p] = (_NO_HOOK, _NO_HOOK)
     select = torch.zeros(rows, seq, dtype=torch.bool)
     select[:, seq - response:] = True
     batch = {"tokens": torch.zeros(rows, seq, dtype=torch.long),
@@ -164,7 +177,9 @@ def micro_batch_activations(model: MegatronModel, chunk_index: int, *, rows: int
                 out = logp.sum()
             held = tracker.get_tracker_snapshot("current").get(dev, {}).get("Total", 0) - base
             forward_peak = tracker.get_tracker_snapshot("peak").get(dev, {}).get("Total", 0) - base
-            if not forward_only:
+            # No trainable parameter on the path (LoRA's frozen base measured without its layers): autograd
+            # saved nothing, and there is no backward to run.
+            if not forward_only and out.requires_grad:
                 out.backward(None if out.dim() == 0 else torch.ones_like(out))
             del out
         peak = tracker.get_tracker_snapshot("peak").get(dev, {}).get("Total", 0) - base

@@ -98,10 +98,12 @@ def train_rank(cfg: MindRLConfig, stage: int, *, rows: int = 1, seq: int = 1, re
         from megatron.core import parallel_state as ps
 
         stage = ps.get_pipeline_model_parallel_rank()
-        model = setup_model(plan, _attention(cfg.backend), train=True, optim=optim_config(cfg))
+        model = setup_model(plan, _attention(cfg.backend), train=True, optim=optim_config(cfg), lora=spec.lora,
+                            lora_seed=spec.seed)  # LoRA: a frozen base, the optimizer holds the adapters only
         states = count_train_states(model)
-        ref = sum(p.numel() * p.element_size() for p in {id(p): p for c in model.chunks
-                                                         for p in c.parameters()}.values())
+        # The frozen reference copy; under LoRA the reference is the actor with its adapters off: no copy.
+        ref = 0 if spec.lora is not None else sum(p.numel() * p.element_size() for p in
+                                                  {id(p): p for c in model.chunks for p in c.parameters()}.values())
         gpts = model.unwrapped
         result = TrainRank(stage=stage, rank=rank, states=states, reference_bytes=ref if uses_reference(cfg) else 0,
                            chunk_layers=[len(g.decoder.layers) for g in gpts])
