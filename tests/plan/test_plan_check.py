@@ -57,3 +57,26 @@ def test_device_names() -> None:
             assert "device" in str(err)
         else:
             raise AssertionError(f"{bad} accepted")
+
+
+def test_lora_recipe_is_planned_with_adapters_only_in_the_optimizer() -> None:
+    """The 24 GB LoRA recipe as the trainer builds it: a bf16 frozen base, fp32 rank-32 adapters on the seven peft
+    targets, grads and Adam moments of the adapters only, no reference copy. Hand count of Qwen2.5-7B's adapters:
+    per layer r x sum(in + out) over q, k, v, o, gate, up, down = 32 x 90,112; 28 layers."""
+    proc = subprocess.run([sys.executable, "-m", "mindrl.plan", "--config-name", "grpo_qwen25_7b_lora_24g", "--device",
+                           "rtx4090-24g", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = json.loads(proc.stdout)
+    (rank,) = plan["ranks"]
+    h, kv, inter = 3584, 4 * 128, 18944
+    per_layer = 32 * ((h + h) + (h + kv) + (h + kv) + (h + h) + 2 * (h + inter) + (inter + h))
+    assert per_layer == 32 * 90_112
+    adapters = 28 * per_layer
+    train = {r["name"]: r["bytes"] for r in {p["name"]: p for p in rank["phases"]}["training"]["rows"]}
+    assert train["grads (DDP fp32 buffers)"] == 4 * adapters
+    assert train["optimizer states (Adam moments)"] == 8 * adapters
+    assert train["fp32 main params (optimizer's copy)"] == 0  # fp32 adapters need no master copy
+    base = rank["params"] - adapters
+    assert train["weights (parameters, training dtype)"] == 2 * base + 4 * adapters
+    assert not any(r.startswith("reference model") for r in train)  # the actor with adapters off
+    assert plan["fits"] is True
