@@ -80,7 +80,7 @@ class _RecordingLLM:
         return lambda *args, **kwargs: None
 
 
-HF = {"model_type": "qwen2", "eos_token_id": 2, "num_attention_heads": 4, "num_hidden_layers": 2}
+HF = {"model_type": "qwen2", "eos_token_id": 2, "hidden_size": 128, "num_attention_heads": 4, "num_hidden_layers": 2}  # head_dim 32: vLLM-CPU has a kernel for it
 
 
 def _construction(gen_cfg: GenerateConfig, monkeypatch) -> dict:
@@ -169,7 +169,10 @@ def test_construction_records_are_the_real_arguments(monkeypatch):
     copy = _construction(GenerateConfig(dtype="bfloat16", max_num_seqs=3), monkeypatch)
     assert copy["builtin_copy"][1]["dtype"] == torch.bfloat16 and copy["builtin_copy"][1]["max_batch_size"] == 3
     vllm_kwargs = _construction(GenerateConfig(engine="vllm", max_model_len=99), monkeypatch)["vllm.LLM"]
-    assert (vllm_kwargs["max_model_len"], vllm_kwargs["max_num_seqs"], vllm_kwargs["dtype"]) == (99, 256, "auto")
+    # dtype "auto" is the training dtype (fp32 here), passed to vLLM by name: vLLM's own "auto" would read the
+    # config.json's torch_dtype instead.
+    assert (vllm_kwargs["max_model_len"], vllm_kwargs["max_num_seqs"], vllm_kwargs["dtype"]) == (99, 256, "float32")
+    assert vllm_kwargs["distributed_timeout_seconds"] == vllm_kwargs["cpu_distributed_timeout_seconds"] > 0
 
 
 def _plan(tp=1, pp=1, ep=1, dtype=torch.float32, vpp=None):
