@@ -102,7 +102,8 @@ def vllm_main(seconds: float, out: Path) -> None:
     from vllm.engine.arg_utils import EngineArgs
 
     kwargs = vllm_timeout_kwargs(seconds)
-    args = EngineArgs(model="unused", **kwargs)  # the keywords vllm.LLM forwards to EngineArgs
+    # A local directory as the model: EngineArgs resolves a name through the hub (refused offline).
+    args = EngineArgs(model=str(out), **kwargs)  # the keywords vllm.LLM forwards to EngineArgs
     config = VllmConfig(parallel_config=ParallelConfig(**{k: getattr(args, k) for k in kwargs}))
     with set_current_vllm_config(config):
         g = vps.init_model_parallel_group([[0]], 0, "gloo", group_name="tp", use_device_communicator=False)
