@@ -80,8 +80,11 @@ def rank_main(job: dict) -> None:
                 hang[name] = {"seconds": time.monotonic() - t0, "error": f"{type(e).__name__}: {e}"[:300]}
         result["hang"] = hang
         store.set("hang_done", "1")
+        # Rank 0's process serves the store: exit only once rank 1 has seen "hang_done", or its wait fails.
+        store.wait(["rank1_seen"], timedelta(seconds=600))
     else:  # stay connected and silent until rank 0 has seen its collectives time out
         store.wait(["hang_done"], timedelta(seconds=600))
+        store.set("rank1_seen", "1")
     (Path(job["out"]) / f"rank{rank}.json").write_text(json.dumps(result))
     os._exit(0)  # the groups hold a half-done collective: no orderly teardown
 
