@@ -59,6 +59,41 @@ def demo_train_cmd(demo: Path, out: Path, *overrides: str) -> list[str]:
             f"megatron_training.data_path={demo / 'data' / 'tiny'}", f"actor_config.load={demo / 'mg'}", *overrides]
 
 
+def metrics(out: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl, one dict per logged step."""
+    import json
+
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_sigkill_rerun_matches(cmd_for, tmp_path: Path, steps: int, keys: tuple[str, ...]) -> None:
+    """Kill -9 a run of `cmd_for(out)` once it has logged half its `steps`, rerun the same command, and check
+    every step's `keys` equal those of an uninterrupted run, exactly (exact resume, as a user reruns a job)."""
+    import signal
+    import subprocess
+    import time
+
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert run_cli(cmd_for(full), timeout=1200).returncode == 0
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(cmd_for(killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 500
+    while time.time() < deadline:
+        if (killed / "metrics.jsonl").exists() and len(metrics(killed)) >= steps // 2:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(metrics(killed)) < steps
+    assert run_cli(cmd_for(killed), timeout=1200).returncode == 0
+    a, b = metrics(full), metrics(killed)
+    assert [m["step"] for m in b] == list(range(1, steps + 1))
+    for x, y in zip(a, b):
+        for key in keys:
+            assert x[key] == y[key], (x["step"], key, x[key], y[key])
+
+
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
     """The tiny CPU demo with a short warm start (20 steps, 200 prompts), prepared once per test session: for

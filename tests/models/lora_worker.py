@@ -23,7 +23,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from tests.models.parity_worker import BATCH, MICRO_BATCHES, SEQ, parse_layout, tiny_hf  # noqa: E402
+from tests.models.parity_worker import (  # noqa: E402
+    BATCH, MICRO_BATCHES, SEQ, parse_layout, reference_then_layouts, tiny_hf)
 
 LORA = dict(rank=4, alpha=8.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                "down_proj"])
@@ -132,20 +133,7 @@ def main() -> None:
     p.add_argument("--layouts", default="")
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from mindrl.backends.distributed import destroy_distributed
-
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    run_layout(args.arch, "ref", out, None)
-    destroy_distributed()
-    layouts = [x for x in args.layouts.split(",") if x]
-    if layouts:
-        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
-            os.environ.pop(key, None)
-        from mindrl.utils.launch import spawn
-
-        spawn(ranks_main, 2, args.arch, layouts, str(out))
+    reference_then_layouts(run_layout, ranks_main, args.arch, args.layouts, Path(args.out))
 
 
 if __name__ == "__main__":

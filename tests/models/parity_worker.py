@@ -108,22 +108,25 @@ def main() -> None:
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    out = Path(args.out)
+    reference_then_layouts(run_layout, ranks_main, args.arch, args.layouts, Path(args.out), args.nproc)
+
+
+def reference_then_layouts(run_layout, ranks_main, arch: str, layouts: str, out: Path, nproc: int = 2) -> None:
+    """The single-rank reference (`run_layout(arch, "ref", out, None)`) in this process, then the comma-separated
+    `layouts` on `nproc` spawned ranks (`ranks_main(arch, layouts, out)`), which compare against it."""
     out.mkdir(parents=True, exist_ok=True)
-    # The single-rank reference, in this process.
     from mindrl.backends.distributed import destroy_distributed
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    run_layout(args.arch, "ref", out, None)
+    run_layout(arch, "ref", out, None)
     destroy_distributed()
-    layouts = [x for x in args.layouts.split(",") if x]
-    if layouts:
+    names = [x for x in layouts.split(",") if x]
+    if names:
         for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
             os.environ.pop(key, None)
         from mindrl.utils.launch import spawn
 
-        spawn(ranks_main, args.nproc, args.arch, layouts, str(out))
-
+        spawn(ranks_main, nproc, arch, names, str(out))
 
 if __name__ == "__main__":
     main()

@@ -7,18 +7,14 @@ saved as HF and converted to megatron with tools/convert_ckpt.py); each test run
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import assert_sigkill_rerun_matches, demo_train_cmd, metrics, run_cli
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.megatron
 
 
@@ -32,16 +28,11 @@ def demo(tiny_demo: Path) -> Path:
 
 
 def train_cmd(demo: Path, out: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "mindrl.cli.train_grpo", "--config-name", "grpo_tiny_cpu",
-            f"megatron_training.output_dir={out}", f"megatron_training.tokenizer_name_or_path={demo / 'tokenizer'}",
-            f"megatron_training.data_path={demo / 'data' / 'tiny'}", f"actor_config.load={demo / 'mg'}",
-            "megatron_training.global_batch_size=4", "rl_config.n_samples_per_prompt=4", "actor_config.micro_batch_size=8",
-            "rl_config.actor_resource.num_npus=1", "generate_config.sampling_config.max_tokens=24",
-            "megatron_training.save_interval=2", *overrides]
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    """The demo recipe, shrunk for mechanics tests: 4 prompts x 4 samples, 24 new tokens, one rank."""
+    return demo_train_cmd(demo, out, "megatron_training.global_batch_size=4", "rl_config.n_samples_per_prompt=4",
+                          "actor_config.micro_batch_size=8", "rl_config.actor_resource.num_npus=1",
+                          "generate_config.sampling_config.max_tokens=24", "megatron_training.save_interval=2",
+                          *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -173,22 +164,5 @@ def test_non_finite_loss_skips_steps_then_stops(demo, tmp_path):
 @pytest.mark.slow
 def test_sigkill_and_rerun_reproduces_every_step(demo, tmp_path):
     """Kill -9 mid-run, rerun the same command: every step equals an uninterrupted run."""
-    full = tmp_path / "full"
-    assert run(train_cmd(demo, full, "megatron_training.train_iters=6")).returncode == 0
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(demo, killed, "megatron_training.train_iters=6"), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 500
-    while time.time() < deadline:
-        if (killed / "metrics.jsonl").exists() and len(metrics(killed)) >= 3:
-            break
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert len(metrics(killed)) < 6
-    assert run(train_cmd(demo, killed, "megatron_training.train_iters=6")).returncode == 0
-    a, b = metrics(full), metrics(killed)
-    assert [m["step"] for m in b] == list(range(1, 7))
-    for x, y in zip(a, b):
-        for key in ("reward/mean", "actor/pg_loss", "response_length/mean", "kl"):
-            assert x[key] == y[key], (x["step"], key)
+    assert_sigkill_rerun_matches(lambda out: train_cmd(demo, out, "megatron_training.train_iters=6"), tmp_path, 6,
+                                 ("reward/mean", "actor/pg_loss", "response_length/mean", "kl"))

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO, demo_train_cmd, run_cli
-from tests.trainer.test_grpo_e2e import metrics
+from tests.conftest import REPO, assert_sigkill_rerun_matches, metrics, run_cli
+from tests.trainer.test_grpo_e2e import train_cmd as grpo_train_cmd
 
 pytestmark = pytest.mark.megatron
 # entropy_coeff: a gradient even when every group's rewards are equal (short max_tokens: often all flat).
@@ -25,10 +23,7 @@ LORA = ("actor_config.lora.rank=8", "actor_config.lora.alpha=16", "actor_config.
 
 
 def train_cmd(demo: Path, out: Path, *overrides: str) -> list[str]:
-    return demo_train_cmd(demo, out, "megatron_training.global_batch_size=4", "rl_config.n_samples_per_prompt=4",
-                          "actor_config.micro_batch_size=8", "rl_config.actor_resource.num_npus=1",
-                          "generate_config.sampling_config.max_tokens=24", "megatron_training.save_interval=2",
-                          *LORA, *overrides)
+    return grpo_train_cmd(demo, out, *LORA, *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -126,26 +121,8 @@ def test_exports_load_in_peft_with_mindrl_logits(tiny_demo, lora_run, tmp_path):
 @pytest.mark.timeout(2400)  # three 6-step runs; took over 10 min at load average 30 on 2 cores
 def test_sigkill_and_rerun_reproduces_every_step(tiny_demo, tmp_path):
     """Kill -9 a LoRA run mid-way, rerun the same command: every step equals an uninterrupted run."""
-    full = tmp_path / "full"
-    assert run_cli(train_cmd(tiny_demo, full, "megatron_training.train_iters=6")).returncode == 0
-    killed = tmp_path / "killed"
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen(train_cmd(tiny_demo, killed, "megatron_training.train_iters=6"), cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 500
-    while time.time() < deadline:
-        if (killed / "metrics.jsonl").exists() and len(metrics(killed)) >= 3:
-            break
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert len(metrics(killed)) < 6
-    assert run_cli(train_cmd(tiny_demo, killed, "megatron_training.train_iters=6")).returncode == 0
-    a, b = metrics(full), metrics(killed)
-    assert [m["step"] for m in b] == list(range(1, 7))
-    for x, y in zip(a, b):
-        for key in ("reward/mean", "actor/pg_loss", "response_length/mean", "kl", "actor/grad_norm"):
-            assert x[key] == y[key], (x["step"], key)
+    assert_sigkill_rerun_matches(lambda out: train_cmd(tiny_demo, out, "megatron_training.train_iters=6"), tmp_path,
+                                 6, ("reward/mean", "actor/pg_loss", "response_length/mean", "kl", "actor/grad_norm"))
 
 
 @pytest.mark.slow
