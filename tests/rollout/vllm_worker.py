@@ -5,7 +5,8 @@ independent references; driven by test_vllm_engine.py.
 
 JOB.json: {"arch" (qwen2 | deepseek_v3), "tp", "ep" (training layout), "rollout_tp", "rollout_ep",
 optional "ascend_standin" (install tests/rollout/ascend_standin.py first; each step then also records its
-`snapshot`, and at the end a push the old way, `model.load_weights` into the live model, is tried)}.
+`snapshot`, and at the end a push the old way, `model.load_weights` into the live model, is tried),
+optional "v023_hooks" (vLLM 0.23's push hooks around the engine; at the end a stale W_UV must fail their check)}.
 A tiny random model with head sizes vLLM's CPU kernels run (head_dim 64; MLA latent 512 + rope 64).
 Per rank, DIR/rank{R}.pt holds, for the first push and again after the actor's weights changed (a second
 push): the vLLM greedy tokens and HF transformers' greedy tokens from the same weights (the actor's,
@@ -70,6 +71,14 @@ def ascend_standin_names(hf: dict):
     yield f"model.layers.{first}.mlp.experts.0.gate_proj.weight"
 
 
+def stale_absorbed_copy(model) -> None:
+    """What a push that skips MLA's post-load processing leaves: W_UV no longer what kv_b_proj implies."""
+    from mindrl.rollout.vllm_push_v023 import _absorbed_owners
+
+    owner = next(o for m in model.modules() for o in _absorbed_owners(m))
+    owner.W_UV = owner.W_UV + 1.0
+
+
 def rank_main(job: dict) -> None:
     warnings.filterwarnings("ignore")
     import faulthandler
@@ -97,6 +106,11 @@ def rank_main(job: dict) -> None:
         from tests.rollout import ascend_standin
 
         ascend_standin.install()
+    if job.get("v023_hooks"):  # vLLM 0.23's push hooks (mindrl/rollout/vllm_push_v023.py) around this engine
+        import mindrl.rollout.vllm_engine as vllm_engine
+        from mindrl.rollout.vllm_push_v023 import V023PushHooks
+
+        vllm_engine.push_hooks = lambda: V023PushHooks()
     runner = build_rollout(gen, plan=plan, actor_chunks=model.chunks, tokenizer=None,
                            core_attention=backend.core_attention_cls(), seed=1234, use_cpu_initialization=True)
     result: dict = {"replica": (runner.replica, runner.num_replicas), "steps": []}
@@ -130,6 +144,13 @@ def rank_main(job: dict) -> None:
             result["legacy_push"] = "ok"
         except Exception as e:  # noqa: BLE001 - the error is the result
             result["legacy_push"] = f"{type(e).__name__}: {e}"
+    if job.get("v023_hooks"):  # the hooks' MLA check passed on every push above; a stale copy must fail it
+        runner.engine.llm.apply_model(stale_absorbed_copy)
+        try:
+            runner.engine.hooks.after_update(runner.engine.llm)
+            result["stale_check"] = "passed"
+        except RuntimeError as e:
+            result["stale_check"] = str(e)
     torch.save(result, Path(job["out"]) / f"rank{rank}.pt")
     runner.close()
     destroy_distributed()
