@@ -25,7 +25,9 @@ Per step (driven by `mindrl.rollout.runner.RolloutRunner`):
     wake_up(["weights"]) -> start_weight_update -> load_weights(bucket) ... -> finish_weight_update
     -> wake_up(["kv_cache"]) -> generate -> sleep()
 `finish_weight_update` re-runs the platform's post-load processing (vllm_support.py) and drops the
-prefix cache (its KV was computed with the old weights). Sleep is level 1 (weights to host memory, KV
+prefix cache (its KV was computed with the old weights). The installed vLLM's `PushHooks`
+(`vllm_support.push_hooks`; vLLM 0.23 + vllm-ascend: vllm_push_v023.py) adjust the construction
+keywords and run after each wake-up and each finished update. Sleep is level 1 (weights to host memory, KV
 cache dropped; vllm-ascend supports level 1 only) where `current_platform.is_sleep_mode_available()`;
 vLLM's CPU platform has no sleep mode (vLLM refuses `enable_sleep_mode` there), so on CPU the weights
 and KV cache stay resident and `sleep()` only drops the prefix cache; a warning says so once.
