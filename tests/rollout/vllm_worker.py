@@ -5,7 +5,10 @@ independent references; driven by test_vllm_engine.py.
 
 JOB.json: {"arch" (qwen2 | deepseek_v3), "tp", "ep" (training layout), "rollout_tp", "rollout_ep",
 optional "ascend_standin" (install tests/rollout/ascend_standin.py first; each step then also records its
-`snapshot`, and at the end a push the old way, `model.load_weights` into the live model, is tried)}.
+`snapshot`, and at the end a push the old way, `model.load_weights` into the live model, is tried),
+optional "v023_hooks" (vLLM 0.23's push hooks around the engine; before the second push, vllm-ascend 0.23's
+wake-up transpose of the MoE weights and the adapter's hook after it; at the end a stale W_UV must fail their
+check, and a push after the wake-up transpose without the hook must fail)}.
 A tiny random model with head sizes vLLM's CPU kernels run (head_dim 64; MLA latent 512 + rope 64).
 Per rank, DIR/rank{R}.pt holds, for the first push and again after the actor's weights changed (a second
 push): the vLLM greedy tokens and HF transformers' greedy tokens from the same weights (the actor's,
@@ -70,6 +73,25 @@ def ascend_standin_names(hf: dict):
     yield f"model.layers.{first}.mlp.experts.0.gate_proj.weight"
 
 
+def wake_up_transpose(model) -> None:
+    """What vllm-ascend 0.23's `NPUWorker.wake_up` does to unquantized MoE weights (worker/worker.py:251-270):
+    each `w13_weight` / `w2_weight` re-registered as its transpose(1, 2) view, without its hidden-size
+    conditions (they pick vllm-ascend's layout; this is vLLM-CPU's)."""
+    for module in model.modules():
+        for name in ("w13_weight", "w2_weight"):
+            param = module._parameters.get(name)
+            if param is not None and param.dim() == 3:
+                module.register_parameter(name, torch.nn.Parameter(param.data.transpose(1, 2), requires_grad=False))
+
+
+def stale_absorbed_copy(model) -> None:
+    """What a push that skips MLA's post-load processing leaves: W_UV no longer what kv_b_proj implies."""
+    from mindrl.rollout.vllm_push_v023 import _absorbed_owners
+
+    owner = next(o for m in model.modules() for o in _absorbed_owners(m))
+    owner.W_UV = owner.W_UV + 1.0
+
+
 def rank_main(job: dict) -> None:
     warnings.filterwarnings("ignore")
     import faulthandler
@@ -97,6 +119,11 @@ def rank_main(job: dict) -> None:
         from tests.rollout import ascend_standin
 
         ascend_standin.install()
+    if job.get("v023_hooks"):  # vLLM 0.23's push hooks (mindrl/rollout/vllm_push_v023.py) around this engine
+        import mindrl.rollout.vllm_engine as vllm_engine
+        from mindrl.rollout.vllm_push_v023 import V023PushHooks
+
+        vllm_engine.push_hooks = lambda: V023PushHooks()
     runner = build_rollout(gen, plan=plan, actor_chunks=model.chunks, tokenizer=None,
                            core_attention=backend.core_attention_cls(), seed=1234, use_cpu_initialization=True)
     result: dict = {"replica": (runner.replica, runner.num_replicas), "steps": []}
@@ -112,6 +139,9 @@ def rank_main(job: dict) -> None:
                     for _, p in c.named_parameters():
                         p.add_(torch.randn(p.shape, generator=g) * 0.05)
             runner.weights_updated()
+            if job.get("v023_hooks"):  # a wake-up of the weights as on vllm-ascend 0.23, then the adapter's hook
+                runner.engine.llm.apply_model(wake_up_transpose)
+                runner.engine.hooks.after_wake_up(runner.engine.llm, ["weights"])
         tokens = [o.token_ids for o in runner.generate(PROMPTS, greedy)]
         outs = runner.generate(PROMPTS, sampled)
         ref = trainer_log_probs(model, outs, 0.8, plan.vocab_size)
@@ -130,6 +160,21 @@ def rank_main(job: dict) -> None:
             result["legacy_push"] = "ok"
         except Exception as e:  # noqa: BLE001 - the error is the result
             result["legacy_push"] = f"{type(e).__name__}: {e}"
+    if job.get("v023_hooks"):  # the hooks' MLA check passed on every push above; a stale copy must fail it
+        runner.engine.llm.apply_model(stale_absorbed_copy)
+        try:
+            runner.engine.hooks.after_update(runner.engine.llm)
+            result["stale_check"] = "passed"
+        except RuntimeError as e:
+            result["stale_check"] = str(e)
+        torch.save(result, Path(job["out"]) / f"rank{rank}.pt")
+        runner.engine.llm.apply_model(wake_up_transpose)  # the same wake-up without the hook: the push fails
+        runner.weights_updated()
+        try:
+            runner.push_weights()
+            result["push_after_unrestored_wake_up"] = "ok"
+        except Exception as e:  # noqa: BLE001 - the error is the result
+            result["push_after_unrestored_wake_up"] = f"{type(e).__name__}: {e}"
     torch.save(result, Path(job["out"]) / f"rank{rank}.pt")
     runner.close()
     destroy_distributed()
