@@ -70,25 +70,62 @@ def save_hf(name: str, workdir: Path) -> Path:
     return out
 
 
-def build_builtin(hf_dir: Path):  # noqa: ANN201
+# The built-in engine's variants: generate_config (dtype, packed_linear) -> the column's name.
+BUILTIN = {"builtin": ("auto", False, "built-in"), "packed": ("auto", True, "built-in packed"),
+           "bf16": ("bfloat16", False, "built-in bf16 copy"), "bf16-packed": ("bfloat16", True, "built-in bf16 packed")}
+
+
+def build_builtin(hf_dir: Path, variants: list[str]) -> dict:  # noqa: ANN201
+    """One fp32 megatron model (the actor) loaded from `hf_dir`, and a `RolloutRunner` per variant built by the
+    trainer's own `build_rollout` from its generate_config: fp32 variants share the model's weights; bf16 ones
+    are rollout copies that get the weights pushed (and converted) before each call, as after every step."""
     import torch
     from safetensors.torch import load_file
 
     from mindrl.backends import get_backend
     from mindrl.checkpoint.live import HFShardLoader
+    from mindrl.config import GenerateConfig
     from mindrl.models import load_hf_config
-    from mindrl.rollout import BuiltinRolloutEngine
+    from mindrl.rollout import build_rollout
     from mindrl.workers.bringup import PolicySpec, build_policy
 
     hf = load_hf_config(hf_dir)
-    model = build_policy(PolicySpec(hf=hf, dtype="fp32"), get_backend("cpu"), train=False)
+    backend = get_backend("cpu")
+    model = build_policy(PolicySpec(hf=hf, dtype="fp32"), backend, train=False)
     loader = HFShardLoader(model.unwrapped, model.plan.hf)
     for f in sorted(hf_dir.glob("*.safetensors")):
         loader.load(load_file(f).items())
     if loader.missing():
         raise SystemExit(f"built-in engine: tensors not loaded from {hf_dir}: {loader.missing()[:5]}")
     torch.set_num_threads(threads())
-    return BuiltinRolloutEngine.from_plan(model.plan, model.chunks, eos_token_id=[])
+    runners = {}
+    for v in variants:
+        dtype, packed, _ = BUILTIN[v]
+        gen = GenerateConfig(dtype=dtype, packed_linear=packed)
+        runner = build_rollout(gen, plan=model.plan, actor_chunks=model.chunks, tokenizer=None,
+                               core_attention=backend.core_attention_cls(), seed=0, backend=backend,
+                               use_cpu_initialization=backend.use_cpu_initialization)
+        runner.engine.eos_token_ids = []
+        runners[v] = runner
+    return runners
+
+
+def hf_logprob_diff(hf_model, prompts: list[list[int]], outputs: list[tuple[list[int], list[float]]]) -> dict:
+    """|engine log-prob - HF transformers' fp32 log-prob| of every generated token (temperature 1): the
+    `rollout/logprob_diff_*` metrics against an independent fp32 forward. Outputs in prompt-major order."""
+    import torch
+
+    diffs = []
+    with torch.no_grad():
+        for i in range(0, len(outputs), N):
+            toks = [prompts[(i + j) // N] + outputs[i + j][0] for j in range(N)]
+            ids = torch.tensor(toks)
+            new = len(outputs[i][0])
+            logits = hf_model(input_ids=ids, logits_to_keep=new + 1).logits[:, :-1].float()
+            lp = torch.log_softmax(logits, -1).gather(-1, ids[:, -new:, None])[..., 0]
+            diffs.append((lp - torch.tensor([outputs[i + j][1] for j in range(N)])).abs())
+    d = torch.cat(diffs)
+    return {"lp_diff_mean": d.mean().item(), "lp_diff_max": d.max().item()}
 
 
 def build_vllm(hf_dir: Path, new: int):  # noqa: ANN201
@@ -111,13 +148,26 @@ def run_model(name: str, workdir: Path, rows: int, new: int, rounds: int, engine
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 151643, (PROMPT_LEN,), generator=g).tolist() for _ in range(rows // N)]
     calls = {}
-    if "builtin" in engines:
-        engine = build_builtin(hf_dir)  # first: sets up the process (threads, megatron's parallel state)
-        calls["built-in"] = lambda: engine.generate(prompts, SamplingParams(n=N, temperature=1.0, max_tokens=new,
-                                                                           ignore_eos=True, seed=0))
+    outputs = {}  # engine -> a call returning [(token_ids, logprobs)] for the log-prob check (untimed)
+    info: dict[str, dict] = {}
+    variants = [e for e in engines if e in BUILTIN]
+    if variants:
+        # first: sets up the process (threads, megatron's parallel state)
+        runners = build_builtin(hf_dir, variants)
+        sp = SamplingParams(n=N, temperature=1.0, max_tokens=new, ignore_eos=True, seed=0)
+
+        def builtin_call(runner):  # noqa: ANN001, ANN202
+            def call() -> list:
+                runner.weights_updated()  # a copy gets the weights pushed again, as after every optimizer step
+                return [(o.token_ids, o.logprobs) for o in runner.generate(prompts, sp)]
+            return call
+        for v, runner in runners.items():
+            calls[BUILTIN[v][2]] = outputs[BUILTIN[v][2]] = builtin_call(runner)
     torch.set_num_threads(threads())
-    if "hf" in engines:
+    hf = None
+    if "hf" in engines or variants:
         hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    if "hf" in engines:
         ids = torch.tensor(prompts)
 
         def hf_generate() -> None:
@@ -142,6 +192,14 @@ def run_model(name: str, workdir: Path, rows: int, new: int, rounds: int, engine
             got = sum(len(c.token_ids) for o in out for c in o.outputs)
             assert got == rows * new, f"vLLM generated {got} tokens, expected {rows * new}"
         calls["vLLM (CPU)"] = vllm_generate
+
+        def vllm_outputs() -> list:
+            llm.reset_prefix_cache()  # raw (pre-temperature, un-renormalised) log-probs of the sampled tokens
+            out = llm.generate(vprompts, VSP(n=N, temperature=1.0, top_k=-1, top_p=1.0, max_tokens=new,
+                                             ignore_eos=True, seed=0, logprobs=0), use_tqdm=False)
+            return [(list(c.token_ids), [lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)])
+                    for o in out for c in o.outputs]
+        outputs["vLLM (CPU)"] = vllm_outputs
     for fn in calls.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in calls}
@@ -153,20 +211,27 @@ def run_model(name: str, workdir: Path, rows: int, new: int, rounds: int, engine
             calls[k]()
             times[k].append(time.perf_counter() - t0)
             cpu[k].append(time.process_time() - c0)
+    for k, fn in outputs.items():  # untimed: log-prob mismatch against HF's fp32 forward, packing cost
+        info[k] = hf_logprob_diff(hf, prompts, fn()) if hf is not None else {}
+    for v in variants:
+        runner = runners[v]
+        info[BUILTIN[v][2]]["pack_s"] = runner.engine.last_pack_seconds
+        info[BUILTIN[v][2]]["push_s"] = runner.last_push.get("seconds", 0.0)
     if profile:
-        for k in [k for k in ("built-in", "vLLM (CPU)") if k in calls]:
+        for k in [k for k in calls if k.startswith("built-in") or k == "vLLM (CPU)"]:
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                 calls[k]()
             print(f"\n### {name}, {k}: one call, top {profile} operators by self CPU time\n")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile))
     return [{"model": name, "engine": k, "seconds": statistics.median(v), "runs": v, "cpu": statistics.median(cpu[k]),
-             "tok_s": rows * new / statistics.median(v), "threads": torch.get_num_threads()} for k, v in times.items()]
+             "cpu_runs": cpu[k], "tok_s": rows * new / statistics.median(v), "threads": torch.get_num_threads(),
+             **info.get(k, {})} for k, v in times.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="h256,0.5b")
-    p.add_argument("--engines", default="builtin,vllm,hf")
+    p.add_argument("--engines", default="builtin,packed,bf16,bf16-packed,vllm,hf")
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--new", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
@@ -207,15 +272,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             print("\n".join(x for x in lines if not x.startswith("RESULT ")))
         load.append(os.getloadavg()[0])
-    print("| model | engine | seconds (median) | generated tok/s | built-in vs this | CPU seconds | built-in vs this, CPU "
-          "time |\n|---|---|---:|---:|---:|---:|---:|")
+    print("| model | engine | seconds (median) | generated tok/s | vs vLLM | vs HF | CPU seconds | vs vLLM, CPU | "
+          "vs HF, CPU | log-prob diff vs HF fp32, mean / max | packing / push s |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        base = next((x for x in results if x["model"] == r["model"] and x["engine"] == "built-in"), None)
-        ratio = f"{r['seconds'] / base['seconds']:.2f}x" if base else "-"
-        cpu_ratio = f"{r['cpu'] / base['cpu']:.2f}x" if base else "-"
-        print(f"| {r['model']} | {r['engine']} | {r['seconds']:.2f} | {r['tok_s']:,.0f} | {ratio} | {r['cpu']:.2f} | "
-              f"{cpu_ratio} |")
-    runs = "; ".join(f"{r['model']} {r['engine']} {[round(t, 2) for t in r['runs']]}" for r in results)
+        def ratio(engine: str, key: str) -> str:  # this engine's speed over `engine`'s (> 1: this one is faster)
+            ref = next((x for x in results if x["model"] == r["model"] and x["engine"] == engine), None)
+            return f"{ref[key] / r[key]:.2f}x" if ref else "-"
+        lp = f"{r['lp_diff_mean']:.1e} / {r['lp_diff_max']:.1e}" if "lp_diff_mean" in r else "-"
+        cost = f"{r.get('pack_s', 0):.2f} / {r.get('push_s', 0):.2f}" if "pack_s" in r else "-"
+        print(f"| {r['model']} | {r['engine']} | {r['seconds']:.2f} | {r['tok_s']:,.0f} | {ratio('vLLM (CPU)', 'seconds')} "
+              f"| {ratio('HF generate', 'seconds')} | {r['cpu']:.2f} | {ratio('vLLM (CPU)', 'cpu')} | "
+              f"{ratio('HF generate', 'cpu')} | {lp} | {cost} |")
+    runs = "; ".join(f"{r['model']} {r['engine']} {[round(t, 2) for t in r['runs']]} (CPU "
+                     f"{[round(t, 2) for t in r['cpu_runs']]})" for r in results)
     print(f"\n{args.rows} rows ({args.rows // N} prompts x {N}) x {args.new} new tokens, prompt {PROMPT_LEN} tokens, "
           f"fp32, {results[0]['threads'] if results else '?'} threads; runs (s): {runs}; "
           f"load average {' -> '.join(f'{x:.1f}' for x in load)}")
