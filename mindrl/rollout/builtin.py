@@ -135,10 +135,13 @@ def _packed_linears(model: torch.nn.Module, packer: Any, rows: int, clock: list[
     (another dtype than the weight's, sequence parallelism) goes through megatron's own `_forward_impl`."""
     import time
 
-    linears = [m for m in _unwrap(model).modules() if isinstance(m, (ColumnParallelLinear, RowParallelLinear))]
+    inner = _unwrap(model)
+    linears = [m for m in inner.modules() if isinstance(m, (ColumnParallelLinear, RowParallelLinear))]
+    head = getattr(inner, "output_layer", None) if getattr(inner, "post_process", False) else None
     packs: dict[torch.Tensor, Any] = {}  # keyed by the weight object (hash = identity)
+    buffers: dict[torch.Tensor, torch.Tensor] = {}  # the LM head's logits, reused every step
 
-    def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(original: Callable[..., Any], is_head: bool) -> Callable[..., Any]:
         def forward_impl(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                          *args: Any, **kwargs: Any) -> torch.Tensor:
             if args or kwargs.get("sequence_parallel") or input.dtype != weight.dtype:
@@ -146,18 +149,28 @@ def _packed_linears(model: torch.nn.Module, packer: Any, rows: int, clock: list[
             fn = packs.get(weight)
             if fn is None:
                 t0 = time.perf_counter()
-                fn = packs[weight] = packer(weight, rows)
+                fn = packs[weight] = packer(weight, rows, with_out=is_head)
                 clock[0] += time.perf_counter() - t0
-            return fn(input, bias)
+            if not is_head:
+                return fn(input, bias)
+            # The LM head's output is read by the sampler before the next forward writes the buffer again
+            # (prefill's logits are indexed into a copy, TP>1 gathers into a new tensor): one buffer serves
+            # every step instead of a fresh vocab-wide tensor per step.
+            n = input.numel() // input.shape[-1]
+            buf = buffers.get(weight)
+            if buf is None or buf.shape[0] < n:
+                buf = buffers[weight] = torch.empty(n, weight.shape[0], dtype=input.dtype, device=input.device)
+            return fn(input, bias, buf[:n].view(*input.shape[:-1], weight.shape[0]))
         return forward_impl
     try:
         for m in linears:
-            m._forward_impl = wrap(m._forward_impl)  # this instance only, for this call
+            m._forward_impl = wrap(m._forward_impl, m is head)  # this instance only, for this call
         yield
     finally:
         for m in linears:
             m.__dict__.pop("_forward_impl", None)
         packs.clear()
+        buffers.clear()
 
 
 class _Batch:

@@ -28,13 +28,14 @@ class CountingPacker:
     def __init__(self, packer) -> None:
         self.packer, self.packed, self.calls = packer, [], 0
 
-    def __call__(self, weight: torch.Tensor, rows: int):
+    def __call__(self, weight: torch.Tensor, rows: int, with_out: bool = False):
         self.packed.append(tuple(weight.shape))
-        fn = self.packer(weight, rows)
+        self.with_out = getattr(self, "with_out", []) + [tuple(weight.shape)] * with_out
+        fn = self.packer(weight, rows, with_out=with_out)
 
-        def linear(x, bias=None):
+        def linear(x, bias=None, *out):
             self.calls += 1
-            return fn(x, bias)
+            return fn(x, bias, *out)
         return linear
 
 
@@ -57,6 +58,7 @@ def check(arch: str, args: argparse.Namespace, backend) -> dict:
     r["plain_sampled"], r["plain_greedy"] = plain.generate(ps_, sp), plain.generate(ps_, gp)
     r["packed_sampled"] = packed.generate(ps_, sp)
     r["weights_packed"], r["packed_calls"] = list(counting.packed), counting.calls
+    r["with_out"] = counting.with_out
     r["pack_seconds"] = packed.last_pack_seconds
     r["packed_greedy"] = packed.generate(ps_, gp)
     r["packed_again"] = packed.generate(ps_, sp)

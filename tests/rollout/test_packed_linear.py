@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mindrl.backends import get_backend
-from mindrl.backends.packed_linear import onednn_supports
+from mindrl.backends.packed_linear import OUT_CHUNK, onednn_supports
 from tests.conftest import shared_path
 
 WORKER = Path(__file__).with_name("packed_worker.py")
@@ -37,15 +37,22 @@ def test_onednn_linear_matches_f_linear(dtype, tol):
     if packer is None:
         pytest.skip(f"this CPU has no oneDNN {dtype}")
     g = torch.Generator().manual_seed(0)
-    w, b = torch.randn(300, 64, generator=g), torch.randn(300, generator=g)
-    linear = packer(w.to(dtype), 16)
+    out_features = 2 * OUT_CHUNK + 300  # with_out: three pieces, the last one short
+    w, b = torch.randn(out_features, 64, generator=g), torch.randn(out_features, generator=g)
+    linear, linear_out = packer(w.to(dtype), 16), packer(w.to(dtype), 16, with_out=True)
+    buf = torch.full((16 * 5, out_features), float("nan"), dtype=dtype)
     for x in (torch.randn(16, 64, generator=g), torch.randn(3, 5, 64, generator=g),
               torch.randn(64, 7, generator=g).t(), torch.randn(1, 64, generator=g)):
         for bias in (None, b):
-            got = linear(x.to(dtype), None if bias is None else bias.to(dtype)).float()
+            bias_d = None if bias is None else bias.to(dtype)
             want = F.linear(x.to(dtype).float(), w.to(dtype).float(), bias if bias is None else bias.to(dtype).float())
-            assert got.shape == want.shape
-            assert (got - want).abs().max().item() <= tol * want.abs().max().item(), (dtype, x.shape)
+            got = linear(x.to(dtype), bias_d).float()
+            out = buf[:x.numel() // 64].view(*x.shape[:-1], out_features)
+            got_out = linear_out(x.to(dtype), bias_d, out)
+            assert got_out.data_ptr() == buf.data_ptr(), "with_out must write into the caller's buffer"
+            for result in (got, got_out.float()):
+                assert result.shape == want.shape
+                assert (result - want).abs().max().item() <= tol * want.abs().max().item(), (dtype, x.shape)
 
 
 def test_backends_without_packed_linear_say_none():
@@ -86,6 +93,7 @@ def test_packed_equals_plain_path(packed_run, arch):
     # embedding, included), and the packed linears ran (every layer of every forward).
     packed = set(r["weights_packed"])
     assert (256, 64) in packed, "the LM head (vocab 250 padded to 256) was not packed"
+    assert r["with_out"] == [(256, 64)], "the LM head (only) writes into the reused logits buffer"
     assert len(r["weights_packed"]) >= 9 and r["packed_calls"] > 8 * len(r["weights_packed"]) // 2
     assert r["pack_seconds"] > 0
     assert len({tok for row in r["packed_sampled"] for tok in row[0]}) > 8  # real, varied samples
