@@ -2,7 +2,8 @@
 weights, prompts and sampling; generated tokens/s and ratios.
 
     python -m benchmarks.rollout_engines [--models h256,0.5b] [--rows 64] [--new 64] [--rounds 3]
-                                         [--engines builtin,vllm,hf] [--quick] [--profile N]
+                                         [--engines builtin,packed,bf16,bf16-packed,vllm,hf] [--quick]
+                                         [--profile N]
 
 Models (random weights, seed 0, fp32, tied embeddings, the real Qwen2.5 vocabulary of 151,936 rows):
 `h256` is grpo_vs_trl's Qwen2 shape (hidden 256, 4 layers, 4 heads / 2 KV heads); `0.5b` is
@@ -13,8 +14,11 @@ tokens, temperature 1, top-k / top-p off, `ignore_eos` (every row generates exac
 
 Engines, all in one process per model, at the same torch thread count (MINDRL_CPU_THREADS, else all
 cores; vLLM is built last because it patches `torch.set_num_threads` away):
-- built-in: `BuiltinRolloutEngine` over a megatron-core GPTModel built from the HF config, weights
-  loaded from the HF folder (`HFShardLoader`);
+- built-in: a megatron-core GPTModel built from the HF config (the actor), weights loaded from the HF
+  folder (`HFShardLoader`), and one `RolloutRunner` per variant from the trainer's own `build_rollout`:
+  `builtin` (generate_config defaults: shares the actor's weights), `packed` (`packed_linear: true`:
+  weights packed inside every timed call), `bf16` (`dtype: bfloat16`: a rollout copy, the weights pushed
+  into it inside every timed call, as after every optimizer step), `bf16-packed` (both);
 - vLLM: `vllm.LLM` in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, the `uni` executor,
   `enforce_eager=True`, VLLM_CPU_KVCACHE_SPACE=1 GiB), its defaults otherwise (prefix caching on, so
   the n samples share the prompt's prefill, as ours do; the cache is reset before each call, so no call
@@ -23,7 +27,10 @@ cores; vLLM is built last because it patches `torch.set_num_threads` away):
 One warm-up call each, then `rounds` rounds in a rotating order; medians of wall time and of the process's CPU
 time (on a loaded machine, `MINDRL_CPU_THREADS=1` and the CPU-time columns compare the engines' work
 far more stably than wall time). `--quick`: h256 only, 2 rounds.
-`--profile N`: torch.profiler's top N operators of one built-in and one vLLM call (the last model).
+After the timed rounds, one untimed call per engine gives the log-prob mismatch: |engine log-prob - HF
+transformers' fp32 log-prob| over every generated token (mean / max; vLLM asked for raw log-probs), and
+the built-in variants' packing and push seconds of their last call.
+`--profile N`: torch.profiler's top N operators of one call of each built-in variant and of vLLM.
 """
 from __future__ import annotations
 
