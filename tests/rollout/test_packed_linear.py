@@ -143,3 +143,19 @@ def test_factory_refuses_without_a_packer():
     assert linear_packer(GenerateConfig(), None, torch.float32) is None
     if onednn_supports(torch.float32):
         assert linear_packer(on, get_backend("cpu"), torch.float32) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.megatron
+@needs_onednn
+def test_grpo_step_with_packed_linear(tiny_demo, tmp_path):
+    """The trainer's path (`train_grpo`, `build_rollout(..., backend=)`): with packed_linear on, step 1's rollout
+    log-probs equal the training forward's (`rollout/logprob_diff_*`, the same bounds as the plain path's in
+    tests/trainer/test_grpo_e2e.py). Without the backend reaching the factory the run fails at start-up."""
+    from tests.trainer.test_grpo_e2e import metrics, run, train_cmd
+
+    out = tmp_path / "run"
+    proc = run(train_cmd(tiny_demo, out, "megatron_training.train_iters=1", "generate_config.packed_linear=true"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    step1 = metrics(out)[0]
+    assert step1["rollout/logprob_diff_mean"] < 1e-5 and step1["rollout/logprob_diff_max"] < 1e-4, step1
