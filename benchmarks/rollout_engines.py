@@ -143,7 +143,7 @@ def build_vllm(hf_dir: Path, new: int):  # noqa: ANN201
 
 
 def run_model(name: str, workdir: Path, rows: int, new: int, rounds: int, engines: list[str],
-              profile: int) -> list[dict]:
+              profile: int, logprobs: bool = True) -> list[dict]:
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", VLLM_ENABLE_V1_MULTIPROCESSING="0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import torch
@@ -172,7 +172,7 @@ def run_model(name: str, workdir: Path, rows: int, new: int, rounds: int, engine
             calls[BUILTIN[v][2]] = outputs[BUILTIN[v][2]] = builtin_call(runner)
     torch.set_num_threads(threads())
     hf = None
-    if "hf" in engines or variants:
+    if "hf" in engines or (variants and logprobs):
         hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     if "hf" in engines:
         ids = torch.tensor(prompts)
@@ -219,7 +219,7 @@ def run_model(name: str, workdir: Path, rows: int, new: int, rounds: int, engine
             times[k].append(time.perf_counter() - t0)
             cpu[k].append(time.process_time() - c0)
     for k, fn in outputs.items():  # untimed: log-prob mismatch against HF's fp32 forward, packing cost
-        info[k] = hf_logprob_diff(hf, prompts, fn()) if hf is not None else {}
+        info[k] = hf_logprob_diff(hf, prompts, fn()) if hf is not None and logprobs else {}
     for v in variants:
         runner = runners[v]
         info[BUILTIN[v][2]]["pack_s"] = runner.engine.last_pack_seconds
@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="h256 only, 2 rounds")
     p.add_argument("--profile", type=int, default=0, metavar="N")
+    p.add_argument("--no-logprobs", action="store_true",
+                   help="skip the log-prob check (and HF's model where HF generate is not run): less memory")
     p.add_argument("--workdir", default=str(REPO / "output" / "bench_rollout_engines"))
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -252,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if args.child:  # one model in this process
-        res = run_model(args.child, workdir, args.rows, args.new, args.rounds, engines, args.profile)
+        res = run_model(args.child, workdir, args.rows, args.new, args.rounds, engines, args.profile,
+                        logprobs=not args.no_logprobs)
         print("RESULT " + json.dumps(res))
         return 0
     if args.quick:
@@ -270,10 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in [m for m in args.models.split(",") if m]:
         cmd = [sys.executable, "-m", "benchmarks.rollout_engines", "--child", name, "--engines", args.engines,
                "--rows", str(args.rows), "--new", str(args.new), "--rounds", str(args.rounds), "--workdir",
-               str(workdir), "--profile", str(args.profile)]
+               str(workdir), "--profile", str(args.profile)] + (["--no-logprobs"] if args.no_logprobs else [])
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         if proc.returncode:
-            raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+            errors = [x for x in proc.stderr.splitlines() if "Error" in x or "Traceback" in x][-5:]
+            raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}\n"
+                             + "\n".join(errors))
         lines = proc.stdout.splitlines()
         results += json.loads(next(x for x in lines if x.startswith("RESULT "))[7:])
         if args.profile:
