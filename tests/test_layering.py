@@ -17,7 +17,8 @@ ALLOWED = {
     "data": {"utils"},
     "utils": {"backends"},  # launch.free_port
     "launch": {"backends", "config", "trainer", "utils"},  # Ray driver, rank actors, node roles
-    "config": {"models", "algorithms"},  # validate() checks names against the algorithm registries
+    # validate() checks names against the algorithm registries and asks the backend what it can run
+    "config": {"models", "algorithms", "backends"},
     "checkpoint": {"models", "utils"},
     "rollout": {"backends", "models", "checkpoint", "utils"},
     # config: `PolicySpec.from_config` / `optim_config` read a MindRLConfig in one place (bringup.py).

@@ -3,7 +3,8 @@
 Owns: device type and `torch.device`, collective backend (nccl / hccl / gloo), process-group
 setup (`distributed`), visible-devices variable and Ray resource name, attention kernel, the
 hardware's answers to "which params dtype for `auto`" and "initialise on the host?", seeding, the
-device's matmul peak FLOP/s (`peak`, for MFU), and
+device's matmul peak FLOP/s (`peak`, for MFU), linears on prepacked weights (`packed_linear`,
+the rollout's `generate_config.packed_linear`), and
 the adaptations that let megatron-core run on the CPU (`cpu_megatron`).
 May import: torch, megatron-core. Nothing else in mindrl.
 

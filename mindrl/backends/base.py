@@ -10,6 +10,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from mindrl.backends.packed_linear import LinearPacker
+
 
 @runtime_checkable
 class Backend(Protocol):
@@ -57,6 +59,10 @@ class Backend(Protocol):
     def peak_flops(self, dtype: torch.dtype) -> float | None:
         """This rank's device's matmul peak FLOP/s in `dtype` (`mindrl.backends.peak`), None when unknown."""
 
+    def linear_packer(self, dtype: torch.dtype) -> LinearPacker | None:
+        """`pack(weight, rows) -> linear(x, bias)`: linears on weights packed once into this hardware's
+        preferred layout (`mindrl.backends.packed_linear`); None where the hardware has none for `dtype`."""
+
 
 @dataclass
 class BackendBase:
@@ -78,6 +84,10 @@ class BackendBase:
 
     def peak_flops(self, dtype: torch.dtype) -> float | None:
         """Unknown unless the backend knows its device (see mindrl/backends/peak.py)."""
+        return None
+
+    def linear_packer(self, dtype: torch.dtype) -> LinearPacker | None:
+        """None: no packed-weight linear on this hardware (its plain matmuls are the fast path)."""
         return None
 
     def device(self, local_rank: int = 0) -> torch.device:

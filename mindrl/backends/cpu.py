@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from mindrl.backends.base import BackendBase
+from mindrl.backends.packed_linear import LinearPacker
 
 
 @dataclass
@@ -56,6 +57,13 @@ class CpuBackend(BackendBase):
         from mindrl.backends.peak import cpu_peak
 
         return cpu_peak(dtype)
+
+    def linear_packer(self, dtype: torch.dtype) -> LinearPacker | None:
+        """oneDNN's packed inner product (`packed_linear.onednn_pack`) where torch has oneDNN and this CPU runs
+        `dtype` in it (bf16 needs avx512_bf16 / AMX); None otherwise."""
+        from mindrl.backends.packed_linear import onednn_pack, onednn_supports
+
+        return onednn_pack if onednn_supports(dtype) else None
 
     def local_device_count(self) -> int | None:
         return None  # ranks are processes, not devices

@@ -2,7 +2,8 @@
 
 Owns: the schema (`schema.py`), loading with unknown-key detection (`loader.py`), and
 `validate()`/`check_config()` which reject bad configs before any worker starts.
-May import: hydra/omegaconf, and mindrl.models (for the HF config and layout checks).
+May import: hydra/omegaconf, mindrl.models (for the HF config and layout checks), mindrl.algorithms
+(registry names) and mindrl.backends (what the hardware can run: `generate_config.packed_linear`).
 """
 from mindrl.config.loader import ConfigError, config_from_dict, load_config
 from mindrl.config.schema import (ActorConfig, GenerateConfig, MegatronTrainingConfig, MindRLConfig, ModelConfig,

@@ -218,6 +218,11 @@ class GenerateConfig:
     # rollout engine wakes up, and back after it sleeps; bit-exact. Only with a rollout of its own
     # weights (vllm, or a built-in copy in another layout / dtype). See docs/rollout.md.
     offload_train_state: bool = False
+    # builtin only: every linear of the rollout (the layers' and the LM head's) runs on its weight packed once per
+    # generate call into the backend's own layout (CPU: oneDNN's blocked layout, as vLLM-CPU does); the packing is
+    # redone every call, since the weights change every step. Refused where the backend has no packed linear for
+    # the rollout dtype. See docs/rollout.md.
+    packed_linear: bool = False
     sampling_config: SamplingConfig = field(default_factory=SamplingConfig)
 
 

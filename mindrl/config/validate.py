@@ -5,6 +5,8 @@ import glob
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from mindrl.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
 from mindrl.config.loader import ConfigError
 from mindrl.config.schema import MindRLConfig
@@ -238,6 +240,8 @@ def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list
         errors += _vllm_errors(cfg, tp, ep)
         if hf is not None and cfg.backend == "cpu" and not missing:
             errors += _vllm_cpu_head_errors(hf)
+    if g.packed_linear:
+        errors += _packed_linear_errors(cfg)
     if g.offload_train_state:
         train_dtype = "bfloat16" if cfg.megatron_training.bf16 else "float32"
         shared = (g.engine == "builtin" and (tp, ep) == (a.tensor_model_parallel_size, a.expert_model_parallel_size)
@@ -248,6 +252,26 @@ def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list
                           "or another rollout layout / dtype); the built-in engine here generates from the actor's "
                           "own weights, so there is no rollout phase to free memory for")
     return errors
+
+
+def _packed_linear_errors(cfg: MindRLConfig) -> list[str]:
+    """generate_config.packed_linear: the built-in engine's, and only where the backend packs the rollout dtype."""
+    from mindrl.backends import get_backend
+
+    g = cfg.generate_config
+    if g.engine != "builtin":
+        return [f"generate_config.packed_linear=true is for engine=builtin (engine={g.engine} runs its own kernels; "
+                f"vLLM-CPU already packs its weights with oneDNN); set it to false"]
+    if cfg.backend not in BACKEND_NAMES:
+        return []  # reported already
+    name = ({"auto": "bfloat16" if cfg.megatron_training.bf16 else "float32"}.get(g.dtype, g.dtype))
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(name)
+    backend = get_backend(cfg.backend)
+    if dtype is not None and backend.linear_packer(dtype) is None:
+        return [f"generate_config.packed_linear=true: the {backend.name} backend has no packed linear for {name} "
+                f"here (CPU: needs torch with oneDNN, and for bfloat16 / float16 a CPU that runs them in it); "
+                f"set it to false"]
+    return []
 
 
 def _vllm_errors(cfg: MindRLConfig, tp: int, ep: int) -> list[str]:

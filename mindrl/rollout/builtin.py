@@ -42,7 +42,7 @@ How a batch runs (megatron's legacy scheme, chosen for exactness):
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -52,6 +52,7 @@ from megatron.core.inference.contexts import StaticInferenceContext
 from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
 from megatron.core.models.common.embeddings.yarn_rotary_pos_embedding import (
     _yarn_get_concentration_factor_from_config)
+from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.attention import Attention
 
 from mindrl.rollout.base import RolloutOutput, SamplingParams
@@ -122,6 +123,54 @@ def _inference_mode(model: torch.nn.Module) -> Iterator[None]:
         inner.config.sequence_parallel = config_sp
         for m, t in was_training:
             m.training = t
+
+
+@contextmanager
+def _packed_linears(model: torch.nn.Module, packer: Any, rows: int, clock: list[float]) -> Iterator[None]:
+    """Every megatron linear of `model` (the layers' and the LM head's, tied or not) computed on its weight
+    packed by `packer` (a `mindrl.backends.packed_linear.LinearPacker`), packed at its first use in this
+    call and dropped at the end: the weights change between calls (every optimizer step, every push), so
+    no packed copy outlives the call that made it. `rows`: the rows most calls will have (the decode
+    batch). `clock[0]` accumulates the seconds spent packing. Anything the packed path does not cover
+    (another dtype than the weight's, sequence parallelism) goes through megatron's own `_forward_impl`."""
+    import time
+
+    inner = _unwrap(model)
+    linears = [m for m in inner.modules() if isinstance(m, (ColumnParallelLinear, RowParallelLinear))]
+    head = getattr(inner, "output_layer", None) if getattr(inner, "post_process", False) else None
+    packs: dict[torch.Tensor, Any] = {}  # keyed by the weight object (hash = identity)
+    buffers: dict[torch.Tensor, torch.Tensor] = {}  # the LM head's logits, reused every step
+
+    def wrap(original: Callable[..., Any], is_head: bool) -> Callable[..., Any]:
+        def forward_impl(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                         *args: Any, **kwargs: Any) -> torch.Tensor:
+            if args or kwargs.get("sequence_parallel") or input.dtype != weight.dtype:
+                return original(input, weight, bias, *args, **kwargs)
+            fn = packs.get(weight)
+            if fn is None:
+                t0 = time.perf_counter()
+                fn = packs[weight] = packer(weight, rows, with_out=is_head)
+                clock[0] += time.perf_counter() - t0
+            if not is_head:
+                return fn(input, bias)
+            # The LM head's output is read by the sampler before the next forward writes the buffer again
+            # (prefill's logits are indexed into a copy, TP>1 gathers into a new tensor): one buffer serves
+            # every step instead of a fresh vocab-wide tensor per step.
+            n = input.numel() // input.shape[-1]
+            buf = buffers.get(weight)
+            if buf is None or buf.shape[0] < n:
+                buf = buffers[weight] = torch.empty(n, weight.shape[0], dtype=input.dtype, device=input.device)
+            return fn(input, bias, buf[:n].view(*input.shape[:-1], weight.shape[0]))
+        return forward_impl
+    try:
+        for m in linears:
+            m._forward_impl = wrap(m._forward_impl, m is head)  # this instance only, for this call
+        yield
+    finally:
+        for m in linears:
+            m.__dict__.pop("_forward_impl", None)
+        packs.clear()
+        buffers.clear()
 
 
 class _Batch:
@@ -220,11 +269,14 @@ class BuiltinRolloutEngine:
     eos_token_id: one id or several. tokenizer: anything with `decode(ids) -> str`, or a callable;
     needed for stop strings and `detokenize`. max_batch_size: rows (prompts x n) per static batch.
     seed: mixed with the data-parallel rank and a call counter when `SamplingParams.seed` is None.
+    linear_packer: the backend's `linear_packer(dtype)` (generate_config.packed_linear): every linear runs on
+    weights packed once per `generate` call (`_packed_linears`); None: megatron's own matmuls.
     """
 
     def __init__(self, model: torch.nn.Module | Sequence[torch.nn.Module], *, vocab_size: int,
                  eos_token_id: int | Sequence[int] | None = None, tokenizer: Any = None,
-                 max_batch_size: int = 256, seed: int = 0, weight_loader: Any = None) -> None:
+                 max_batch_size: int = 256, seed: int = 0, weight_loader: Any = None,
+                 linear_packer: Any = None) -> None:
         if isinstance(model, Sequence):
             if len(model) != 1:
                 raise ValueError(f"the built-in rollout engine needs one model chunk, got {len(model)} "
@@ -253,6 +305,8 @@ class BuiltinRolloutEngine:
         self.max_batch_size = max_batch_size
         self.seed = seed
         self.weight_loader = weight_loader
+        self.linear_packer = linear_packer
+        self.last_pack_seconds = 0.0  # time the last `generate` spent packing weights (linear_packer only)
         self._calls = 0
         self.device = next(_unwrap(model).parameters()).device
 
@@ -289,7 +343,10 @@ class BuiltinRolloutEngine:
         indexed = list(zip(keys, [list(p) for p in prompt_token_ids]))
         batches = [indexed[i:i + per_batch] for i in range(0, len(indexed), per_batch)]
         results: list[RolloutOutput] = []
-        with _inference_mode(self.model), self._pipeline_input_reset():
+        clock = [0.0]
+        packed = (nullcontext() if self.linear_packer is None else
+                  _packed_linears(self.model, self.linear_packer, min(len(indexed), per_batch) * params.n, clock))
+        with _inference_mode(self.model), self._pipeline_input_reset(), packed:
             current: _Batch | None = None
             while True:
                 if current is None and batches:
@@ -301,6 +358,7 @@ class BuiltinRolloutEngine:
                 elif current.step():
                     results.extend(current.outputs())
                     current = None
+        self.last_pack_seconds = clock[0]
         for o in results:
             o.prompt_index = position[o.prompt_index]
         return results

@@ -6,6 +6,8 @@
   training TP / EP), PP = 1. With the built-in engine, a layout equal to the training layout
   (same TP and EP, training PP = 1, no virtual stages) and `dtype` equal to the training dtype
   shares the actor's live weights; anything else builds a rollout copy and pushes weights into it.
+- `packed_linear` (built-in engine): the backend's `linear_packer` for the rollout dtype goes to the engine,
+  which packs every linear weight once per `generate` call (refused where the backend has none).
 - `max_num_seqs` bounds the rows of a batch; `max_model_len` bounds prompt + max_tokens (checked by
   validate(), and passed to vLLM); `gpu_memory_utilization` goes to vLLM (`build_vllm`); `weight_bucket_mb` sizes
   the push buckets; `offload_train_state` is honoured by the caller passing `train_state`.
@@ -49,11 +51,12 @@ def shares_weights(gen_cfg: Any, plan: Any) -> bool:
 def build_rollout(gen_cfg: Any, *, plan: Any, actor_chunks: Sequence[torch.nn.Module], tokenizer: Any,
                   core_attention: type, seed: int, use_cpu_initialization: bool = False,
                   make_vocab_size_divisible_by: int = 128, tokenizer_path: str | None = None,
-                  train_state: Any = None, engine: Any = None) -> RolloutRunner:
+                  train_state: Any = None, engine: Any = None, backend: Any = None) -> RolloutRunner:
     """The rollout for this rank (see the module docstring). `train_state`: what to offload to host
     memory while a rollout with its own weights is awake (`generate_config.offload_train_state`).
     `engine`: a vLLM engine already built by `build_vllm` (the trainer builds it before the training
-    state, so vLLM's start-up memory check sees the device free); None builds it here."""
+    state, so vLLM's start-up memory check sees the device free); None builds it here. `backend`: the
+    `mindrl.backends` backend, asked for its packed linear when `generate_config.packed_linear` is on."""
     from mindrl.rollout import ROLLOUT_ENGINES
 
     if gen_cfg.engine not in ROLLOUT_ENGINES:
@@ -62,12 +65,14 @@ def build_rollout(gen_cfg: Any, *, plan: Any, actor_chunks: Sequence[torch.nn.Mo
     eos = getattr(tokenizer, "eos_token_id", None)
     eos = plan.hf.get("eos_token_id") if eos is None else eos
     bucket = int(gen_cfg.weight_bucket_mb * 1024**2)
+    packer = linear_packer(gen_cfg, backend, rollout_dtype(gen_cfg, plan.config.params_dtype))
     if shares_weights(gen_cfg, plan):
         if train_state is not None:
             raise ValueError("generate_config.offload_train_state: the built-in engine shares the actor's weights "
                              "here (same layout and dtype); there is no rollout phase to offload around")
         engine = ROLLOUT_ENGINES["builtin"].from_plan(plan, list(actor_chunks), tokenizer=tokenizer, eos_token_id=eos,
-                                                      seed=seed, max_batch_size=gen_cfg.max_num_seqs)
+                                                      seed=seed, max_batch_size=gen_cfg.max_num_seqs,
+                                                      linear_packer=packer)
         return RolloutRunner(engine, shared=True, seed=seed)
     layout = rollout_layout(gen_cfg, plan.layout.tp, plan.layout.ep)
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -80,7 +85,8 @@ def build_rollout(gen_cfg: Any, *, plan: Any, actor_chunks: Sequence[torch.nn.Mo
                                     eos_token_id=eos, seed=seed, max_batch_size=gen_cfg.max_num_seqs,
                                     dtype=rollout_dtype(gen_cfg, plan.config.params_dtype),
                                     use_cpu_initialization=use_cpu_initialization,
-                                    make_vocab_size_divisible_by=make_vocab_size_divisible_by)
+                                    make_vocab_size_divisible_by=make_vocab_size_divisible_by,
+                                    linear_packer=packer)
         return RolloutRunner(engine, state=state, replica=state.replica(), replica_leader=state.tp_rank() == 0,
                              **common)
     replica = rank // layout.tp  # vLLM's external launcher: consecutive ranks form one TP instance
@@ -89,6 +95,18 @@ def build_rollout(gen_cfg: Any, *, plan: Any, actor_chunks: Sequence[torch.nn.Mo
                             train_tp=plan.layout.tp, train_ep=plan.layout.ep)
     return RolloutRunner(engine, replica=(replica, layout.replicas(world)), replica_leader=rank % layout.tp == 0,
                          **common)
+
+
+def linear_packer(gen_cfg: Any, backend: Any, dtype: torch.dtype) -> Any:
+    """The backend's packed linear for `dtype` when `generate_config.packed_linear` asks for it (built-in engine
+    only; validate() refuses the rest first), else None."""
+    if not gen_cfg.packed_linear or gen_cfg.engine != "builtin":
+        return None
+    packer = None if backend is None else backend.linear_packer(dtype)
+    if packer is None:
+        raise ValueError(f"generate_config.packed_linear=true: the {getattr(backend, 'name', 'unknown')} backend has "
+                         f"no packed linear for {dtype} here; set generate_config.packed_linear=false")
+    return packer
 
 
 def build_vllm(gen_cfg: Any, hf: dict[str, Any], train_dtype: torch.dtype, *, seed: int, train_tp: int,
@@ -152,4 +170,4 @@ def _unwrapped(chunks: Sequence[torch.nn.Module]) -> list[torch.nn.Module]:
     return [_unwrap(c) for c in chunks]
 
 
-__all__ = ["build_builtin_copy", "build_rollout", "rollout_layout", "setup_inference_model", "shares_weights"]
+__all__ = ["build_builtin_copy", "build_rollout", "linear_packer", "rollout_layout", "setup_inference_model", "shares_weights"]

@@ -109,7 +109,8 @@ def setup(cfg: MindRLConfig) -> Run:
                            core_attention=backend.core_attention_cls(), seed=mt.seed,
                            use_cpu_initialization=backend.use_cpu_initialization,
                            make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
-                           tokenizer_path=mt.tokenizer_name_or_path, train_state=train_state, engine=vllm_engine)
+                           tokenizer_path=mt.tokenizer_name_or_path, train_state=train_state, engine=vllm_engine,
+                           backend=backend)
     output_dir = Path(mt.output_dir)
     ckpt_root = checkpoint_root(cfg)
     expected = {"architecture": plan.hf.get("model_type"), "world_size": dist.get_world_size(),

@@ -92,6 +92,7 @@ def _construction(gen_cfg: GenerateConfig, monkeypatch) -> dict:
     vllm = pytest.importorskip("vllm")  # the real module, its LLM replaced by the recorder
 
     import mindrl.backends.offload as offload
+    from mindrl.backends import get_backend
     import mindrl.rollout.factory as factory
     from mindrl.rollout import ROLLOUT_ENGINES, SamplingParams
     from mindrl.trainer.train import rollout_train_state
@@ -111,7 +112,7 @@ def _construction(gen_cfg: GenerateConfig, monkeypatch) -> dict:
             layout=SimpleNamespace(tp=1, pp=1, ep=1), hf=HF,
             config=SimpleNamespace(params_dtype=torch.float32, virtual_pipeline_model_parallel_size=None)),
             actor_chunks=[], tokenizer=SimpleNamespace(eos_token_id=2), core_attention=object, seed=7,
-            tokenizer_path=None, train_state=train_state)
+            tokenizer_path=None, train_state=train_state, backend=get_backend("cpu"))
     except ValueError as err:  # refusing a combination is also what the field decides
         return {**seen, "refused": str(err)}
     out = {**seen, "runner": (runner.shared, runner.bucket_bytes, runner.train_state, runner.replica,
@@ -133,7 +134,8 @@ BOTH = ("builtin", "vllm")
 CHANGES = {"engine": ("vllm", ("builtin",)), "infer_tensor_parallel_size": (2, BOTH),
            "infer_expert_parallel_size": (2, BOTH), "max_num_seqs": (3, BOTH), "max_model_len": (99, ("vllm",)),
            "dtype": ("bfloat16", BOTH), "gpu_memory_utilization": (0.5, ("vllm",)),
-           "weight_bucket_mb": (1.0, ("vllm",)), "offload_train_state": (True, BOTH)}
+           "weight_bucket_mb": (1.0, ("vllm",)), "offload_train_state": (True, BOTH),
+           "packed_linear": (True, ("builtin",))}
 SAMPLING_CHANGES = {"max_tokens": 7, "temperature": 0.5, "top_p": 0.9, "top_k": 4, "min_p": 0.1, "stop": ["x"],
                     "detokenize": True}
 
