@@ -186,8 +186,8 @@ class VllmRolloutEngine:
         if self.lora_spec is not None and self.lora_request is None:
             raise RuntimeError("vLLM was built for adapter pushes (actor_config.lora.merge=false) but has no adapter "
                                "yet: push weights (load_adapter) before generate")
-        results = self.llm.generate(prompts, sampling_params=per_prompt, use_tqdm=False,
-                                    lora_request=self.lora_request)
+        lora = {} if self.lora_request is None else {"lora_request": self.lora_request}
+        results = self.llm.generate(prompts, sampling_params=per_prompt, use_tqdm=False, **lora)
         out: list[RolloutOutput] = []
         for pidx, (ids, request) in enumerate(zip(prompt_token_ids, results)):
             for sidx, c in enumerate(sorted(request.outputs, key=lambda c: c.index)):
