@@ -32,6 +32,7 @@ def plan(quick: bool) -> list[tuple[str, list[str]]]:
             ("rollout_engines", ["benchmarks.rollout_engines", "--quick"]),
             ("efficiency", ["benchmarks.efficiency", "--quick"]),
             ("lora", ["benchmarks.lora", "--layers", "2", "--repeats", "2", "--gen-repeats", "2"]),
+            ("lora_vllm_push", ["benchmarks.lora_vllm_push", "--layers", "2", "--repeats", "2", "--gen-tokens", "8"]),
             ("grpo_vs_trl", ["benchmarks.grpo_vs_trl", "--settings", "1x8", "--steps", "2", "--warmup", "1",
                              "--rounds", "1"]),
         ]
@@ -46,6 +47,7 @@ def plan(quick: bool) -> list[tuple[str, list[str]]]:
         ("rollout_engines", ["benchmarks.rollout_engines"]),
         ("efficiency", ["benchmarks.efficiency"]),
         ("lora", ["benchmarks.lora"]),
+        ("lora_vllm_push", ["benchmarks.lora_vllm_push"]),
         ("grpo_vs_trl", ["benchmarks.grpo_vs_trl"]),
     ]
 

@@ -40,8 +40,8 @@ def load_megatron_checkpoint(chunks: list[torch.nn.Module], ckpt_dir: str | Path
 
 def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any], bucket_bytes: int = 512 * 1024**2,
                     hf_names: bool = True, target: Any = None, arena: "PushArena | None" = None,
-                    experts: Collection[int] | None = None, stats: dict[str, int] | None = None
-                    ) -> Iterator[list[tuple[str, torch.Tensor]]]:
+                    experts: Collection[int] | None = None, stats: dict[str, int] | None = None,
+                    merge_lora: bool = True) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """HF-named, full (unsharded, vocab unpadded) tensors in buckets of about `bucket_bytes`.
     `hf_names=False`: the canonical megatron tensors of the same mapping instead (a megatron
     consumer, e.g. the built-in rollout copy, then skips the HF split and its re-merge).
@@ -66,12 +66,13 @@ def iter_hf_buckets(chunks: list[torch.nn.Module], hf_cfg: TMapping[str, Any], b
     and bucket — and a bucket holds only the experts of this rank. Dense tensors still reach every
     rank whole (vLLM's `load_weights` slices full tensors itself). `stats`: "recv_bytes" /
     "sent_bytes" are incremented by the payload this rank received from / sent to other ranks (a
-    broadcast counts once on its sender).
+    broadcast counts once on its sender). `merge_lora=False`: a LoRA actor's base tensors as they are
+    (vLLM's adapter push sends the base once and the adapters separately, mindrl/rollout/vllm_engine.py).
     """
     m = Mapping(hf_cfg)
     # LoRA: the pushed tensors are merged (W + scaling * B @ A, in fp32, cast once), so any consumer
     # (a rollout copy at another layout, vLLM) needs no adapter support; the actor is not modified.
-    adapters, scaling = gather_canonical_adapters(chunks) if has_lora(chunks) else ({}, 0.0)
+    adapters, scaling = gather_canonical_adapters(chunks) if merge_lora and has_lora(chunks) else ({}, 0.0)
     mine: dict[str, list[tuple[dict[str, Any], torch.Tensor]]] = {}
     sender = _first_copies()
     for name, spec, t in iter_local(chunks, m.num_experts):

@@ -123,6 +123,23 @@ def write_peft_adapter(out: str | Path, spec: LoRASpec, adapters: dict[str, torc
     (out / PEFT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
 
+def publish_peft_adapter(out: str | Path, spec: LoRASpec, adapters: dict[str, torch.Tensor], hf: dict[str, Any],
+                         base_model_name_or_path: str | None = None) -> Path:
+    """`write_peft_adapter` into `out`, atomically: the folder is written beside it and renamed into place,
+    so a reader (vLLM's LoRA loader) never sees half a folder. `out` must not exist yet."""
+    import os
+    import shutil
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out}: already exists (an adapter folder is published once)")
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_peft_adapter(tmp, spec, adapters, hf, base_model_name_or_path)
+    os.replace(tmp, out)
+    return out
+
+
 def read_peft_adapter(folder: str | Path, hf: dict[str, Any]) -> tuple[LoRASpec, dict[str, torch.Tensor]]:
     """A peft LoRA folder as (spec, canonical adapters); what mindrl cannot express is refused by name."""
     from safetensors.torch import load_file
@@ -200,4 +217,4 @@ class MergedSource:
 
 
 __all__ = ["LoRACheckpoint", "MergedSource", "PEFT_CONFIG", "PEFT_WEIGHTS", "check_adapters", "is_lora_checkpoint",
-           "read_adapter", "read_peft_adapter", "write_peft_adapter"]
+           "publish_peft_adapter", "read_adapter", "read_peft_adapter", "write_peft_adapter"]

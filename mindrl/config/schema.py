@@ -61,6 +61,11 @@ class LoRAConfig:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                "gate_proj", "up_proj", "down_proj"])
     use_rslora: bool = False
+    # How pushes to a rollout with its own weights (engine=vllm) carry the adapters, verl's `lora.merge`:
+    # true: merged weights W + s·B@A (any engine); false: the base once, then only the adapters each step as
+    # a vLLM LoRA (enable_lora + LoRARequest; engine=vllm only). The built-in engine sharing the actor's
+    # weights runs the adapters unmerged either way (docs/lora.md).
+    merge: bool = True
     # A 4-bit base (QLoRA: "nf4" / "int4"): refused by validate() — no NF4/int4 library runs here.
     quantize_base: Optional[str] = None
 

@@ -132,6 +132,10 @@ def validate(cfg: MindRLConfig, check_paths: bool = True,
     return errors
 
 
+# vLLM 0.32's largest max_lora_rank (mindrl.rollout.vllm_support.VLLM_LORA_RANKS; config may not import rollout).
+VLLM_MAX_LORA_RANK = 512
+
+
 def _lora_errors(cfg: MindRLConfig, hf: HFConfig | None) -> list[str]:
     """actor_config.lora: known peft target names, a supported architecture, no 4-bit base."""
     from mindrl.models.lora import LoRASpec
@@ -146,6 +150,16 @@ def _lora_errors(cfg: MindRLConfig, hf: HFConfig | None) -> list[str]:
                       f"remove the key (the base then stays in the training dtype, e.g. bf16; docs/lora.md)")
     if spec.enabled and lora.alpha <= 0:
         errors.append(f"actor_config.lora.alpha={lora.alpha} must be > 0")
+    if spec.enabled and not lora.merge:
+        engine = cfg.generate_config.engine
+        if engine != "vllm":
+            errors.append(f"actor_config.lora.merge=false (push only the adapters, as a vLLM LoRA) needs "
+                          f"generate_config.engine=vllm, not {engine}: the built-in engine generates from the "
+                          f"actor's own unmerged adapters (sharing its weights) or from merged pushes (a copy); "
+                          f"remove the key (merge=true)")
+        elif lora.rank > VLLM_MAX_LORA_RANK:
+            errors.append(f"actor_config.lora.rank={lora.rank} with merge=false: vLLM's LoRA support takes ranks "
+                          f"up to {VLLM_MAX_LORA_RANK}; use merge=true")
     return errors
 
 

@@ -51,13 +51,27 @@ def shares_weights(gen_cfg: Any, plan: Any) -> bool:
 def build_rollout(gen_cfg: Any, *, plan: Any, actor_chunks: Sequence[torch.nn.Module], tokenizer: Any,
                   core_attention: type, seed: int, use_cpu_initialization: bool = False,
                   make_vocab_size_divisible_by: int = 128, tokenizer_path: str | None = None,
-                  train_state: Any = None, engine: Any = None, backend: Any = None) -> RolloutRunner:
+                  train_state: Any = None, engine: Any = None, backend: Any = None,
+                  lora_adapter: Any = None) -> RolloutRunner:
     """The rollout for this rank (see the module docstring). `train_state`: what to offload to host
     memory while a rollout with its own weights is awake (`generate_config.offload_train_state`).
     `engine`: a vLLM engine already built by `build_vllm` (the trainer builds it before the training
     state, so vLLM's start-up memory check sees the device free); None builds it here. `backend`: the
-    `mindrl.backends` backend, asked for its packed linear when `generate_config.packed_linear` is on."""
+    `mindrl.backends` backend, asked for its packed linear when `generate_config.packed_linear` is on.
+    `lora_adapter`: the actor's LoRASpec when its adapters are pushed as a vLLM LoRA each step
+    (actor_config.lora.merge=false, engine=vllm only); None: pushes carry merged weights."""
+    from mindrl.models.lora import has_lora
     from mindrl.rollout import ROLLOUT_ENGINES
+
+    if lora_adapter is not None:
+        if gen_cfg.engine != "vllm":
+            raise ValueError(f"actor_config.lora.merge=false (adapter pushes) needs generate_config.engine=vllm, "
+                             f"not {gen_cfg.engine}")
+        if not has_lora(_unwrapped(actor_chunks)):
+            raise ValueError("build_rollout(lora_adapter=...): the actor has no LoRA adapters")
+        if engine is not None and getattr(engine, "lora_spec", None) != lora_adapter:
+            raise ValueError("build_rollout(lora_adapter=...): the prebuilt vLLM engine was built for "
+                             f"{getattr(engine, 'lora_spec', None)}, not this adapter (build_vllm(lora_adapter=))")
 
     if gen_cfg.engine not in ROLLOUT_ENGINES:
         raise ValueError(f"generate_config.engine: unknown engine '{gen_cfg.engine}'; "
@@ -92,7 +106,7 @@ def build_rollout(gen_cfg: Any, *, plan: Any, actor_chunks: Sequence[torch.nn.Mo
     replica = rank // layout.tp  # vLLM's external launcher: consecutive ranks form one TP instance
     if engine is None:
         engine = build_vllm(gen_cfg, plan.hf, plan.config.params_dtype, seed=seed, tokenizer_path=tokenizer_path,
-                            train_tp=plan.layout.tp, train_ep=plan.layout.ep)
+                            train_tp=plan.layout.tp, train_ep=plan.layout.ep, lora_adapter=lora_adapter)
     return RolloutRunner(engine, replica=(replica, layout.replicas(world)), replica_leader=rank % layout.tp == 0,
                          **common)
 
@@ -110,8 +124,9 @@ def linear_packer(gen_cfg: Any, backend: Any, dtype: torch.dtype) -> Any:
 
 
 def build_vllm(gen_cfg: Any, hf: dict[str, Any], train_dtype: torch.dtype, *, seed: int, train_tp: int,
-               train_ep: int, tokenizer_path: str | None = None) -> Any:
-    """This rank's vLLM engine (engine=vllm), asleep where the platform can sleep. Collective under a
+               train_ep: int, tokenizer_path: str | None = None, lora_adapter: Any = None) -> Any:
+    """This rank's vLLM engine (engine=vllm), asleep where the platform can sleep; built for LoRA adapter
+    pushes when `lora_adapter` (the actor's LoRASpec, actor_config.lora.merge=false). Collective under a
     torch.distributed world of several ranks (vLLM's external launcher); needs no megatron state, so the
     trainer calls it before building the actor (vLLM >= 0.10 refuses to start when less than
     `gpu_memory_utilization` x the device's memory is free)."""
@@ -122,7 +137,7 @@ def build_vllm(gen_cfg: Any, hf: dict[str, Any], train_dtype: torch.dtype, *, se
     return ROLLOUT_ENGINES[gen_cfg.engine].from_generate_config(gen_cfg, hf_cfg=dict(hf), layout=layout,
                                                                 replica=rank // layout.tp, seed=seed,
                                                                 dtype=rollout_dtype(gen_cfg, train_dtype),
-                                                                tokenizer_path=tokenizer_path)
+                                                                tokenizer_path=tokenizer_path, lora=lora_adapter)
 
 
 def build_builtin_copy(hf: dict[str, Any], layout: RolloutLayout, state: RolloutParallelState, *,

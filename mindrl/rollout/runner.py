@@ -21,7 +21,10 @@ start_weight_update / finish_weight_update where it has them) -> wake_up(["kv_ca
 With `train_state` (generate_config.offload_train_state) the training state goes to host memory
 before the first wake-up and comes back after the sleep.
 
-May import: torch, megatron-core, mindrl.checkpoint, mindrl.rollout.
+LoRA: pushes send merged weights (W + s·B@A; any engine), or, to an engine built for adapter pushes
+(vLLM with actor_config.lora.merge=false), the frozen base once and the adapters every push.
+
+May import: torch, megatron-core, mindrl.models, mindrl.checkpoint, mindrl.rollout.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from mindrl.checkpoint.live import PushArena, iter_hf_buckets
+from mindrl.models.lora import gather_canonical_adapters
 from mindrl.rollout.base import RolloutEngine, RolloutOutput, SamplingParams
 from mindrl.rollout.parallel import RolloutParallelState
 from mindrl.rollout.sampling import splitmix64_py
@@ -68,6 +72,7 @@ class RolloutRunner:
         self.train_state = train_state
         self.stale = not shared  # a copy holds nothing useful until the first push
         self.pushes = 0
+        self.base_pushed = False  # LoRA adapter pushes: the frozen base went into the engine once
         self.last_push: dict[str, float] = {}
         self.arena = PushArena()  # the push's send/receive buffer, one bucket at most, reused every push
         self._calls = 0
@@ -105,9 +110,28 @@ class RolloutRunner:
                 self.train_state.reload()  # after the engine gave its memory back
 
     def push_weights(self) -> None:
-        """Training layout -> rollout layout, bucket by bucket (collective over the world)."""
+        """Training layout -> rollout layout, bucket by bucket (collective over the world). An engine built
+        for LoRA adapter pushes (`engine.lora_spec`, vLLM with actor_config.lora.merge=false) gets the base
+        tensors unmerged on the first push only (the base is frozen), then the adapters on every push."""
         assert self.source_chunks is not None and self.hf_cfg is not None
         t0, nbytes = time.perf_counter(), 0
+        self.last_push = {"received_bytes": 0.0}
+        adapter_push = getattr(self.engine, "lora_spec", None) is not None
+        if not (adapter_push and self.base_pushed):
+            nbytes += self._push_tensors(merge_lora=not adapter_push)
+            self.base_pushed = True
+        if adapter_push:
+            adapters, _ = gather_canonical_adapters(self.source_chunks)  # collective; every rank gets them all
+            nbytes += sum(t.numel() * t.element_size() for t in adapters.values())
+            with self._rollout_state():
+                self.engine.load_adapter(adapters)
+        self.stale = False
+        self.pushes += 1
+        self.last_push.update(seconds=time.perf_counter() - t0, bytes=float(nbytes))
+
+    def _push_tensors(self, merge_lora: bool) -> int:
+        """Every weight (a LoRA actor's merged, unless `merge_lora=False`) into the engine; the bytes sent."""
+        nbytes = 0
         loader = getattr(self.engine, "weight_loader", None)
         if loader is not None:
             loader.counts.clear()
@@ -128,7 +152,7 @@ class RolloutRunner:
             start()
         for bucket in iter_hf_buckets(self.source_chunks, self.hf_cfg, self.bucket_bytes, hf_names=hf_names,
                                       target=target, arena=self.arena, experts=None if owned is None else owned(),
-                                      stats=stats):
+                                      stats=stats, merge_lora=merge_lora):
             nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
             with self._rollout_state():
                 self.engine.load_weights(bucket)
@@ -138,10 +162,8 @@ class RolloutRunner:
             bad = loader.missing() + sorted(k for k, c in loader.counts.items() if c != len(loader.targets[k]))
             if bad:
                 raise RuntimeError(f"weight push left rollout tensors unwritten or written twice: {bad[:4]}")
-        self.stale = False
-        self.pushes += 1
-        self.last_push = {"seconds": time.perf_counter() - t0, "bytes": float(nbytes),
-                          "received_bytes": float(stats.get("recv_bytes", 0))}
+        self.last_push["received_bytes"] = float(stats.get("recv_bytes", 0))
+        return nbytes
 
     def sleep(self) -> None:
         self.engine.sleep()

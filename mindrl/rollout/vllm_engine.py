@@ -32,6 +32,16 @@ cache dropped; vllm-ascend supports level 1 only) where `current_platform.is_sle
 vLLM's CPU platform has no sleep mode (vLLM refuses `enable_sleep_mode` there), so on CPU the weights
 and KV cache stay resident and `sleep()` only drops the prefix cache; a warning says so once.
 
+LoRA (docs/lora.md). Merged pushes (actor_config.lora.merge=true, the default) need nothing here: the
+bucket iterator sends W + s·B@A under the base's HF names. Adapter pushes (merge=false; `lora=` a LoRASpec):
+vLLM is built with `enable_lora` (`vllm_support.lora_engine_kwargs`); the runner pushes the base tensors
+once, through the same weight-update session, then every push hands the canonical adapters to
+`load_adapter`: they are written as a PEFT folder (`lora_io.publish_peft_adapter`, atomic) under this
+engine's own directory (/dev/shm where it exists), the previous LoRA is removed from vLLM and the new one
+added under a new `lora_int_id` (vLLM caches adapters by id: reusing one would serve the stale adapter),
+and every `generate` passes that `LoRARequest`. vLLM computes the LoRA path in the model dtype
+(`lora_dtype="auto"`), the trainer in fp32: equal log-probs at fp32, close at bf16.
+
 Sampling: one request per prompt with `n` samples and its own seed `splitmix64(request seed, prompt key)`,
 so a sample depends on (seed, prompt, sample) and not on which replica or batch generated it.
 Log-probs: `processed_logprobs` are taken after temperature and after top-k / top-p / min-p
@@ -42,6 +52,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -51,7 +63,8 @@ from mindrl.backends.distributed import vllm_timeout_kwargs
 from mindrl.rollout.base import RolloutOutput, SamplingParams
 from mindrl.rollout.parallel import vllm_expert_ids
 from mindrl.rollout.sampling import splitmix64_py
-from mindrl.rollout.vllm_support import (check_vllm_version, push_hooks, register_inprocess_engine,
+from mindrl.rollout.vllm_support import (check_vllm_version, lora_engine_kwargs, push_hooks,
+                                         register_inprocess_engine,
                                          unique_cpu_shm_names, vllm_hf_config, write_hf_config)
 
 log = logging.getLogger("mindrl")
@@ -81,10 +94,20 @@ def cpu_attention_errors(hf_cfg: dict[str, Any]) -> list[str]:
 class VllmRolloutEngine:
     """Wraps one colocated `vllm.LLM` (see the module docstring)."""
 
-    def __init__(self, model: str, **llm_kwargs: Any) -> None:
+    def __init__(self, model: str, *, lora: Any = None, hf_cfg: dict[str, Any] | None = None,
+                 **llm_kwargs: Any) -> None:
+        """`lora`: a LoRASpec to push as an adapter (module docstring); `hf_cfg` is then the model's config."""
         check_vllm_version()
         self.hooks = push_hooks()  # the vLLM version's additions around the push (vllm_support.PushHooks)
         llm_kwargs = self.hooks.prepare(llm_kwargs)
+        if lora is not None:
+            if hf_cfg is None:
+                raise ValueError("VllmRolloutEngine(lora=...) needs hf_cfg (the adapter's shapes are checked on it)")
+            llm_kwargs.update(lora_engine_kwargs(lora.rank))
+        self.lora_spec, self.hf_cfg = lora, hf_cfg
+        self.lora_request: Any = None  # the adapter every generate uses (adapter pushes)
+        self.lora_pushes = 0
+        self._lora_dir: str | None = None
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: the engine core shares our rank
         import vllm
         from vllm.platforms import current_platform
@@ -114,7 +137,8 @@ class VllmRolloutEngine:
 
     @classmethod
     def from_generate_config(cls, gen_cfg: Any, *, hf_cfg: dict[str, Any], layout: Any, replica: int, seed: int,
-                             dtype: torch.dtype, tokenizer_path: str | None = None) -> "VllmRolloutEngine":
+                             dtype: torch.dtype, tokenizer_path: str | None = None,
+                             lora: Any = None) -> "VllmRolloutEngine":
         if layout.ep > 1 and layout.ep != layout.tp:
             raise ValueError(f"generate_config.infer_expert_parallel_size={layout.ep} with infer_tensor_parallel_size="
                              f"{layout.tp}: engine=vllm needs EP = 1 or EP = TP (EP > TP is vLLM data parallelism, "
@@ -142,7 +166,8 @@ class VllmRolloutEngine:
             kwargs["tokenizer"] = tokenizer_path
         else:
             kwargs["skip_tokenizer_init"] = True
-        engine = cls(write_hf_config(vllm_hf_config(hf_cfg, TORCH_DTYPE_NAMES[dtype])), **kwargs)
+        engine = cls(write_hf_config(vllm_hf_config(hf_cfg, TORCH_DTYPE_NAMES[dtype])), lora=lora, hf_cfg=hf_cfg,
+                     **kwargs)
         engine.sleep()  # hold no device memory until the first step (where the platform can sleep)
         return engine
 
@@ -164,7 +189,11 @@ class VllmRolloutEngine:
         prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_token_ids]
         per_prompt = [self._params(params, None if params.seed is None else splitmix64_py(params.seed ^ (k << 20)))
                       for k in keys]
-        results = self.llm.generate(prompts, sampling_params=per_prompt, use_tqdm=False)
+        if self.lora_spec is not None and self.lora_request is None:
+            raise RuntimeError("vLLM was built for adapter pushes (actor_config.lora.merge=false) but has no adapter "
+                               "yet: push weights (load_adapter) before generate")
+        lora = {} if self.lora_request is None else {"lora_request": self.lora_request}
+        results = self.llm.generate(prompts, sampling_params=per_prompt, use_tqdm=False, **lora)
         out: list[RolloutOutput] = []
         for pidx, (ids, request) in enumerate(zip(prompt_token_ids, results)):
             for sidx, c in enumerate(sorted(request.outputs, key=lambda c: c.index)):
@@ -201,6 +230,34 @@ class VllmRolloutEngine:
 
     update_weights = load_weights
 
+    def load_adapter(self, adapters: dict[str, torch.Tensor]) -> None:
+        """The policy's canonical (peft-shaped, full) adapters as vLLM's LoRA from now on (module docstring)."""
+        if self.lora_spec is None:
+            raise RuntimeError("load_adapter on a vLLM engine built without lora (actor_config.lora.merge=true "
+                               "pushes merged weights through load_weights)")
+        from vllm.lora.request import LoRARequest
+
+        from mindrl.checkpoint.lora_io import publish_peft_adapter
+
+        if self._lora_dir is None:
+            shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+            self._lora_dir = tempfile.mkdtemp(prefix="mindrl_vllm_lora_", dir=shm)
+        self.lora_pushes += 1
+        n = self.lora_pushes
+        path = publish_peft_adapter(os.path.join(self._lora_dir, f"push{n}"), self.lora_spec, adapters,
+                                    dict(self.hf_cfg or {}))
+        old = self.lora_request
+        engine = self.llm.llm_engine
+        if old is not None:
+            engine.remove_lora(old.lora_int_id)
+        request = LoRARequest(lora_name=f"mindrl_policy_{n}", lora_int_id=n, lora_path=str(path))
+        if not engine.add_lora(request):  # loads it now: a bad adapter fails the push, not a later generate
+            raise RuntimeError(f"vLLM did not add the pushed LoRA adapter {path}")
+        self.lora_request = request
+        if old is not None:
+            shutil.rmtree(old.lora_path, ignore_errors=True)
+        self.llm.reset_prefix_cache()  # cached prefixes were computed with the old adapter
+
     def finish_weight_update(self) -> None:
         self.updating = False
         self.llm.finish_weight_update()
@@ -218,6 +275,8 @@ class VllmRolloutEngine:
         and then the torch.distributed world; left to its exit-time finalizer, after mindrl destroyed
         the world, it raises "Invalid process group specified"."""
         self.llm.llm_engine.engine_core.shutdown()
+        if self._lora_dir is not None:
+            shutil.rmtree(self._lora_dir, ignore_errors=True)
 
     def wake_up(self, tags: list[str] | None = None) -> None:
         tags = list(tags or ["weights", "kv_cache"])

@@ -33,6 +33,10 @@ tests/rollout/test_vllm_engine.py, each test fails without its fix):
 - on an update the CPU MoE experts skip their prepack (`_setup_kernel` runs `fused_experts.
   process_weights_after_loading` only on the first load), so raw weights were copied into the prepacked
   layout: the MoE kernel is dropped before the reload so the first-load processing runs in full.
+
+LoRA adapter pushes (`actor_config.lora.merge=false`; docs/lora.md): vLLM is built with `enable_lora`,
+`max_lora_rank` = `vllm_max_lora_rank(r)` (vLLM takes only the ranks of `VLLM_LORA_RANKS` and pads a smaller
+adapter), one LoRA slot. `lora_engine_kwargs` says which.
 """
 from __future__ import annotations
 
@@ -52,6 +56,24 @@ SUPPORTED_VLLM = SUPPORTED["cpu"]["vllm"]  # CPU and CUDA
 INPROCESS_BACKEND = "mindrl_inprocess"
 # model_type -> the HF class vLLM's registry resolves (config.json's `architectures`).
 ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
+
+
+# vLLM 0.32's accepted max_lora_rank values (vllm/config/lora.py: MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds a rank-`rank` adapter (vLLM zero-pads up to it)."""
+    for allowed in VLLM_LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise ValueError(f"actor_config.lora.rank={rank}: vLLM's LoRA support takes ranks up to {VLLM_LORA_RANKS[-1]}; "
+                     f"use actor_config.lora.merge=true (merged pushes) for a larger rank")
+
+
+def lora_engine_kwargs(rank: int) -> dict[str, Any]:
+    """vllm.LLM's LoRA arguments for adapter pushes: one adapter at a time (the policy's), resident."""
+    return {"enable_lora": True, "max_lora_rank": vllm_max_lora_rank(rank), "max_loras": 1, "max_cpu_loras": 1}
 
 
 def installed_version(dist: str) -> str | None:

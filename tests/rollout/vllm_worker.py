@@ -8,7 +8,11 @@ optional "ascend_standin" (install tests/rollout/ascend_standin.py first; each s
 `snapshot`, and at the end a push the old way, `model.load_weights` into the live model, is tried),
 optional "v023_hooks" (vLLM 0.23's push hooks around the engine; before the second push, vllm-ascend 0.23's
 wake-up transpose of the MoE weights and the adapter's hook after it; at the end a stale W_UV must fail their
-check, and a push after the wake-up transpose without the hook must fail)}.
+check, and a push after the wake-up transpose without the hook must fail), optional
+"lora": {"merge": bool} (a LoRA actor, rank 8 on all seven targets, B non-zero; the second push follows one
+Adam step of the adapters instead of noise; the HF reference is then `peft`: the unmerged base from
+`iter_hf_buckets(merge_lora=False)` + mindrl's PEFT export, loaded with `PeftModel.from_pretrained`;
+merge=false pushes the adapter as a vLLM LoRA)}.
 A tiny random model with head sizes vLLM's CPU kernels run (head_dim 64; MLA latent 512 + rope 64).
 Per rank, DIR/rank{R}.pt holds, for the first push and again after the actor's weights changed (a second
 push): the vLLM greedy tokens and HF transformers' greedy tokens from the same weights (the actor's,
@@ -58,6 +62,40 @@ def hf_reference(chunks, hf: dict, directory: str):
     return transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
 
 
+def peft_reference(chunks, hf: dict, spec, directory: str):
+    """The LoRA actor as `peft` runs it (collective): its unmerged base as an HF checkpoint, loaded by
+    transformers, with mindrl's PEFT export of its adapters loaded by `PeftModel.from_pretrained`."""
+    import peft
+    import safetensors.torch
+    import transformers
+
+    from mindrl.checkpoint.live import iter_hf_buckets
+    from mindrl.checkpoint.lora_io import write_peft_adapter
+    from mindrl.models.lora import gather_canonical_adapters
+    from mindrl.rollout.vllm_support import vllm_hf_config, write_hf_config
+
+    state = {n: t.clone() for bucket in iter_hf_buckets(chunks, hf, 1 << 20, merge_lora=False) for n, t in bucket}
+    adapters, _ = gather_canonical_adapters(chunks)
+    write_hf_config(vllm_hf_config(hf, "float32"), directory)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(directory,
+                                                                                             "model.safetensors"))
+    write_peft_adapter(os.path.join(directory, "adapter"), spec, adapters, hf)
+    base = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    return peft.PeftModel.from_pretrained(base, os.path.join(directory, "adapter")).eval()
+
+
+def lora_train_step(model, vocab: int) -> None:
+    """One Adam step of the adapters on a fixed random batch (the same on every rank)."""
+    from mindrl.workers.megatron_engine import forward_backward, next_token_loss_forward
+
+    tokens = torch.randint(3, vocab, (2, 17), generator=torch.Generator().manual_seed(5))
+    for chunk in model.chunks:
+        chunk.train()
+    forward_backward(model, [{"tokens": tokens[:, :-1], "labels": tokens[:, 1:]}], next_token_loss_forward(vocab))
+    ok, _, _ = model.optimizer.step()
+    assert ok
+
+
 def hf_greedy(model, max_tokens: int) -> list[list[int]]:
     out = []
     with torch.no_grad():
@@ -105,11 +143,21 @@ def rank_main(job: dict) -> None:
     from mindrl.workers.bringup import PolicySpec, build_policy
     from tests.rollout.rollout_worker import trainer_log_probs
 
+    from mindrl.models.lora import LoRASpec, gather_canonical_adapters, load_adapters
+    from mindrl.workers.megatron_engine import OptimConfig
+
     backend = get_backend("cpu")
     hf = tiny_vllm_config(job["arch"])
+    lora_job = job.get("lora")
+    lora = LoRASpec(rank=8, alpha=16.0) if lora_job else None
     model = build_policy(PolicySpec(hf=hf, layout=ParallelLayout(tp=job["tp"], ep=job["ep"]), dtype="fp32", seed=1234,
-                                    make_vocab_size_divisible_by=1, overrides={"init_method_std": 0.1}), backend,
-                         train=False)
+                                    make_vocab_size_divisible_by=1, overrides={"init_method_std": 0.1}, lora=lora),
+                         backend, train=lora is not None, optim=OptimConfig(lr=0.05, clip_grad=0.0))
+    if lora is not None:  # non-zero B (the same on every rank), so the adapters change what is generated
+        adapters, _ = gather_canonical_adapters(model.unwrapped)
+        g = torch.Generator().manual_seed(11)
+        load_adapters(model.unwrapped, {k: v if k.endswith("lora_A") else torch.randn(v.shape, generator=g) * 0.1
+                                        for k, v in sorted(adapters.items())})
     plan = model.plan
     rank = torch.distributed.get_rank()
     gen = GenerateConfig(engine="vllm", infer_tensor_parallel_size=job["rollout_tp"],
@@ -125,14 +173,18 @@ def rank_main(job: dict) -> None:
 
         vllm_engine.push_hooks = lambda: V023PushHooks()
     runner = build_rollout(gen, plan=plan, actor_chunks=model.chunks, tokenizer=None,
-                           core_attention=backend.core_attention_cls(), seed=1234, use_cpu_initialization=True)
+                           core_attention=backend.core_attention_cls(), seed=1234, use_cpu_initialization=True,
+                           lora_adapter=lora if lora_job and not lora_job["merge"] else None)
     result: dict = {"replica": (runner.replica, runner.num_replicas), "steps": []}
     if job.get("generate_before_push"):  # vLLM on its dummy weights, before any push (diagnosis)
         result["before_push"] = [o.token_ids for o in runner.engine.generate(PROMPTS, SamplingParams(max_tokens=4))]
     greedy = SamplingParams(n=1, temperature=0.0, max_tokens=8, seed=3, ignore_eos=True)  # as HF, eos_token_id=None
     sampled = SamplingParams(n=2, temperature=0.8, max_tokens=8, seed=7)
     for step in range(2):
-        if step:  # new weights in the actor (replicated tensors get the same noise on every rank)
+        if step and lora is not None:  # new adapters: one optimizer step
+            lora_train_step(model, plan.vocab_size)
+            runner.weights_updated()
+        elif step:  # new weights in the actor (replicated tensors get the same noise on every rank)
             g = torch.Generator().manual_seed(99)
             with torch.no_grad():
                 for c in model.unwrapped:
@@ -147,9 +199,19 @@ def rank_main(job: dict) -> None:
         ref = trainer_log_probs(model, outs, 0.8, plan.vocab_size)
         diff = max((torch.tensor(o.logprobs) - r).abs().max().item() for o, r in zip(outs, ref))
         with tempfile.TemporaryDirectory() as d:
-            hf_tokens = hf_greedy(hf_reference(model.unwrapped, plan.hf, d), 8)
+            reference = (hf_reference(model.unwrapped, plan.hf, d) if lora is None
+                         else peft_reference(model.unwrapped, plan.hf, lora, d))
+            hf_tokens = hf_greedy(reference, 8)
         result["steps"].append({"vllm": tokens, "hf": hf_tokens, "logprob_diff": diff, "pushes": runner.pushes,
-                                "sampled": [o.token_ids for o in outs]})
+                                "sampled": [o.token_ids for o in outs], "push": dict(runner.last_push)})
+        if lora is not None:
+            engine = runner.engine
+            request = engine.lora_request
+            result["steps"][-1]["lora"] = {
+                "id": None if request is None else request.lora_int_id,
+                "loaded": sorted(engine.llm.llm_engine.list_loras()) if engine.lora_spec is not None else [],
+                "adapter_bytes": sum(t.numel() * t.element_size()
+                                     for t in gather_canonical_adapters(model.unwrapped)[0].values())}
         if job.get("ascend_standin"):
             result["steps"][-1]["standin"] = runner.engine.llm.apply_model(ascend_standin.snapshot)[0]
     if job.get("ascend_standin"):  # the old adapter's push: straight into the live model
