@@ -2,7 +2,8 @@
 what `shard_specs` reads off the model megatron-core builds on a simulated rank (the planner's
 `simulated_rank`), tensor by tensor (canonical name, TP split, rank, gated/vocab/duplicate flags,
 local shape). Covers the full-size DeepSeek-V3 of the 671B recipe at TP4 x PP8 (uneven) x EP8 on
-first, a middle and the last rank, and tiny Qwen2 (tied embeddings) with TP2 x PP2 and virtual stages.
+a stage-0 rank (TP 1, EP 3) and the last rank, and tiny Qwen2 (tied embeddings) with TP2 x PP2 and
+virtual stages, and with an uneven PP2.
 tests/checkpoint/test_logits.py makes the same comparison on real multi-process runs."""
 from __future__ import annotations
 
@@ -27,10 +28,10 @@ def test_plan_ranks_is_megatrons_plan_on_simulated_ranks(tmp_path):
     tiny_qwen = scale_down(_hf("qwen25_0.5b"), num_layers=8, num_heads=4, num_kv_heads=2)
     assert tiny_qwen.get("tie_word_embeddings")  # the last stage's duplicate embedding is covered
     jobs = [
-        # 671B: world 256 = PP8 x DP32 (rank order tp-ep-dp-pp); ranks: the first; TP rank 1 of EP rank 3
-        # on stage 0 (dense layers and the embedding); the last (TP 3, EP 7, the output layer)
+        # 671B: world 256 = PP8 x DP32 (rank order tp-ep-dp-pp); ranks: TP rank 1 of EP rank 3 on stage 0
+        # (the embedding, the dense layers, experts 96-127); the last (TP 3, EP 7, the output layer)
         {"name": "deepseek_v3_671b tp4 pp8 ep8", "hf": _hf("deepseekv3_671b"), "world": 256,
-         "layout": {"tp": 4, "pp": 8, "ep": 8, "num_layer_list": [7, 7, 8, 8, 8, 8, 8, 7]}, "ranks": [0, 13, 255]},
+         "layout": {"tp": 4, "pp": 8, "ep": 8, "num_layer_list": [7, 7, 8, 8, 8, 8, 8, 7]}, "ranks": [13, 255]},
         {"name": "qwen2 tp2 pp2 vpp", "hf": tiny_qwen, "world": 4,
          "layout": {"tp": 2, "pp": 2, "num_layers_per_virtual_pipeline_stage": 2}, "ranks": [0, 3]},
         {"name": "qwen2 pp2 uneven", "hf": tiny_qwen, "world": 2,
@@ -41,7 +42,7 @@ def test_plan_ranks_is_megatrons_plan_on_simulated_ranks(tmp_path):
                           cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out.pop("compared") > 900  # a 671B rank holds hundreds of expert tensors
+    assert out.pop("compared") > 600  # a 671B rank holds hundreds of expert tensors
     for job in jobs:
         ranks = out[job["name"]]
         assert len(ranks) == len(job["ranks"]), ranks.keys()
