@@ -101,7 +101,7 @@ def run_mode(args: argparse.Namespace) -> dict:
 def generation(model, args: argparse.Namespace) -> dict:
     """Unmerged adapters vs merge-in-place for the built-in engine (same prompts, same seed)."""
     from mindrl.models.lora import adapters_disabled, gather_canonical_adapters, merge_canonical_
-    from mindrl.models.sharding import iter_local
+    from mindrl.models.layout import iter_local
     from mindrl.rollout import BuiltinRolloutEngine, SamplingParams
 
     engine = BuiltinRolloutEngine.from_plan(model.plan, model.chunks, seed=0, max_batch_size=64)

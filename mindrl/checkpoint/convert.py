@@ -26,11 +26,11 @@ import torch
 from tqdm import tqdm
 
 from mindrl.checkpoint.hf_mapping import FP32_TENSORS, Mapping, ignored_hf_tensor
-from mindrl.checkpoint.layout_plan import RankPlan, layout_meta, plan_ranks
 from mindrl.checkpoint.tensor_io import (CheckpointError, LazyTensor, SafetensorsDir, SafetensorsWriter, TorchFile,
                                          TorchFileWriter, flatten)
 from mindrl.models import ARCHITECTURES, DTYPES, ParallelLayout, load_hf_config, plan_model
-from mindrl.models.sharding import ShardSpec, merge_shards, slice_canonical
+from mindrl.models.layout import RankPlan, ShardSpec, plan_ranks
+from mindrl.models.sharding import merge_shards, slice_canonical
 
 log = logging.getLogger(__name__)
 LAYOUT_FILE = "mindrl_layout.json"
@@ -144,6 +144,18 @@ class MegatronSource:
             yield rule.canonical, self.read(rule.canonical)
         for f in self.files:
             f.close()
+
+
+def layout_meta(*, iteration: int, model_type: str, layout: ParallelLayout, vocab_size: int, padded_vocab_size: int,
+                vpp_chunks: bool, **extra: Any) -> dict[str, Any]:
+    """The contents of `mindrl_layout.json`: what a reader needs to find and re-slice every rank file
+    (`MegatronSource` plans them again from the layout with `plan_ranks`)."""
+    return dict(format="megatron-core legacy (mp_rank_XX[_YYY][_ZZZ]/model_optim_rng.pt)", iteration=iteration,
+                model_type=model_type,
+                layout=dict(tp=layout.tp, pp=layout.pp, ep=layout.ep, num_layer_list=layout.num_layer_list,
+                            num_layers_per_virtual_pipeline_stage=layout.num_layers_per_virtual_pipeline_stage),
+                vocab_size=vocab_size, padded_vocab_size=padded_vocab_size,
+                vpp_chunks_as="model0, model1, ..." if vpp_chunks else "model", **extra)
 
 
 def _local_keys(plan: RankPlan) -> Iterator[tuple[str, Any]]:

@@ -2,7 +2,7 @@
 
 - `load_megatron_checkpoint(chunks, dir)`: this rank's slices of a converted checkpoint, whatever
   layout the checkpoint was written at (tensors are merged from its rank files and re-sliced for
-  this rank with `mindrl.models.sharding`).
+  this rank by `mindrl.models.layout`'s plan).
 - `iter_hf_buckets(chunks, hf_cfg, experts=...)`: HF-named full tensors in size-bounded buckets,
   gathered over TP/PP/EP; every rank gets every dense tensor and the routed experts its rollout
   shard holds (`experts`; None: all of them). Rollout engines call `load_weights(bucket)` with them.
@@ -19,7 +19,8 @@ import torch.distributed as dist
 from mindrl.checkpoint.convert import MegatronSource
 from mindrl.checkpoint.hf_mapping import Mapping
 from mindrl.models.lora import gather_canonical_adapters, has_lora, merge_canonical_
-from mindrl.models.sharding import _EXPERT, ShardSpec, iter_local, slice_canonical
+from mindrl.models.layout import ShardSpec, expert_id, iter_local
+from mindrl.models.sharding import slice_canonical
 
 
 @torch.no_grad()
@@ -141,10 +142,9 @@ class _ExpertOwners:
 
     def receivers(self, name: str) -> list[int] | None:
         """Ranks that get `name`, or None for all of them."""
-        e = None if self.everyone else _EXPERT.search(name)
-        if e is None:
+        expert = None if self.everyone else expert_id(name)
+        if expert is None:
             return None
-        expert = int(e.group(1))
         got = [r for r, w in enumerate(self.sets) if w is None or expert in w]
         return None if len(got) == self.world else got
 
@@ -369,7 +369,7 @@ class HFShardLoader:
         experts): what `iter_hf_buckets(experts=...)` sends it."""
         if not self.m.num_experts:
             return None
-        return sorted({int(e.group(1)) for name in self.targets for e in [_EXPERT.search(name)] if e is not None})
+        return sorted({e for name in self.targets for e in [expert_id(name)] if e is not None})
 
     def missing(self) -> list[str]:
         """Local tensors not written since `counts` was last cleared."""

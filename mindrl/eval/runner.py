@@ -27,16 +27,14 @@ def load_hf_weights(chunks: list[torch.nn.Module], model_dir: str, hf_cfg: dict[
     """Convert an HF safetensors directory in memory, one canonical tensor at a time, into this rank's slices."""
     from mindrl.checkpoint.convert import HFSource
     from mindrl.checkpoint.hf_mapping import Mapping
-    from mindrl.models.sharding import shard_specs, slice_canonical
+    from mindrl.models.layout import iter_local
+    from mindrl.models.sharding import slice_canonical
 
     m = Mapping(hf_cfg)
     source = HFSource(Path(model_dir), m)
     targets: dict[str, list[tuple[torch.Tensor, Any]]] = {}
-    for chunk, specs in zip(chunks, shard_specs(chunks, m.num_experts)):
-        for name, tensor in chunk.state_dict(keep_vars=True).items():
-            if name.endswith("_extra_state") or tensor is None or name not in specs:  # LoRA adapters: not HF's
-                continue
-            targets.setdefault(specs[name].global_name, []).append((tensor, specs[name]))
+    for _, spec, tensor in iter_local(chunks, m.num_experts):  # the base model's tensors (LoRA adapters: not HF's)
+        targets.setdefault(spec.global_name, []).append((tensor, spec))
     for canonical, full in source:
         for tensor, spec in targets.pop(canonical, []):
             tensor.copy_(slice_canonical(full, spec, tensor.shape).to(tensor.dtype))

@@ -2,8 +2,10 @@
 
 Owns: one record per architecture (`registry.ARCHITECTURES`: qwen2, llama, deepseek_v3; each file
 holds its HF config -> megatron arguments, HF tensor-name rules and TP split rules, see `arch.py`),
-the layer spec (our RMSNorm and the backend's core attention), parallel layouts,
-canonical (layout-free) state dicts and their sharding, and vocab-parallel token log-probs.
+the layer spec (our RMSNorm and the backend's core attention), the one plan of where each tensor
+lives (`layout.py`: parallel layouts, per-rank shard specs read off a live model or computed for
+every rank without processes), canonical (layout-free) state dicts and their slicing/merging
+(`sharding.py`), and vocab-parallel token log-probs.
 May import: torch, megatron-core, and nothing else from mindrl (the backend's core-attention class
 is passed in by the caller, so models never ask which hardware they are on).
 """

@@ -307,7 +307,7 @@ def local_adapter_shards(chunks: list[torch.nn.Module], what: str = "param"
                          ) -> list[tuple[dict[str, Any], torch.Tensor]]:
     """(ShardSpec dict, tensor) of every local adapter tensor, for `sharding.merge_shards`.
     what: "param", or "grad" (megatron's main_grad where DDP made one, else .grad)."""
-    from mindrl.models.sharding import ShardSpec
+    from mindrl.models.layout import ShardSpec
 
     tp, tp_rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
     out = []
@@ -329,7 +329,8 @@ def local_adapter_shards(chunks: list[torch.nn.Module], what: str = "param"
 @torch.no_grad()
 def load_adapters(chunks: list[torch.nn.Module], canonical: Mapping[str, torch.Tensor]) -> None:
     """Copy this rank's slices of canonical adapter tensors into the live adapters (every one must be there)."""
-    from mindrl.models.sharding import ShardSpec, slice_canonical
+    from mindrl.models.layout import ShardSpec
+    from mindrl.models.sharding import slice_canonical
 
     params = {}
     for index, layer in lora_layers(chunks):

@@ -226,12 +226,8 @@ def stage_signatures(cfg: MindRLConfig) -> list[Any]:
         pattern = [1 if i % freq == 0 else 0 for i in range(n)]
     else:
         pattern = list(freq)
-    counts = layout.num_layer_list or [n // layout.pp] * layout.pp
-    sigs, start = [], 0
-    for s, count in enumerate(counts):
-        sigs.append((s == 0, s == layout.pp - 1, tuple(pattern[start:start + count])))
-        start += count
-    return sigs
+    layers = layout.stage_layers(n)  # the layout's one plan of which layers each stage holds
+    return [(s == 0, s == layout.pp - 1, tuple(pattern[g] for g in layers[(s, 0)])) for s in range(layout.pp)]
 
 
 def plan_job(cfg: MindRLConfig, *, capacity: int | None = None, device: str | None = None,

@@ -3,7 +3,7 @@
 A built-in engine that generates in a layout other than the trainer's needs a megatron model
 whose layers talk over the rollout's TP / EP groups. megatron-core 0.16.1 threads explicit groups
 (`pg_collection`) through most layers, but some paths still read `megatron.core.parallel_state`
-(CPU weight init in tensor_parallel/layers.py), and so do ours (`mindrl.models.sharding.shard_specs`,
+(CPU weight init in tensor_parallel/layers.py), and so do ours (`mindrl.models.layout.shard_specs`,
 the engine's expert-group checks). So we keep *two complete parallel states* and swap megatron's
 module globals between them: `RolloutParallelState.active()` installs the rollout groups for the
 duration of a block (building the rollout model, loading its shard, generating) and restores the

@@ -27,10 +27,9 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
-from mindrl.checkpoint.convert import LAYOUT_FILE
-from mindrl.checkpoint.layout_plan import layout_meta, rank_dir_name
+from mindrl.checkpoint.convert import LAYOUT_FILE, layout_meta
+from mindrl.models.layout import rank_dir_name, shard_specs
 from mindrl.models.lora import has_lora, is_lora_name
-from mindrl.models.sharding import shard_specs
 from mindrl.utils.io import atomic_write_text
 
 LATEST = "latest_checkpointed_iteration.txt"

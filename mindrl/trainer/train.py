@@ -12,13 +12,13 @@ from megatron.core import parallel_state as ps
 
 from mindrl.backends import get_backend
 from mindrl.backends.distributed import destroy_distributed
-from mindrl.config import MindRLConfig, actor_layout
+from mindrl.config import MindRLConfig
 from mindrl.rollout import build_rollout
 from mindrl.trainer.checkpointing import latest_step, load_checkpoint, save_checkpoint
 from mindrl.trainer.grpo import Run, TrainingError, grpo_step, restore_trainer_state, trainer_state
 from mindrl.trainer.tracking import Tracker
 from mindrl.workers.actor import PolicyWorker
-from mindrl.workers.bringup import PolicySpec, build_policy, frozen_copy, optim_config
+from mindrl.workers.bringup import PolicySpec, build_policy, frozen_copy, optim_config, policy_plan
 
 log = logging.getLogger("mindrl")
 
@@ -62,16 +62,11 @@ def lora_adapter_push(cfg: MindRLConfig, spec: PolicySpec) -> Any:
     return spec.lora if spec.lora is not None and not cfg.actor_config.lora.merge else None
 
 
-def _build_vllm_first(cfg: MindRLConfig, spec: PolicySpec, backend: Any) -> Any:
+def _build_vllm_first(cfg: MindRLConfig, spec: PolicySpec, plan: Any, backend: Any) -> Any:
     """The process groups `build_policy` would create (it keeps them), then this rank's vLLM engine."""
     from mindrl.backends.distributed import init_distributed
-    from mindrl.models import plan_model
     from mindrl.rollout.factory import build_vllm
 
-    dtype = backend.model_dtype(spec.dtype, spec.hf.get("torch_dtype"))
-    plan = plan_model(spec.hf, spec.layout, dtype=dtype, use_cpu_initialization=backend.use_cpu_initialization,
-                      make_vocab_size_divisible_by=spec.make_vocab_size_divisible_by,
-                      mtp_num_layers=spec.mtp_num_layers, recompute=spec.recompute, **spec.overrides)
     init_distributed(backend, tp=spec.layout.tp, pp=spec.layout.pp, ep=spec.layout.ep,
                      vpp=plan.config.virtual_pipeline_model_parallel_size, seed=spec.seed)
     return build_vllm(cfg.generate_config, plan.hf, plan.config.params_dtype, seed=cfg.megatron_training.seed,
@@ -86,14 +81,16 @@ def setup(cfg: MindRLConfig) -> Run:
     from mindrl.data import PromptDataset
 
     backend = get_backend(cfg.backend)
-    layout = actor_layout(cfg)
     mt, rl = cfg.megatron_training, cfg.rl_config
     spec = PolicySpec.from_config(cfg)
+    # The model's plan (megatron config and layout), made once: vLLM's start-up, the actor and the
+    # checkpoint metadata below all read this one.
+    plan = policy_plan(spec, backend)
+    layout = plan.layout
     # vLLM first: at start-up it requires gpu_memory_utilization x the device's memory to be free, and
     # then sleeps (where the platform can) before the actor, reference and optimizer take the device.
-    vllm_engine = _build_vllm_first(cfg, spec, backend) if cfg.generate_config.engine == "vllm" else None
-    actor_model = build_policy(spec, backend, optim=optim_config(cfg))
-    plan = actor_model.plan
+    vllm_engine = _build_vllm_first(cfg, spec, plan, backend) if cfg.generate_config.engine == "vllm" else None
+    actor_model = build_policy(spec, backend, optim=optim_config(cfg), plan=plan)
     if mt.global_batch_size % ps.get_data_parallel_world_size():
         raise TrainingError(f"global_batch_size={mt.global_batch_size} must split over "
                             f"{ps.get_data_parallel_world_size()} data-parallel ranks")

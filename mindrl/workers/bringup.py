@@ -1,9 +1,9 @@
 """One model bring-up: plan the model, set up this rank's process groups, build its chunks.
 
-`build_policy(spec, backend)` is the only place that runs `plan_model` -> `init_distributed` ->
-`setup_model`; the trainer, the sanity CLI, the warm start, evaluation, the rollout benchmark and
-the multi-rank test workers all call it, so they cannot drift apart (before, the sanity run
-silently dropped `recompute` and the LR schedule). `PolicySpec.from_config` and `optim_config`
+`build_policy(spec, backend)` is the only place that runs `plan_model` (`policy_plan`) ->
+`init_distributed` -> `setup_model`; the trainer, the sanity CLI, the warm start, evaluation, the
+rollout benchmark and the multi-rank test workers all call it, so they cannot drift apart (before,
+the sanity run silently dropped `recompute` and the LR schedule). `PolicySpec.from_config` and `optim_config`
 read a `MindRLConfig` in one place for the callers that have one.
 
 Hardware questions (which dtype `auto` means, whether to initialise on the host) are answered by
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from mindrl.backends.base import BackendBase
 from mindrl.backends.distributed import init_distributed
-from mindrl.models import ParallelLayout, plan_model
+from mindrl.models import ModelPlan, ParallelLayout, plan_model
 from mindrl.models.lora import LoRASpec
 from mindrl.workers.megatron_engine import MegatronModel, OptimConfig, setup_model
 
@@ -68,15 +68,21 @@ def optim_config(cfg: "MindRLConfig", updates_per_iteration: int | None = None) 
                        clip_grad=a.clip_grad, use_distributed_optimizer=mt.use_distributed_optimizer)
 
 
-def build_policy(spec: PolicySpec, backend: BackendBase, *, train: bool = True,
-                 optim: OptimConfig | None = None, **dist_kwargs: Any) -> MegatronModel:
-    """This rank's policy: plan (validates the layout before any process group exists), process
-    groups and RNG for the layout (kept if already set up), then the chunks — wrapped in megatron DDP
-    with an optimizer (`train`), or frozen in eval mode. `dist_kwargs` go to `init_distributed`."""
+def policy_plan(spec: PolicySpec, backend: BackendBase) -> ModelPlan:
+    """The policy's `ModelPlan` (megatron config and layout; validates the layout before any process
+    group exists). A caller that needs it before `build_policy` passes it on instead of planning twice."""
     dtype = backend.model_dtype(spec.dtype, spec.hf.get("torch_dtype"))
-    plan = plan_model(spec.hf, spec.layout, dtype=dtype, use_cpu_initialization=backend.use_cpu_initialization,
+    return plan_model(spec.hf, spec.layout, dtype=dtype, use_cpu_initialization=backend.use_cpu_initialization,
                       make_vocab_size_divisible_by=spec.make_vocab_size_divisible_by,
                       mtp_num_layers=spec.mtp_num_layers, recompute=spec.recompute, **spec.overrides)
+
+
+def build_policy(spec: PolicySpec, backend: BackendBase, *, train: bool = True,
+                 optim: OptimConfig | None = None, plan: ModelPlan | None = None, **dist_kwargs: Any) -> MegatronModel:
+    """This rank's policy: plan (`policy_plan`, unless the caller already has it), process groups and
+    RNG for the layout (kept if already set up), then the chunks — wrapped in megatron DDP with an
+    optimizer (`train`), or frozen in eval mode. `dist_kwargs` go to `init_distributed`."""
+    plan = plan or policy_plan(spec, backend)
     init_distributed(backend, tp=spec.layout.tp, pp=spec.layout.pp, ep=spec.layout.ep,
                      vpp=plan.config.virtual_pipeline_model_parallel_size, seed=spec.seed, **dist_kwargs)
     return setup_model(plan, backend.core_attention_cls(), train=train, optim=optim, lora=spec.lora,
@@ -92,4 +98,4 @@ def frozen_copy(model: MegatronModel, backend: BackendBase) -> MegatronModel:
     return copy
 
 
-__all__ = ["PolicySpec", "build_policy", "frozen_copy", "optim_config"]
+__all__ = ["PolicySpec", "build_policy", "frozen_copy", "optim_config", "policy_plan"]

@@ -27,11 +27,10 @@ def prompt(vocab: int) -> torch.Tensor:
 
 
 def plan_mismatches(chunks: list, plan, m) -> list[str]:
-    """Compare mindrl.checkpoint.layout_plan with what the live model says (shard_specs)."""
+    """Compare the plan computed without processes (plan_ranks) with what the live model says (shard_specs)."""
     from megatron.core import parallel_state as ps
 
-    from mindrl.checkpoint.layout_plan import plan_ranks
-    from mindrl.models.sharding import shard_specs
+    from mindrl.models.layout import plan_ranks, shard_specs
 
     mine = [r for r in plan_ranks(m, plan.layout, plan.padded_vocab_size)
             if (r.tp, r.pp, r.ep) == (ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),

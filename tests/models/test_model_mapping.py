@@ -139,7 +139,7 @@ def test_an_architecture_is_one_record_and_one_registry_line(monkeypatch):
     """Registering one `Architecture` is all the planner, the checkpoint mapping and the rank-file
     planner need: a made-up GQA model type without QKV bias goes through all three."""
     from mindrl.checkpoint.hf_mapping import Mapping
-    from mindrl.checkpoint.layout_plan import plan_ranks
+    from mindrl.models.layout import plan_ranks
     from mindrl.models import ARCHITECTURES, Architecture
     from mindrl.models.arch import COMMON_SPLITS, GQA_SPLITS, gqa_rules
     from mindrl.models.llama import to_megatron

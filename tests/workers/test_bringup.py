@@ -33,7 +33,10 @@ def test_nothing_else_sets_up_process_groups_or_builds_models():
                "mindrl/rollout/factory.py",
                # The memory planner: the trainer's model, DDP and optimizer on one simulated rank, whose process
                # groups mindrl/plan/world.py made (a fake world: build_policy's init_distributed cannot run there).
-               "mindrl/plan/ranks.py"}
+               "mindrl/plan/ranks.py",
+               # megatron's own per-rank plan read off simulated ranks (the planner's fake world), compared
+               # with the converter's plan_ranks: a model only, no process groups of its own.
+               "tests/plan/rank_plan_worker.py"}
     # Process groups only, no model: the vocab-parallel log-prob kernels measured / checked alone, the
     # data-parallel sum of the advantage estimators, and every group's collective timeout.
     groups_only = {"benchmarks/step_parts.py", "tests/models/logprobs_worker.py", "tests/models/fused_head_worker.py",
