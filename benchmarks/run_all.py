@@ -31,6 +31,7 @@ def plan(quick: bool) -> list[tuple[str, list[str]]]:
             ("rollout_vs_hf", ["benchmarks.grpo_vs_trl", "--rollout-only", "64", "--new", "8", "--rounds", "2"]),
             ("rollout_engines", ["benchmarks.rollout_engines", "--quick"]),
             ("efficiency", ["benchmarks.efficiency", "--quick"]),
+            ("train_switches", ["benchmarks.train_switches", "--quick"]),
             ("lora", ["benchmarks.lora", "--layers", "2", "--repeats", "2", "--gen-repeats", "2"]),
             ("grpo_vs_trl", ["benchmarks.grpo_vs_trl", "--settings", "1x8", "--steps", "2", "--warmup", "1",
                              "--rounds", "1"]),
@@ -45,6 +46,7 @@ def plan(quick: bool) -> list[tuple[str, list[str]]]:
         ("rollout_vs_hf", ["benchmarks.grpo_vs_trl", "--rollout-only", "64", "--new", "32", "--rounds", "3"]),
         ("rollout_engines", ["benchmarks.rollout_engines"]),
         ("efficiency", ["benchmarks.efficiency"]),
+        ("train_switches", ["benchmarks.train_switches"]),
         ("lora", ["benchmarks.lora"]),
         ("grpo_vs_trl", ["benchmarks.grpo_vs_trl"]),
     ]

@@ -3,7 +3,8 @@
 Owns: one record per architecture (`registry.ARCHITECTURES`: qwen2, llama, deepseek_v3; each file
 holds its HF config -> megatron arguments, HF tensor-name rules and TP split rules, see `arch.py`),
 the layer spec (our RMSNorm and the backend's core attention), parallel layouts,
-canonical (layout-free) state dicts and their sharding, and vocab-parallel token log-probs.
+canonical (layout-free) state dicts and their sharding, vocab-parallel token log-probs, and
+torch.compile of the transformer layers for the training forwards (`compile.py`).
 May import: torch, megatron-core, and nothing else from mindrl (the backend's core-attention class
 is passed in by the caller, so models never ask which hardware they are on).
 """
