@@ -88,3 +88,30 @@ def test_validate_refuses_compile_where_it_was_not_run(change, needle):
     assert len(errors) == 1 and needle in errors[0], errors
     cfg["actor_config"]["use_torch_compile"] = False
     assert _compile_errors(cfg) == []
+
+
+def test_compiled_call_is_installed_only_inside_the_context():
+    """The compiled call is each layer's `_compiled_call_impl` inside `compiled_layers` only (so the rollout,
+    which shares the actor's modules, stays eager), also when the body raises; models never compiled are
+    untouched. Nothing is called, so nothing compiles here."""
+    from mindrl.models.compile import ATTR, compile_layers, compiled_layers, is_compiled
+
+    def gpt():
+        m = torch.nn.Module()
+        m.decoder = torch.nn.Module()
+        m.decoder.layers = torch.nn.ModuleList([torch.nn.Linear(4, 4) for _ in range(3)])
+        return m
+
+    a, b = gpt(), gpt()
+    assert compile_layers([a]) == 3 and is_compiled([a]) and not is_compiled([b])
+    first = [getattr(layer, ATTR) for layer in a.decoder.layers]
+    compile_layers([a])  # idempotent: the same compiled callables
+    assert [getattr(layer, ATTR) for layer in a.decoder.layers] == first
+    with compiled_layers([a, b]):
+        assert [layer._compiled_call_impl for layer in a.decoder.layers] == first
+        assert all(layer._compiled_call_impl is None for layer in b.decoder.layers)
+    assert all(layer._compiled_call_impl is None for layer in a.decoder.layers)
+    with pytest.raises(RuntimeError):
+        with compiled_layers([a]):
+            raise RuntimeError("boom")
+    assert all(layer._compiled_call_impl is None for layer in a.decoder.layers)
