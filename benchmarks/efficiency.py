@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -112,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir)
     prepare(workdir, Path(args.tokenizer))
     out = workdir / "runs" / f"efficiency_{args.setting}"
+    # A fresh run directory: the trainer resumes from a previous run's checkpoints there (and then has no
+    # steps left to run), so a second invocation would print the first one's metrics again.
+    shutil.rmtree(out, ignore_errors=True)
     load = [os.getloadavg()[0]]
     peaks = [measure_peak()]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -95,6 +95,11 @@ class ActorConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    # torch.compile (inductor) of the transformer layers in the training forwards (update, old and reference
+    # log-probs), forward and backward; the rollout stays eager. verl's actor.use_torch_compile. Compile time
+    # is paid once per process (docs/benchmarks.md: what it gains here); validate() refuses the layouts and
+    # models it was not run with (mindrl/models/compile.py).
+    use_torch_compile: bool = False
 
 
 @dataclass

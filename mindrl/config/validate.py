@@ -93,6 +93,7 @@ def validate(cfg: MindRLConfig, check_paths: bool = True,
                           f"micro_batch_size x data-parallel size = {actor.micro_batch_size} x {dp}")
     errors += _rl_algorithm_errors(cfg)
     errors += _lora_errors(cfg, hf)
+    errors += _compile_errors(cfg, hf, layout)
     if len(rl.verifier_function) != len(rl.verifier_weight):
         errors.append(f"rl_config.verifier_function has {len(rl.verifier_function)} entries but verifier_weight "
                       f"has {len(rl.verifier_weight)}")
@@ -161,6 +162,34 @@ def _lora_errors(cfg: MindRLConfig, hf: HFConfig | None) -> list[str]:
             errors.append(f"actor_config.lora.rank={lora.rank} with merge=false: vLLM's LoRA support takes ranks "
                           f"up to {VLLM_MAX_LORA_RANK}; use merge=true")
     return errors
+
+
+def _compile_errors(cfg: MindRLConfig, hf: HFConfig | None, layout: ParallelLayout) -> list[str]:
+    """actor_config.use_torch_compile: only where it was run and compared with the eager path (a dense
+    GQA model on one model-parallel rank, CPU; mindrl/models/compile.py, tests/workers/test_compiled_forward.py)."""
+    if not cfg.actor_config.use_torch_compile:
+        return []
+    why = []
+    if layout.tp > 1 or layout.pp > 1 or layout.ep > 1:
+        why.append(f"tensor/pipeline/expert parallelism (tp={layout.tp}, pp={layout.pp}, ep={layout.ep}; "
+                   f"their collectives inside and between the compiled layers were not run)")
+    if hf is not None and (hf.get("n_routed_experts") or hf.get("num_experts") or hf.get("num_local_experts")):
+        why.append("a mixture-of-experts model (data-dependent token routing)")
+    if hf is not None and hf.get("kv_lora_rank"):
+        why.append("multi-latent attention")
+    if cfg.actor_config.lora.rank > 0:
+        why.append("LoRA (actor_config.lora.rank > 0)")
+    if cfg.megatron_training.recompute:
+        why.append("megatron_training.recompute (checkpointed layers)")
+    if cfg.actor_config.max_tokens_per_micro_batch is not None:
+        why.append("actor_config.max_tokens_per_micro_batch (packed sequences: megatron's thd RoPE splits per "
+                   "sequence, so dynamo breaks the graph and recompiles for every sequence count)")
+    if cfg.backend == "npu":
+        why.append("backend npu (needs torchair's backend, not torch's inductor)")
+    if not why:
+        return []
+    return [f"actor_config.use_torch_compile=true is not supported with {'; '.join(why)}: it was verified only "
+            f"for dense models on one model-parallel rank; set it to false"]
 
 
 def _one_of(key: str, value: str, names) -> list[str]:

@@ -5,7 +5,8 @@ holds its HF config -> megatron arguments, HF tensor-name rules and TP split rul
 the layer spec (our RMSNorm and the backend's core attention), the one plan of where each tensor
 lives (`layout.py`: parallel layouts, per-rank shard specs read off a live model or computed for
 every rank without processes), canonical (layout-free) state dicts and their slicing/merging
-(`sharding.py`), and vocab-parallel token log-probs.
+(`sharding.py`), vocab-parallel token log-probs, and torch.compile of the transformer layers
+for the training forwards (`compile.py`).
 May import: torch, megatron-core, and nothing else from mindrl (the backend's core-attention class
 is passed in by the caller, so models never ask which hardware they are on).
 """

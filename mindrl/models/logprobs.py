@@ -93,7 +93,11 @@ def _chunk_statistics(z: torch.Tensor, local_lab: torch.Tensor, n_valid: int, gr
     if n_valid:
         picked = torch.where(inside, z.gather(1, local_lab.clamp(0, n_valid - 1)[:, None])[:, 0], picked)
     ez = z.exp() if scratch is None else torch.exp(z, out=scratch)  # scratch: a reused [rows, n_valid] buffer
-    sums = torch.stack([ez.sum(-1), picked, torch.linalg.vecdot(ez, z)])
+    total = ez.sum(-1)
+    # sum(exp(z) * z) per row, multiplied in place: `linalg.vecdot(ez, z)` computes the same product and
+    # sum (bit-identical) but into a fresh chunk-sized tensor, page-faulted anew for every chunk (2.2x the
+    # CPU time of exp + sum + this, docs/benchmarks.md).
+    sums = torch.stack([total, picked, ez.mul_(z).sum(-1)])
     del ez
     if group is not None:
         dist.all_reduce(sums, group=group)
@@ -236,7 +240,9 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
         grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if want_h else None
         # fp32 accumulation over chunks (megatron accumulates weight grads in fp32 main_grad too);
         # padded vocab rows keep a zero gradient.
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+        grad_w = torch.empty(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+        if grad_w is not None:  # the first chunk writes its rows (`mm(out=)`), so only the rest needs zeros
+            grad_w[n_valid if n else 0:].zero_()
         g_lp = None if g_logp is None else g_logp.float()
         g_h = None if g_entropy is None else g_entropy.float()
         step = _chunk_rows(local, ctx.chunk_elements)
@@ -253,7 +259,9 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
                              None if g_h is None else scratch(1, e - s))
             if want_h:
                 grad_h[s:e] = (gz.to(w.dtype) @ w).float()
-            if want_w:
+            if want_w and s == 0:  # not zeros + addmm_: one fill of the [vocab, hidden] gradient fewer per call
+                torch.mm(gz.t(), h.float(), out=grad_w[:n_valid])
+            elif want_w:
                 grad_w[:n_valid].addmm_(gz.t(), h.float())
             del z, gz
         return (None if grad_h is None else grad_h.to(hidden.dtype), None if grad_w is None else grad_w.to(weight.dtype),

@@ -43,7 +43,8 @@ def policy_worker(cfg: MindRLConfig, model: Any, adapters: bool = True) -> Polic
     """The actor and the reference share their micro-batching and sampling temperature."""
     return PolicyWorker(model, micro_batch_size=cfg.actor_config.micro_batch_size,
                         temperature=cfg.generate_config.sampling_config.temperature,
-                        max_tokens_per_micro_batch=cfg.actor_config.max_tokens_per_micro_batch, adapters=adapters)
+                        max_tokens_per_micro_batch=cfg.actor_config.max_tokens_per_micro_batch, adapters=adapters,
+                        use_torch_compile=cfg.actor_config.use_torch_compile)
 
 
 def rollout_train_state(gen_cfg: Any, backend: Any, actor_model: Any) -> Any:

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from mindrl.algorithms import compute_actor_loss, logprob_diff_stats, loss_normaliser, rollout_is_clipfrac_weight
+from mindrl.models.compile import compile_layers, compiled_layers
 from mindrl.models.lora import adapters_disabled
 from mindrl.workers.megatron_engine import MegatronModel, forward_backward, gpt_forward, output_log_probs
 
@@ -135,8 +136,14 @@ class PolicyWorker:
     """A megatron model (actor or frozen reference) on this rank."""
 
     def __init__(self, model: MegatronModel, *, micro_batch_size: int, temperature: float = 1.0,
-                 max_tokens_per_micro_batch: int | None = None, adapters: bool = True) -> None:
+                 max_tokens_per_micro_batch: int | None = None, adapters: bool = True,
+                 use_torch_compile: bool = False) -> None:
         self.model = model
+        # torch.compile of the transformer layers for this worker's forwards (mindrl.models.compile);
+        # the rollout engine, which may share these modules, stays eager.
+        self.use_torch_compile = use_torch_compile
+        if use_torch_compile:
+            compile_layers(model.unwrapped)
         # False: this worker is the LoRA actor's base (the reference policy): its log-probs run with
         # every adapter disabled, on the actor's own weights (no second copy).
         self.adapters = adapters
@@ -151,6 +158,10 @@ class PolicyWorker:
         # stays within each sequence. Not for multi-latent attention, whose packed (thd) path in
         # megatron is untested here; those keep right-padded, length-sorted groups.
         self.pack = max_tokens_per_micro_batch is not None and not model.plan.args.mla
+
+    def _compiled(self) -> contextlib.AbstractContextManager:
+        """The compiled transformer layers for one schedule call, when this worker uses them."""
+        return compiled_layers(self.model.unwrapped) if self.use_torch_compile else contextlib.nullcontext()
 
     def _micro_batches(self, batch: SequenceBatch) -> list[dict[str, torch.Tensor]]:
         """Fixed `micro_batch_size` rows each, or token-budget groups (see `token_budget_groups`),
@@ -201,7 +212,8 @@ class PolicyWorker:
             return output, collect
 
         micro = self._micro_batches(batch)
-        with contextlib.nullcontext() if self.adapters else adapters_disabled(self.model.unwrapped):
+        with contextlib.nullcontext() if self.adapters else adapters_disabled(self.model.unwrapped), \
+                self._compiled():
             reported = forward_backward(self.model, micro, forward, forward_only=True)
         local = None
         if reported:  # back to batch order and width; labels past a row's micro-batch width are not response
@@ -263,7 +275,8 @@ class PolicyWorker:
                 return loss * undo, metrics
             return output, loss_fn
 
-        reported = forward_backward(self.model, micro, forward)
+        with self._compiled():
+            reported = forward_backward(self.model, micro, forward)
         # A non-finite loss on any rank skips the update everywhere (the trainer counts and stops).
         bad = torch.tensor([float(any(not torch.isfinite(r["pg_loss"]).all() for r in reported))])
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
