@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip the activation measurement (weights, grads, optimizer and rollout rows only)")
     p.add_argument("--all-ranks", action="store_true",
                    help="count the states of every rank (JSON 'stages'), not only each stage's first")
-    p.add_argument("--suggest", nargs="?", type=int, const=0, default=None, metavar="N",
+    p.add_argument("--suggest", nargs="?", type=int, const="recipe", default=None, metavar="N",
                    help="list the cheapest layouts (TP/PP/EP/offload_train_state) of N devices (default: the recipe's "
                         "num_npus) whose plan fits --device / --device-gb, ranked by a crude estimated step cost "
                         "(compute x (1 + pipeline bubble) + TP/EP/DP traffic + offload traffic at stated bandwidths: "
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 def _suggest(args: argparse.Namespace, cfg, capacity: int | None) -> int:  # noqa: ANN001
     from mindrl.plan.suggest import render_suggestion, suggest
 
-    devices = args.suggest or cfg.rl_config.actor_resource.num_npus
+    devices = cfg.rl_config.actor_resource.num_npus if args.suggest == "recipe" else args.suggest
     if capacity is None:
         raise ValueError("--suggest needs the device memory: --device NAME or --device-gb N")
     if args.top < 1:
