@@ -13,12 +13,14 @@ whose plan fits the device, ranked by the crude step cost of `cost.py`.
    bytes follows: the weights (+ fp32 grads, + the reference copy, + without the distributed optimizer the
    fp32 main params and Adam moments) in training; in the rollout, the weights (+ grads unless offloaded)
    + the reference + vLLM's share of the device. A candidate whose bound exceeds the device is dropped.
-3. The rest, cheapest first: the stage with the largest bound is built and measured as `plan_job` does
-   (`ranks.train_rank`); if one of its phases does not fit, the candidate does not fit. Otherwise the
-   whole job is planned (`phases.plan_job`), reusing that build, activation runs per (TP, EP) and rollout
-   ranks per rollout layout. Planning stops when `top` layouts fit; costlier candidates are not planned.
+3. The rest, cheapest first: the stage with the largest bound is built as `plan_job` builds it, without
+   activations (`ranks.train_rank`): if one of its phases does not fit even so, the candidate does not
+   fit. Otherwise the whole job is planned (`phases.plan_job`); the offload variants of one training
+   layout share its stage builds and activation runs (the same modules), the rollout rank is built once
+   per rollout layout, so a listed plan is exactly the plain planner's. Planning stops when `top`
+   layouts fit; costlier candidates are not planned.
 
-May import: mindrl.config, mindrl.models, mindrl.plan.
+May import: mindrl.config, mindrl.models, mindrl.workers (PolicySpec), mindrl.plan.
 """
 from __future__ import annotations
 
@@ -29,8 +31,7 @@ from typing import Any
 
 from mindrl.config import MindRLConfig, validate
 from mindrl.plan.cost import StageParams, step_cost
-from mindrl.plan.phases import JobPlan, _rank_phases, gib, micro_batch_shape, micro_batches_per_update, plan_job, \
-    stage_signatures
+from mindrl.plan.phases import JobPlan, _rank_phases, gib, micro_batches_per_update, plan_job
 from mindrl.plan.ranks import (_attention, _num_experts, _overrides, rollout_layout, rollout_rank, shares_weights,
                                train_plan, train_rank, uses_reference)
 
@@ -260,9 +261,10 @@ def suggest(cfg: MindRLConfig, devices: int, capacity: int, *, devices_per_node:
     valid.sort(key=lambda c: (c.cost, c.tp * c.pp * c.ep, c.offload))
     fitting: list[Candidate] = []
     plans: dict[str, JobPlan] = {}
-    acts: dict[tuple, dict] = {}  # activation runs per (TP, EP)
+    acts: dict[tuple, dict] = {}  # activation runs per training layout
     builds: dict[tuple, dict] = {}  # stage builds per training layout
     rollouts: dict[tuple, Any] = {}  # rollout ranks per rollout layout
+    states: dict[tuple, Any] = {}  # the heaviest stage's states-only build per training layout
     for c in valid:
         if c.status == "pruned":
             continue
@@ -272,26 +274,23 @@ def suggest(cfg: MindRLConfig, devices: int, capacity: int, *, devices_per_node:
         cc = c.apply(cfg, devices)
         if log:
             log(f"planning {c.name} (estimated step {c.cost:.1f} s)")
-        act = acts.setdefault((c.tp, c.ep), {})
-        built = builds.setdefault((c.tp, c.pp, c.ep, tuple(c.num_layer_list or ()), c.vps), {})
+        # Per training layout (the offload variants share them): plan_job's activation composition takes a layer
+        # kind's increment from the first stage that has one, so reusing runs across PPs would change its result.
+        layout = (c.tp, c.pp, c.ep, tuple(c.num_layer_list or ()), c.vps)
+        act, built = acts.setdefault(layout, {}), builds.setdefault(layout, {})
         ro_key = (*rollout_layout(cc), cc.generate_config.engine)
         if ro_key not in rollouts:
             rollouts[ro_key] = rollout_rank(cc)
         ro = rollouts[ro_key]
-        rows, seq, response = micro_batch_shape(cc)
-        sigs = stage_signatures(cc)
         heavy = c._heavy  # type: ignore[attr-defined]
-        if sigs[heavy] is None or sigs[heavy] not in built:
-            tr = train_rank(cc, heavy, rows=rows, seq=seq, response=response, cache=act)
-            if sigs[heavy] is not None:
-                built[sigs[heavy]] = tr
-        else:
-            tr = built[sigs[heavy]]
-        phases = _rank_phases(cc, tr, ro, capacity, micro_batches_per_update(cc))
+        key = layout + (heavy,)
+        if key not in states:  # the heaviest stage's states alone (no activations): a real lower bound
+            states[key] = train_rank(cc, heavy, activations=False)
+        phases = _rank_phases(cc, states[key], ro, capacity, micro_batches_per_update(cc))
         bad = [p for p in phases if not p.fits]
         if bad:
-            c.status, c.peak = "does not fit", max(p.peak for p in phases)
-            c.why = f"stage {heavy}, phase '{bad[0].name}': peak {gib(bad[0].peak)}" + (
+            c.status = "does not fit"
+            c.why = f"stage {heavy}'s states alone, phase '{bad[0].name}': {gib(bad[0].peak)}" + (
                 f"; {bad[0].problem}" if bad[0].problem else "")
             continue
         plan = plan_job(cc, capacity=capacity, devices_per_node=dpn, cache=act, built=built, rollout=ro)
