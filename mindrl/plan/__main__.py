@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip the activation measurement (weights, grads, optimizer and rollout rows only)")
     p.add_argument("--all-ranks", action="store_true",
                    help="count the states of every rank (JSON 'stages'), not only each stage's first")
-    p.add_argument("--suggest", nargs="?", type=int, const="recipe", default=None, metavar="N",
+    p.add_argument("--suggest", nargs="?", type=int, const=None, default=False, metavar="N",
                    help="list the cheapest layouts (TP/PP/EP/offload_train_state) of N devices (default: the recipe's "
                         "num_npus) whose plan fits --device / --device-gb, ranked by a crude estimated step cost "
                         "(compute x (1 + pipeline bubble) + TP/EP/DP traffic + offload traffic at stated bandwidths: "
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = validate(cfg, check_paths=False)  # the plan needs a valid config; paths are warned about
         if problems:
             raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
-        if args.suggest is not None:
+        if args.suggest is not False:
             return _suggest(args, cfg, capacity)
         world = cfg.rl_config.actor_resource.num_npus
         dpn = args.devices_per_node
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 def _suggest(args: argparse.Namespace, cfg, capacity: int | None) -> int:  # noqa: ANN001
     from mindrl.plan.suggest import render_suggestion, suggest
 
-    devices = cfg.rl_config.actor_resource.num_npus if args.suggest == "recipe" else args.suggest
+    devices = cfg.rl_config.actor_resource.num_npus if args.suggest is None else args.suggest  # bare --suggest
     if capacity is None:
         raise ValueError("--suggest needs the device memory: --device NAME or --device-gb N")
     if args.top < 1:
