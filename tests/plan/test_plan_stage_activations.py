@@ -1,6 +1,6 @@
 """Planned activations of one micro-batch (fake tensors, a few layers measured and composed, balanced MoE
-routing) within 15% of the peak tracked memory of real CPU runs, for MoE layers and for each stage of a
-pipeline, at two sequence lengths; both grow alike.
+routing) within 15% of the peak tracked memory of real CPU runs, for MoE layers (EP1; EP2, each rank) and
+for each stage of a pipeline, at two sequence lengths; both grow alike.
 
 Reference: tests/plan/stage_activations_worker.py `real` (real tensors on real gloo ranks, the trainer's
 own model with its dropless MoE dispatcher and real routing, torch's MemTracker around the trainer's

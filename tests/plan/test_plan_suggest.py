@@ -69,20 +69,22 @@ def test_suggested_layouts_fit_and_left_out_ones_do_not(tmp_path: Path) -> None:
     assert abs(tp2["cost_s"] - (compute + tp)) <= 1e-9 * tp2["cost_s"], (tp2["cost_parts"], compute, tp)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mindrl.plan", "--config-name", "grpo_tiny_cpu", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+def _cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    """The CLI in this process: a refusal comes before any simulated rank (which must not leak into pytest)."""
+    from mindrl.plan.__main__ import main
+
+    rc = main(["--config-name", "grpo_tiny_cpu", *args])
+    return rc, capsys.readouterr().err
 
 
-def test_a_device_count_no_layout_can_use_is_refused() -> None:
-    proc = _cli("--device-gb", "1", "--suggest", "0")
-    assert proc.returncode == 2 and "--suggest 0: the device count must be >= 1" in proc.stderr, proc.stderr
+def test_a_device_count_no_layout_can_use_is_refused(capsys: pytest.CaptureFixture) -> None:
+    rc, err = _cli(capsys, "--device-gb", "1", "--suggest", "0")
+    assert rc == 2 and "--suggest 0: the device count must be >= 1" in err, err
     # 5 ranks: TP5 misses the 4 heads, PP5 exceeds the 4 layers, DP5 does not divide the batch.
-    proc = _cli("--device-gb", "1", "--suggest", "5", *TINY)
-    assert proc.returncode == 2, proc.stderr
-    assert "no layout of 5 devices passes validate()" in proc.stderr, proc.stderr
-    assert "micro_batch_size x data-parallel size = 4 x 5" in proc.stderr, proc.stderr
-    proc = _cli("--suggest", "2")
-    assert proc.returncode == 2 and "--suggest needs the device memory" in proc.stderr, proc.stderr
-    proc = _cli("--device-gb", "1", "--suggest", "4", "--nodes", "3", "--devices-per-node", "2")
-    assert proc.returncode == 2 and "nodes x devices per node must be the device count" in proc.stderr, proc.stderr
+    rc, err = _cli(capsys, "--device-gb", "1", "--suggest", "5", *TINY)
+    assert rc == 2 and "no layout of 5 devices passes validate()" in err, err
+    assert "micro_batch_size x data-parallel size = 4 x 5" in err, err
+    rc, err = _cli(capsys, "--suggest", "2")
+    assert rc == 2 and "--suggest needs the device memory" in err, err
+    rc, err = _cli(capsys, "--device-gb", "1", "--suggest", "4", "--nodes", "3", "--devices-per-node", "2")
+    assert rc == 2 and "nodes x devices per node must be the device count" in err, err
