@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                         "num_npus) whose plan fits --device / --device-gb, ranked by a crude estimated step cost "
                         "(compute x (1 + pipeline bubble) + TP/EP/DP traffic + offload traffic at stated bandwidths: "
                         "mindrl/plan/cost.py, docs/plan.md); the other options and the rollout layout stay the "
-                        "recipe's. Exit 0 when one fits, 3 when none does")
+                        "recipe's. Exit 0 when one fits, 3 when none does. A bare --suggest goes after the overrides (it would "
+                        "take the next word as N)")
     p.add_argument("--top", type=int, default=3, help="with --suggest: stop after this many fitting layouts")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. actor_config.micro_batch_size=2")
     return p

@@ -242,9 +242,10 @@ def plan_job(cfg: MindRLConfig, *, capacity: int | None = None, device: str | No
     `all_ranks`: also count the states of every rank of the world (`JobPlan.stages` then lists each;
     ranks of a stage differ only by the distributed optimizer's shard, whose parameters fall
     differently around the buffer's alignment padding).
-    For a caller planning many variants (`suggest.py`): `cache`, the activation runs (valid for one TP /
-    EP / micro-batch shape); `built`, the stage builds by `stage_signatures` (valid for one training
-    layout and world, with the same `activations`); `rollout`, the rollout rank (one rollout layout)."""
+    For a caller planning many variants (`suggest.py`): `cache`, the activation runs, and `built`, the stage
+    builds by `stage_signatures`, are each valid for one training layout and world (a layer kind's increment
+    is taken from the first stage holding two of it: runs reused across PPs change the plan a little);
+    `rollout`, the rollout rank (one rollout layout)."""
     t0 = time.perf_counter()
     a = cfg.actor_config
     world, pp = cfg.rl_config.actor_resource.num_npus, a.pipeline_model_parallel_size
