@@ -32,6 +32,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip the activation measurement (weights, grads, optimizer and rollout rows only)")
     p.add_argument("--all-ranks", action="store_true",
                    help="count the states of every rank (JSON 'stages'), not only each stage's first")
+    p.add_argument("--suggest", nargs="?", type=int, const=None, default=False, metavar="N",
+                   help="list the cheapest layouts (TP/PP/EP/offload_train_state) of N devices (default: the recipe's "
+                        "num_npus) whose plan fits --device / --device-gb, ranked by a crude estimated step cost "
+                        "(compute x (1 + pipeline bubble) + TP/EP/DP traffic + offload traffic at stated bandwidths: "
+                        "mindrl/plan/cost.py, docs/plan.md); the other options and the rollout layout stay the "
+                        "recipe's. Exit 0 when one fits, 3 when none does. A bare --suggest goes after the overrides (it would "
+                        "take the next word as N)")
+    p.add_argument("--top", type=int, default=3, help="with --suggest: stop after this many fitting layouts")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. actor_config.micro_batch_size=2")
     return p
 
@@ -57,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         problems = validate(cfg, check_paths=False)  # the plan needs a valid config; paths are warned about
         if problems:
             raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+        if args.suggest is not False:
+            return _suggest(args, cfg, capacity)
         world = cfg.rl_config.actor_resource.num_npus
         dpn = args.devices_per_node
         if args.nodes is not None:
@@ -74,6 +84,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps(plan.to_json(), indent=1) if args.json else render(plan))
     return 3 if plan.fits is False else 0
+
+
+def _suggest(args: argparse.Namespace, cfg, capacity: int | None) -> int:  # noqa: ANN001
+    from mindrl.plan.suggest import render_suggestion, suggest
+
+    devices = cfg.rl_config.actor_resource.num_npus if args.suggest is None else args.suggest  # bare --suggest
+    if capacity is None:
+        raise ValueError("--suggest needs the device memory: --device NAME or --device-gb N")
+    if args.top < 1:
+        raise ValueError(f"--top {args.top} must be >= 1")
+    if args.nodes is not None:
+        if args.devices_per_node is None or args.nodes * args.devices_per_node != devices:
+            raise ValueError(f"--suggest {devices} with --nodes {args.nodes} --devices-per-node "
+                             f"{args.devices_per_node}: nodes x devices per node must be the device count")
+    result = suggest(cfg, devices, capacity, devices_per_node=args.devices_per_node, top=args.top,
+                     log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(json.dumps(result.to_json(), indent=1) if args.json
+          else render_suggestion(result, args.config_name or args.config_json))
+    return 0 if result.fitting else 3
 
 
 if __name__ == "__main__":

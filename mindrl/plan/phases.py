@@ -232,18 +232,24 @@ def stage_signatures(cfg: MindRLConfig) -> list[Any]:
 
 def plan_job(cfg: MindRLConfig, *, capacity: int | None = None, device: str | None = None,
              devices_per_node: int | None = None, recipe: str = "", activations: bool = True,
-             all_ranks: bool = False) -> JobPlan:
+             all_ranks: bool = False, cache: dict | None = None, built: dict | None = None,
+             rollout: RolloutRank | None = None) -> JobPlan:
     """Build every pipeline stage's first rank and one rollout rank, and lay out the phases.
     `all_ranks`: also count the states of every rank of the world (`JobPlan.stages` then lists each;
     ranks of a stage differ only by the distributed optimizer's shard, whose parameters fall
-    differently around the buffer's alignment padding)."""
+    differently around the buffer's alignment padding).
+    For a caller planning many variants (`suggest.py`): `cache`, the activation runs, and `built`, the stage
+    builds by `stage_signatures`, are each valid for one training layout and world (a layer kind's increment
+    is taken from the first stage holding two of it: runs reused across PPs change the plan a little);
+    `rollout`, the rollout rank (one rollout layout)."""
     t0 = time.perf_counter()
     a = cfg.actor_config
     world, pp = cfg.rl_config.actor_resource.num_npus, a.pipeline_model_parallel_size
     rows, seq, response = micro_batch_shape(cfg)
     mbs = micro_batches_per_update(cfg)
-    cache: dict = {}  # activation runs shared by stages of the same kinds of layers
-    trains, built = [], {}
+    cache = {} if cache is None else cache  # activation runs shared by stages of the same kinds of layers
+    built = {} if built is None else built
+    trains = []
     for s, sig in enumerate(stage_signatures(cfg)):
         if sig is not None and sig in built:  # the same modules as an earlier stage: same bytes
             trains.append(dataclasses.replace(built[sig], stage=s, rank=first_rank_of_stage(s, world, pp)))
@@ -251,7 +257,7 @@ def plan_job(cfg: MindRLConfig, *, capacity: int | None = None, device: str | No
         trains.append(train_rank(cfg, s, rows=rows, seq=seq, response=response, activations=activations,
                                  cache=cache))
         built[sig] = trains[-1]
-    ro = rollout_rank(cfg)
+    ro = rollout if rollout is not None else rollout_rank(cfg)
     ranks = []
     for tr in trains:
         ranks.append(RankPlan(label=f"rank {tr.rank} (stage {tr.stage})", rank=tr.rank, stage=tr.stage,
