@@ -3,8 +3,10 @@
 Owns: one record per architecture (`registry.ARCHITECTURES`: qwen2, llama, deepseek_v3; each file
 holds its HF config -> megatron arguments, HF tensor-name rules and TP split rules, see `arch.py`),
 the layer spec (our RMSNorm and the backend's core attention), parallel layouts,
-canonical (layout-free) state dicts and their sharding, and vocab-parallel token log-probs.
-May import: torch, megatron-core, and nothing else from mindrl (the backend's core-attention class
+canonical (layout-free) state dicts and their sharding, vocab-parallel token log-probs, and which
+head sizes vLLM-CPU's attention runs (`vllm_cpu.py`: config/ and rollout/ both ask it).
+May import: torch, megatron-core (and, lazily in vllm_cpu.py, vLLM's attention backends' head-size
+lists), and nothing else from mindrl (the backend's core-attention class
 is passed in by the caller, so models never ask which hardware they are on).
 """
 from mindrl.models.builder import DTYPES, ModelPlan, build_model, padded_vocab_size, plan_model
