@@ -40,7 +40,7 @@ def test_grpo_with_vllm_logs_logprob_agreement_every_step(tmp_path, monkeypatch)
     assert rows[0]["actor/ppo_kl"] == pytest.approx(0.0, abs=1e-6)  # step 1: vLLM's log-probs are the policy's
 
 
-@pytest.mark.timeout(9000)  # measured 2026-12-07 at load average 55-100: ~85 min (warm start 12, GRPO ~25 s/step)
+@pytest.mark.timeout(9000)  # 2026-12-07: GRPO + evals 14 min at load 4-16; at load 55-100 ~25 s/step, over 1 h
 def test_tiny_demo_learns_with_vllm(tmp_path):
     """`bash examples/grpo/grpo_trainer_tiny.sh generate_config.engine=vllm`, exactly as docs/grpo.md gives it
     (the script sets vLLM-CPU's KV cache space), and its own verdict: task accuracy of the last 10 steps >= 0.3
