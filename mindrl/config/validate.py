@@ -11,6 +11,7 @@ from mindrl.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGAT
 from mindrl.config.loader import ConfigError
 from mindrl.config.schema import MindRLConfig
 from mindrl.models.hf_config import HFConfig, load_hf_config, scale_down
+from mindrl.models.vllm_cpu import vllm_cpu_attention_errors
 from mindrl.models.layout import ParallelLayout
 
 BACKEND_NAMES = ("auto", "cuda", "npu", "cpu")
@@ -282,7 +283,7 @@ def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list
     if g.engine == "vllm":
         errors += _vllm_errors(cfg, tp, ep)
         if hf is not None and cfg.backend == "cpu" and not missing:
-            errors += _vllm_cpu_head_errors(hf)
+            errors += vllm_cpu_attention_errors(hf)
     if g.packed_linear:
         errors += _packed_linear_errors(cfg)
     if g.offload_train_state:
@@ -341,25 +342,6 @@ def _vllm_errors(cfg: MindRLConfig, tp: int, ep: int) -> list[str]:
                       f"vllm-ascend ignores logprobs_mode and returns log-probs before temperature, equal to the "
                       f"policy's only at temperature 1 (or greedy)")
     return errors
-
-
-def _vllm_cpu_head_errors(hf: HFConfig) -> list[str]:
-    """Head sizes vLLM-CPU's attention kernels have no kernel for (vLLM itself fails only at the first generate;
-    mindrl.rollout.vllm_engine.cpu_attention_errors refuses them again at construction)."""
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-    from vllm.v1.attention.backends.mla.cpu_mla import CPUMLABackend
-
-    if hf.get("kv_lora_rank"):
-        size = int(hf["kv_lora_rank"]) + int(hf.get("qk_rope_head_dim", 0))
-        ok = CPUMLABackend.get_supported_head_sizes()
-        what = "kv_lora_rank + qk_rope_head_dim"
-    else:
-        size = int(hf.get("head_dim") or int(hf["hidden_size"]) // int(hf["num_attention_heads"]))
-        ok, what = CPUAttentionBackend.get_supported_head_sizes(), "head_dim (hidden_size / num_attention_heads)"
-    if size in ok:
-        return []
-    return [f"generate_config.engine=vllm on cpu: the model's {what} is {size}; vLLM-CPU's attention supports "
-            f"{', '.join(map(str, ok))} (use engine=builtin for this model)"]
 
 
 # The rollout layout's keys in ParallelLayout.check's messages (it has no pipeline stages: PP is always 1).

@@ -6,8 +6,10 @@ the layer spec (our RMSNorm and the backend's core attention), the one plan of w
 lives (`layout.py`: parallel layouts, per-rank shard specs read off a live model or computed for
 every rank without processes), canonical (layout-free) state dicts and their slicing/merging
 (`sharding.py`), vocab-parallel token log-probs, and torch.compile of the transformer layers
-for the training forwards (`compile.py`).
-May import: torch, megatron-core, and nothing else from mindrl (the backend's core-attention class
+for the training forwards (`compile.py`), and which head sizes vLLM-CPU's attention runs (`vllm_cpu.py`:
+config/ and rollout/ both ask it).
+May import: torch, megatron-core (and, lazily in vllm_cpu.py, vLLM's attention backends' head-size
+lists), and nothing else from mindrl (the backend's core-attention class
 is passed in by the caller, so models never ask which hardware they are on).
 """
 from mindrl.models.builder import DTYPES, ModelPlan, build_model, padded_vocab_size, plan_model

@@ -60,6 +60,7 @@ import torch
 import torch.distributed as dist
 
 from mindrl.backends.distributed import vllm_timeout_kwargs
+from mindrl.models.vllm_cpu import vllm_cpu_attention_errors
 from mindrl.rollout.base import RolloutOutput, SamplingParams
 from mindrl.rollout.parallel import vllm_expert_ids
 from mindrl.rollout.sampling import splitmix64_py
@@ -70,25 +71,6 @@ from mindrl.rollout.vllm_support import (check_vllm_version, lora_engine_kwargs,
 log = logging.getLogger("mindrl")
 DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 TORCH_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
-
-
-def cpu_attention_errors(hf_cfg: dict[str, Any]) -> list[str]:
-    """Head sizes vLLM's CPU attention kernels cannot run (vLLM only fails at the first generate)."""
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
-    if hf_cfg.get("kv_lora_rank"):  # MLA: the latent cache holds kv_lora_rank + qk_rope_head_dim per token
-        from vllm.v1.attention.backends.mla.cpu_mla import CPUMLABackend
-
-        size, ok = int(hf_cfg["kv_lora_rank"]) + int(hf_cfg.get("qk_rope_head_dim", 0)), \
-            CPUMLABackend.get_supported_head_sizes()
-        what = "kv_lora_rank + qk_rope_head_dim"
-    else:
-        size = int(hf_cfg.get("head_dim") or int(hf_cfg["hidden_size"]) // int(hf_cfg["num_attention_heads"]))
-        ok, what = CPUAttentionBackend.get_supported_head_sizes(), "head_dim (hidden_size / num_attention_heads)"
-    if size in ok:
-        return []
-    return [f"model: {what} = {size}, which vLLM's CPU attention does not support (it supports "
-            f"{', '.join(map(str, ok))}); use generate_config.engine=builtin for this model"]
 
 
 class VllmRolloutEngine:
@@ -146,7 +128,7 @@ class VllmRolloutEngine:
         from vllm.platforms import current_platform
 
         if current_platform.is_cpu():
-            errors = cpu_attention_errors(hf_cfg)
+            errors = vllm_cpu_attention_errors(hf_cfg)  # validate() asks the same
             if layout.ep > 1:  # seen with TP2 EP2 on dummy weights, before any push
                 errors.append(f"generate_config.infer_expert_parallel_size={layout.ep}: vLLM-CPU's expert parallelism "
                               f"segfaults in its first forward (csrc/cpu/cpu_fused_moe.cpp); use 1 (experts split by "

