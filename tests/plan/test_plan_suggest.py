@@ -26,9 +26,10 @@ TINY = ["model.scale_down.num_layers=4", "actor_config.micro_batch_size=4", "gen
 
 @pytest.mark.timeout(1800)  # about 1 min of CPU; took 10 at load average 70 on 2 cores
 def test_suggested_layouts_fit_and_left_out_ones_do_not(tmp_path: Path) -> None:
-    # 8.3 MiB: TP2 (about 5.2 MiB) and PP2 (7.6) fit, TP1 PP1 (8.4) does not; 2 MiB: the weights, grads,
-    # reference and Adam moments of TP1 PP1 alone (3 MiB) rule it out unplanned, nothing fits.
-    caps = [int(8.3 * MiB), 2 * MiB]
+    # The demo's 128-wide model at 4 layers. 20 MiB: TP2 (about 13.1 MiB) and PP2 (19.1) fit, TP1 PP1 (22.4) does
+    # not; 5 MiB: every layout's weights, grads, reference and Adam moments alone (5.7 MiB and more) rule it out
+    # unplanned, nothing fits.
+    caps = [20 * MiB, 5 * MiB]
     job = {"config": "grpo_tiny_cpu", "overrides": TINY, "devices": 2, "capacities": caps, "top": 10}
     (tmp_path / "job.json").write_text(json.dumps(job))
     proc = subprocess.run([sys.executable, str(WORKER), "--job", str(tmp_path / "job.json"), "--out",
@@ -59,12 +60,12 @@ def test_suggested_layouts_fit_and_left_out_ones_do_not(tmp_path: Path) -> None:
     assert costs == sorted(costs)
     # TP2 by hand (docs/plan.md): compute = training FLOPs / 2 devices / 150e12; TP traffic = 4 passes (reference,
     # old log-probs, update forward + backward) x 2 all-reduces x 2 (TP-1)/TP x 8192 tokens (16 prompts x 8 samples x
-    # (24 + 40)) / DP 1 x hidden 64 x 4 bytes x 4 layers / 150e9 B/s; no bubble, no DP / EP / offload traffic.
-    hf = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
-          "intermediate_size": 128, "vocab_size": 64}
+    # (24 + 40)) / DP 1 x hidden 128 x 4 bytes x 4 layers / 150e9 B/s; no bubble, no DP / EP / offload traffic.
+    hf = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+          "intermediate_size": 256, "vocab_size": 64}
     f = step_flops(hf, [24] * 16, [[40] * 8] * 16, reference=True, old_log_probs=True)
     compute = (f["update"] + f["reference"] + f["old_log_probs"]) / 2 / 150e12
-    tp = 4 * 2 * 2 * (1 / 2) * 8192 * 64 * 4 * 4 / 150e9
+    tp = 4 * 2 * 2 * (1 / 2) * 8192 * 128 * 4 * 4 / 150e9
     (tp2,) = [c for c in fit["candidates"] if c["name"] == "TP2 PP1 EP1"]
     assert abs(tp2["cost_s"] - (compute + tp)) <= 1e-9 * tp2["cost_s"], (tp2["cost_parts"], compute, tp)
 

@@ -34,6 +34,8 @@ def test_nothing_else_sets_up_process_groups_or_builds_models():
                # The memory planner: the trainer's model, DDP and optimizer on one simulated rank, whose process
                # groups mindrl/plan/world.py made (a fake world: build_policy's init_distributed cannot run there).
                "mindrl/plan/ranks.py",
+               # --suggest's lower bound: a one-layer-per-kind model on one simulated rank of the same fake world.
+               "mindrl/plan/suggest.py",
                # megatron's own per-rank plan read off simulated ranks (the planner's fake world), compared
                # with the converter's plan_ranks: a model only, no process groups of its own.
                "tests/plan/rank_plan_worker.py"}
