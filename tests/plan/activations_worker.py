@@ -18,6 +18,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
+def random_batch(vocab: int, rows: int, seq: int, response: int) -> tuple:
+    """Random tokens and labels of `rows` x `seq`, the last `response` positions of each row selected for the
+    log-probs: (labels, select, the forward's batch)."""
+    import torch
+
+    tokens, labels = torch.randint(0, vocab, (rows, seq)), torch.randint(0, vocab, (rows, seq))
+    select = torch.zeros(rows, seq, dtype=torch.bool)
+    select[:, seq - response:] = True
+    return labels, select, {"tokens": tokens, "position_ids": torch.arange(seq)[None].expand(rows, seq)}
+
+
 def real(cases: list[dict]) -> list[int]:
     import torch
     from torch.distributed._tools.mem_tracker import MemTracker
@@ -34,10 +45,7 @@ def real(cases: list[dict]) -> list[int]:
     peaks = []
     for case in cases:
         rows, seq, response = case["rows"], case["seq"], case["response"]
-        tokens, labels = torch.randint(0, vocab, (rows, seq)), torch.randint(0, vocab, (rows, seq))
-        select = torch.zeros(rows, seq, dtype=torch.bool)
-        select[:, seq - response:] = True
-        batch = {"tokens": tokens, "position_ids": torch.arange(seq)[None].expand(rows, seq)}
+        labels, select, batch = random_batch(vocab, rows, seq, response)
         tracker = MemTracker()
         tracker.track_external(*model.unwrapped, *[b.grad_data for c in model.chunks for b in c.buffers])
         dev = torch.device("cpu")

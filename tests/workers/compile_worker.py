@@ -18,10 +18,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-VOCAB = 250
-HF = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-      "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": VOCAB, "rope_theta": 1e4,
-      "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 256}
+from tests.workers.microbatch_worker import HF, VOCAB  # noqa: E402  (the same tiny Qwen2)
 
 
 def batch(seed: int, rows: int, responses: list[int]):
