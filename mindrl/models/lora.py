@@ -99,7 +99,8 @@ class LoRASpec:
             errors.append(f"actor_config.lora.dropout: {self.dropout} not in [0, 1)")
         if hf is not None and hf.get("model_type") not in SUPPORTED_MODEL_TYPES:
             errors.append(f"actor_config.lora: model_type {hf.get('model_type')!r} is not supported (LoRA covers the "
-                          f"dense GQA decoders {', '.join(SUPPORTED_MODEL_TYPES)}; not MoE experts or MLA)")
+                          f"dense GQA decoders {', '.join(SUPPORTED_MODEL_TYPES)}; LoRA on MoE experts and on MLA "
+                          f"attention is not built): set actor_config.lora.rank=0 for full fine-tuning")
         return errors
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,6 +25,9 @@ def test_lora_config_is_valid_and_off_by_default():
     (["actor_config.lora.rank=8", "actor_config.lora.dropout=1.5"], "actor_config.lora.dropout: 1.5 not in [0, 1)"),
     (["actor_config.lora.rank=-1"], "actor_config.lora.rank: -1 < 0"),
     (["actor_config.lora.rank=8", "model=tiny_deepseekv3"], "actor_config.lora: model_type 'deepseek_v3' is not supported"),
+    # MoE experts and MLA (DeepSeek-V3 has both): refused as unbuilt, naming the field to change.
+    (["actor_config.lora.rank=8", "model=tiny_deepseekv3"], "LoRA on MoE experts and on MLA attention is not built"),
+    (["actor_config.lora.rank=8", "model=tiny_deepseekv3"], "set actor_config.lora.rank=0"),
 ])
 def test_bad_lora_config_is_refused(overrides, message):
     assert any(message in e for e in errors(*overrides)), errors(*overrides)
