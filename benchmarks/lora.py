@@ -1,6 +1,6 @@
 """LoRA against full fine-tuning, one GRPO step each, in the same run (each in a fresh process).
 
-    python -m benchmarks.lora [--layers 24] [--rank 16] [--rows 8] [--prompt 64] [--response 64]
+    python -m benchmarks.lora [--layers 24] [--rank 16] [--rows 8] [--prompt 64] [--response 64] [--gen-repeats 3]
 
 Model: Qwen2.5-0.5B's shape (hidden 896, 14 heads / 2 KV heads, FFN 4864, vocab 151,936, tied), random
 weights, fp32 on the CPU backend; `--layers` (default 24, the real depth) scales the depth only. One
@@ -10,7 +10,8 @@ as the trainer makes; LoRA: the actor with its adapters disabled), one update. R
 - step time (median of `--repeats` steps after one warm-up);
 - optimizer-state bytes (Adam moments and any fp32 master copies) and trainable parameters.
 LoRA only: built-in engine generation with the adapters unmerged (LoRA's fp32 A/B matmuls beside the
-base linears) vs merged in place (W += scaling * B @ A, adapters off, then restored), same prompts.
+base linears) vs merged in place (W += scaling * B @ A, adapters off, then restored), same prompts
+(`--gen-repeats 0` skips it).
 Timings on a loaded shared machine are noisy: the load average is printed with the results.
 """
 from __future__ import annotations
@@ -93,7 +94,7 @@ def run_mode(args: argparse.Namespace) -> dict:
     out = {"mode": args.mode, "step_s": statistics.median(times), "step_times": times,
            "optimizer_state_bytes": optimizer_state_bytes(model.optimizer), "trainable_params": trainable,
            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-    if lora is not None:
+    if lora is not None and args.gen_repeats > 0:
         out.update(generation(model, args))
     return out
 
@@ -153,7 +154,7 @@ def main() -> None:
     p.add_argument("--response", type=int, default=64)
     p.add_argument("--gen-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--gen-repeats", type=int, default=3)
+    p.add_argument("--gen-repeats", type=int, default=3, help="0: skip the generation comparison")
     p.add_argument("--mode", choices=["lora", "full"], default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.mode:
@@ -177,6 +178,8 @@ def main() -> None:
     print(f"step time      full {full['step_s']:.2f} s  lora {lora['step_s']:.2f} s ({lora['step_s'] / full['step_s']:.2f}x)")
     print(f"optimizer      full {full['optimizer_state_bytes'] / 2**20:.1f} MiB  lora "
           f"{lora['optimizer_state_bytes'] / 2**20:.1f} MiB; trainable {full['trainable_params']:,} vs {lora['trainable_params']:,}")
+    if "generate_unmerged_s" not in lora:  # --gen-repeats 0
+        return
     print(f"generation     unmerged {lora['generate_unmerged_s']:.2f} s  merged-in-place {lora['generate_merged_s']:.2f} s "
           f"(+ merge {lora['merge_s']:.2f} s and restore); same tokens: {lora['same_tokens_merged']}")
 

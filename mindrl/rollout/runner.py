@@ -122,7 +122,9 @@ class RolloutRunner:
             self.base_pushed = True
         if adapter_push:
             adapters, _ = gather_canonical_adapters(self.source_chunks)  # collective; every rank gets them all
-            nbytes += sum(t.numel() * t.element_size() for t in adapters.values())
+            adapter_bytes = sum(t.numel() * t.element_size() for t in adapters.values())
+            self.last_push["adapter_bytes"] = float(adapter_bytes)
+            nbytes += adapter_bytes
             with self._rollout_state():
                 self.engine.load_adapter(adapters)
         self.stale = False

@@ -271,11 +271,17 @@ def grpo_step(run: Run, step: int) -> dict[str, float]:
 
 def push_metrics(engine: RolloutRunner, pushes_before: int) -> dict[str, float]:
     """The step's train -> rollout weight push, when there was one (never when the rollout shares the
-    actor's weights): seconds (part of time/rollout, so not added to time/step again) and GB/s."""
+    actor's weights): seconds (part of time/rollout, so not added to time/step again), GB/s and the bytes
+    sent; with LoRA adapter pushes (actor_config.lora.merge=false) also the adapters' part of those bytes,
+    so a run shows that only the adapters went over after the first push (the base goes once)."""
     if engine.pushes == pushes_before or not engine.last_push:
         return {}
     seconds, nbytes = engine.last_push["seconds"], engine.last_push["bytes"]
-    return {"time/weight_push": seconds, "throughput/weight_push_gb_per_s": nbytes / 1e9 / max(seconds, 1e-9)}
+    out = {"time/weight_push": seconds, "throughput/weight_push_gb_per_s": nbytes / 1e9 / max(seconds, 1e-9),
+           "rollout/weight_push_bytes": nbytes}
+    if "adapter_bytes" in engine.last_push:
+        out["rollout/weight_push_adapter_bytes"] = engine.last_push["adapter_bytes"]
+    return out
 
 
 DIFF_KEYS = ("rollout/logprob_diff_mean", "rollout/logprob_diff_max")

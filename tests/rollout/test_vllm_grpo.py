@@ -22,12 +22,16 @@ pytestmark = [pytest.mark.megatron, pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")]
 
 
+# vLLM as the rollout engine of a test run (with VLLM_CPU_KVCACHE_SPACE=1 in the environment; the LoRA
+# adapter-push run in tests/trainer/test_lora_e2e.py uses them too).
+VLLM_OVERRIDES = ("generate_config.engine=vllm", "generate_config.gpu_memory_utilization=0.05")
+
+
 def test_grpo_with_vllm_logs_logprob_agreement_every_step(tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     demo = build_tiny_demo(tmp_path / "demo", "--num-tasks", "200", "--warm-steps", "20")
     out = tmp_path / "run"
-    cmd = demo_train_cmd(demo, out, "generate_config.engine=vllm",
-                         "generate_config.gpu_memory_utilization=0.05", "megatron_training.train_iters=3",
+    cmd = demo_train_cmd(demo, out, *VLLM_OVERRIDES, "megatron_training.train_iters=3",
                          "megatron_training.global_batch_size=4", "rl_config.n_samples_per_prompt=4",
                          "actor_config.micro_batch_size=8", "rl_config.actor_resource.num_npus=1",
                          "generate_config.sampling_config.max_tokens=24", "megatron_training.save_interval=0")

