@@ -1,6 +1,7 @@
 """LoRA against full fine-tuning, one GRPO step each, in the same run (each in a fresh process).
 
-    python -m benchmarks.lora [--layers 24] [--rank 16] [--rows 8] [--prompt 64] [--response 64] [--gen-repeats 3]
+    python -m benchmarks.lora [--layers 24] [--rank 16] [--rows 8] [--prompt 64] [--response 64] [--recompute]
+                              [--gen-repeats 3]
 
 Model: Qwen2.5-0.5B's shape (hidden 896, 14 heads / 2 KV heads, FFN 4864, vocab 151,936, tied), random
 weights, fp32 on the CPU backend; `--layers` (default 24, the real depth) scales the depth only. One
@@ -64,7 +65,8 @@ def run_mode(args: argparse.Namespace) -> dict:
     backend = get_backend("cpu")
     lora = LoRASpec(rank=args.rank, alpha=2.0 * args.rank) if args.mode == "lora" else None
     model = build_policy(PolicySpec(hf_config(args.layers), ParallelLayout(), dtype="fp32", lora=lora,
-                                    overrides={"init_method_std": 0.02}), backend, optim=OptimConfig(lr=1e-5))
+                                    recompute=args.recompute, overrides={"init_method_std": 0.02}), backend,
+                         optim=OptimConfig(lr=1e-5))
     if lora is not None:
         for _, layer in lora_layers(model.unwrapped):  # non-zero B: the adapters do work in every forward
             for ad in layer.adapters.values():
@@ -154,6 +156,8 @@ def main() -> None:
     p.add_argument("--response", type=int, default=64)
     p.add_argument("--gen-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--recompute", action="store_true",
+                   help="full activation recompute in both modes (megatron_training.recompute, as the 7B LoRA recipe)")
     p.add_argument("--gen-repeats", type=int, default=3, help="0: skip the generation comparison")
     p.add_argument("--mode", choices=["lora", "full"], default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -172,7 +176,7 @@ def main() -> None:
     load = os.getloadavg()
     print(json.dumps(results, indent=2))
     print(f"\nQwen2.5-0.5B shape, {args.layers} layers, rank {args.rank}, {args.rows} rows x "
-          f"({args.prompt} + {args.response}) tokens; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+          f"({args.prompt} + {args.response}) tokens{', full recompute' if args.recompute else ''}; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     print(f"peak RSS       full {full['peak_rss_bytes'] / 2**30:.2f} GiB  lora {lora['peak_rss_bytes'] / 2**30:.2f} GiB "
           f"({lora['peak_rss_bytes'] / full['peak_rss_bytes']:.0%})")
     print(f"step time      full {full['step_s']:.2f} s  lora {lora['step_s']:.2f} s ({lora['step_s'] / full['step_s']:.2f}x)")
