@@ -5,11 +5,19 @@ temperature 0.9, both outputs weighted).
 
     python -m benchmarks.fused_head [--baseline REV] [--tokens 880] [--repeats 3] [--threads 1]
                                     [--columns 1024,4096] [--check]
+    python -m benchmarks.fused_head --phases [--prompts 2] [--repeats 2] [--threads 1]
 
 Times: CPU seconds (`time.process_time`, the figure to compare under load) and wall seconds, per
 variant, best and median of the repeats, with `uptime`'s load average before and after. `--columns`
 also times the current code at other vocab-tile widths (`chunk_columns`). `--check` prints the
 largest differences of log-probs, entropy and both gradients between the two revisions.
+
+`--phases`: instead, the reference forward and the update of `benchmarks.train_switches`' batch and
+model (eager; `--prompts` x 8 samples, micro-batches of 8 rows, `PolicyWorker.log_probs` / `update`),
+with the engine's fused output layer (`megatron_engine.output_log_probs_and_entropy`) taken from the
+baseline revision or the current code, alternating; model FLOPs, GFLOP/s (wall) and % of the fp32
+2048^2 matmul peak measured in this process before and after; the largest log-prob and gradient
+differences between the two.
 """
 from __future__ import annotations
 
@@ -47,6 +55,64 @@ def _load() -> str:
     return open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?"
 
 
+def phases(args, old: types.ModuleType) -> None:
+    from benchmarks.train_switches import HF, KL, SAMPLES, _batch, _timed
+    from mindrl.backends import get_backend
+    from mindrl.backends.peak import measure_matmul_peak
+    from mindrl.config.schema import RLConfig
+    from mindrl.models import logprobs as new
+    from mindrl.models.flops import flop_model, training_forward_flops
+    from mindrl.workers import megatron_engine
+    from mindrl.workers.actor import PolicyWorker
+    from mindrl.workers.bringup import PolicySpec, build_policy, frozen_copy
+    from mindrl.workers.megatron_engine import OptimConfig
+
+    backend = get_backend("cpu")
+    torch.set_num_threads(args.threads)
+    load, peaks = [_load()], [measure_matmul_peak(torch.float32, repeats=5)]
+    actor = build_policy(PolicySpec(hf=HF, dtype="fp32"), backend, optim=OptimConfig(lr=0.0))
+    kw = {"micro_batch_size": SAMPLES, "temperature": 1.0}
+    ref, act = PolicyWorker(frozen_copy(actor, backend), **kw), PolicyWorker(actor, **kw)
+    batch, p_lens, r_lens = _batch(args.prompts)
+    fwd = training_forward_flops(flop_model(HF), p_lens, r_lens)
+    flops = {"reference": fwd, "update": 3 * fwd}
+    rl = RLConfig(use_kl_loss=True, kl_coef=KL)
+    params = [q for chunk in actor.chunks for q in chunk.parameters()]
+    variants = {f"baseline {args.baseline}": old.output_log_probs_and_entropy,
+                "current": new.output_log_probs_and_entropy}
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    outputs = {}
+    for i in range(args.repeats + 1):  # the first round warms up
+        for name, fn in variants.items():
+            megatron_engine.output_log_probs_and_entropy = fn
+            lp, w1, c1 = _timed(lambda: ref.log_probs(batch))
+            batch.ref_log_probs = batch.old_log_probs = lp
+            m, w2, c2 = _timed(lambda: act.update(batch, rl))
+            outputs[name] = (lp, m, [q.main_grad.clone() for q in params])
+            if i:
+                times.setdefault(("reference", name), []).append((c1, w1))
+                times.setdefault(("update", name), []).append((c2, w2))
+    megatron_engine.output_log_probs_and_entropy = new.output_log_probs_and_entropy
+    peaks.append(measure_matmul_peak(torch.float32, repeats=5))
+    load.append(_load())
+    peak = max(peaks)
+    print(f"{len(p_lens)} rows of {min(p_lens)}-{max(p_lens)} prompt + {r_lens[0]} response tokens, micro-batches of "
+          f"{SAMPLES}; {args.threads} thread(s); {args.repeats} alternating round(s); fp32 2048^2 matmul peak "
+          f"{peaks[0] / 1e9:.0f} / {peaks[1] / 1e9:.0f} GFLOP/s before / after; load {load[0]} before, {load[1]} after")
+    print("| phase | variant | model TFLOP | CPU s (median) | wall s (median) | GFLOP/s (wall) | % of peak |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for (phase, name), t in times.items():
+        cpu, wall = statistics.median(x[0] for x in t), statistics.median(x[1] for x in t)
+        print(f"| {phase} | {name} | {flops[phase] / 1e12:.3f} | {cpu:.2f} | {wall:.2f} | {flops[phase] / wall / 1e9:.0f} "
+              f"| {100 * flops[phase] / wall / peak:.0f}% |")
+    (lp0, m0, g0), (lp1, m1, g1) = outputs.values()
+    mask = batch.response_mask
+    print(f"log-probs max |diff| {(lp0 - lp1)[mask].abs().max().item():.2e}; gradient max |diff| "
+          f"{max((a - b).abs().max().item() for a, b in zip(g0, g1)):.2e} (largest "
+          f"{max(a.abs().max().item() for a in g0):.2e}); grad_norm {m0['actor/grad_norm']:.6f} vs "
+          f"{m1['actor/grad_norm']:.6f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", default="0b36ca3", help="git revision of the code to compare against")
@@ -57,13 +123,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--columns", default="", help="extra vocab-tile widths of the current code to time")
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--phases", action="store_true", help="the reference forward and update instead")
+    ap.add_argument("--prompts", type=int, default=2, help="--phases: prompts (x 8 samples)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
+    old = _load_revision(args.baseline)
+    if args.phases:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MINDRL_CPU_THREADS=str(args.threads))
+        return phases(args, old)
     _init_single_rank()
     from mindrl.models import logprobs as new
-
-    old = _load_revision(args.baseline)
     g = torch.Generator().manual_seed(0)
     n, v, hd = args.tokens, args.vocab, args.hidden
     hidden = torch.randn(n, hd, generator=g)

@@ -17,10 +17,13 @@ each rank's gradient slice depends only on its logits and the (already global) p
 Fused output layer (`output_log_probs_and_entropy`): the training forwards need log-probs only at
 response positions, so rather than megatron's output layer computing `[tokens, vocab/TP]` logits for
 every position (prompt and padding included), the caller hands over the final hidden states and the
-output layer's weight, and the logits are computed here one chunk of *selected* tokens at a time,
-in the forward and again in the backward (which writes the hidden states' and the weight's
-gradients chunk by chunk). No logits tensor beyond one chunk exists at all; the vocab-parallel
-statistics and their all-reduces are the same as above.
+output layer's weight, and the logits are computed here one tile at a time: `CHUNK_COLUMNS` vocab
+entries by all the *selected* tokens (by row blocks only when that exceeds `CHUNK_ELEMENTS`), in the
+forward (an online log-sum-exp across the column chunks; per row block one MAX and one SUM
+all-reduce under TP) and again in the backward (which writes each vocab slice of the weight's
+gradient once, `[cols, tokens] @ [tokens, h]`, and accumulates the hidden states' gradient). No
+logits tensor beyond one tile exists at all. Why columns, not rows of tokens: see
+`_FusedLinearLogProbEntropy` and docs/benchmarks.md (issue 21).
 """
 from __future__ import annotations
 
@@ -57,13 +60,24 @@ def _chunk_rows(local: int, chunk_elements: int | None) -> int:
     return max(1, (chunk_elements or CHUNK_ELEMENTS) // max(local, 1))
 
 
+_MMAPPED = (36 << 20) // 4  # fp32 values: above glibc's largest mmap threshold (32 MiB), see _Scratch
+
+
 class _Scratch:
     """Chunk-sized fp32 buffers allocated once per call and reused by every chunk. A fresh 64 MiB tensor
     per chunk and pass is not free on the CPU: torch's CPU allocator hands big blocks straight to
     mmap/munmap, so each one is page-faulted and zero-filled again (an `exp` into a fresh chunk took
-    3x as long as into a reused one)."""
+    3x as long as into a reused one).
+
+    On the CPU each buffer is allocated at least `_MMAPPED` values large, so that glibc always maps it
+    with mmap (unused pages are never touched, so they cost no memory) and returns it to the system
+    when the call ends: the fused output layer's tiles (8 MiB at 512 tokens) are below glibc's dynamic
+    mmap threshold, came from the heap, and stayed resident after the call (peak RSS of a fused update
+    +6 MiB over the 64 MiB row chunks before; with this, -16 to -20 MiB, docs/benchmarks.md)."""
 
     def __init__(self, elements: int, device: torch.device, count: int) -> None:
+        if device.type == "cpu":
+            elements = max(elements, _MMAPPED)
         self.bufs = [torch.empty(elements, dtype=torch.float32, device=device) for _ in range(count)]
 
     def __call__(self, i: int, rows: int, cols: int) -> torch.Tensor:
