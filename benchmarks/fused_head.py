@@ -103,8 +103,8 @@ def phases(args, old: types.ModuleType) -> None:
     print("|---|---|---:|---:|---:|---:|---:|")
     for (phase, name), t in times.items():
         cpu, wall = statistics.median(x[0] for x in t), statistics.median(x[1] for x in t)
-        print(f"| {phase} | {name} | {flops[phase] / 1e12:.3f} | {cpu:.2f} | {wall:.2f} | {flops[phase] / wall / 1e9:.0f} "
-              f"| {100 * flops[phase] / wall / peak:.0f}% |")
+        print(f"| {phase} | {name} | {flops[phase] / 1e12:.3f} | {cpu:.2f} | {wall:.2f} "
+              f"| {flops[phase] / wall / 1e9:.0f} | {100 * flops[phase] / wall / peak:.0f}% |")
     (lp0, m0, g0), (lp1, m1, g1) = outputs.values()
     mask = batch.response_mask
     print(f"log-probs max |diff| {(lp0 - lp1)[mask].abs().max().item():.2e}; gradient max |diff| "

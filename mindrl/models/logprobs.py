@@ -232,11 +232,11 @@ def _matmul_input(hidden: torch.Tensor, w: torch.Tensor, inv_temp: float) -> tor
 
 def _online_statistics(hidden: torch.Tensor, w: torch.Tensor, local_lab: torch.Tensor, inv_temp: float, cols: int,
                        scratch: _Scratch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One row block's statistics (`hidden` from `_matmul_input`) over this rank's real columns `w` [n_valid, h], read `cols` vocab
-    entries at a time with an online (flash-style) log-sum-exp: per row the running max m, S = sum
-    exp(z - m), T = sum exp(z - m) (z - m), rescaled when m grows, and the label's scaled logit (from
-    the chunk that holds it; 0 where this rank holds no label). Returns (m, S, T, label logit); m is
-    -inf and S = T = 0 on a rank without real columns."""
+    """One row block's statistics (`hidden` from `_matmul_input`) over this rank's real columns `w`
+    [n_valid, h], read `cols` vocab entries at a time with an online (flash-style) log-sum-exp: per row
+    the running max m, S = sum exp(z - m), T = sum exp(z - m) (z - m), rescaled when m grows, and the
+    label's scaled logit (from the chunk that holds it; 0 where this rank holds no label). Returns
+    (m, S, T, label logit); m is -inf and S = T = 0 on a rank without real columns."""
     rows, n_valid = hidden.shape[0], w.shape[0]
     m = torch.full((rows,), float("-inf"), device=hidden.device)
     big_s, big_t, picked = torch.zeros_like(m), torch.zeros_like(m), torch.zeros_like(m)
@@ -361,8 +361,8 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
                 elif want_w:
                     grad_w[c0:c1].addmm_(gz.t(), h_w[s:e])
                 del z, gz
-        return (None if grad_h is None else grad_h.to(hidden.dtype), None if grad_w is None else grad_w.to(weight.dtype),
-                None, None, None, None, None)
+        return (None if grad_h is None else grad_h.to(hidden.dtype),
+                None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None)
 
 
 def token_log_probs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, *,
@@ -386,8 +386,9 @@ def output_log_probs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, lab
     [vocab/TP, h] weight (the word embedding when tied); labels, select: [b, s].
     Returns log p(labels) and entropy of softmax(logits / temperature), [b, s] fp32, 0 where `select`
     is False. Tiles: `chunk_columns` vocab entries (default CHUNK_COLUMNS) by as many tokens as keep a
-    tile within `chunk_elements` values (default CHUNK_ELEMENTS). Differentiable in hidden and weight; the weight's gradient is returned to autograd, so
-    megatron DDP's grad hooks and tied-embedding reduction see it as the output layer's would be."""
+    tile within `chunk_elements` values (default CHUNK_ELEMENTS). Differentiable in hidden and weight;
+    the weight's gradient is returned to autograd, so megatron DDP's grad hooks and tied-embedding
+    reduction see it as the output layer's would be."""
     # The input's TP region exactly as ColumnParallelLinear enters it: every rank needs every selected
     # token (it holds a vocab slice), and the hidden-state gradient, partial per vocab slice, is summed
     # over TP on the way back (all-reduce; reduce-scatter back to the sequence shards under SP).

@@ -5,9 +5,10 @@ float64 full-vocabulary reference; driven by test_fused_head.py. TP=1 here, then
     python tests/models/fused_head_worker.py --out DIR
 
 Writes DIR/tp{T}_rank{R}.pt: max abs differences of log-probs, entropies, the hidden states' and the
-weight's gradients (the op alone: tiles of token rows and of vocab columns, fp32 and bf16 weights, log-
-prob-only gradients, temperature 0.7 and 1), and every model parameter's gradient after a backward through megatron's schedule
-and DDP, for tied / untied embeddings, temperature 0.7, with and without sequence parallelism.
+weight's gradients (the op alone: tiles of token rows and of vocab columns, fp32 and bf16 weights,
+log-prob-only gradients, temperature 0.7 and 1), and every model parameter's gradient after a backward
+through megatron's schedule and DDP, for tied / untied embeddings, temperature 0.7, with and without
+sequence parallelism.
 """
 from __future__ import annotations
 
