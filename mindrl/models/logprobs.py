@@ -17,10 +17,13 @@ each rank's gradient slice depends only on its logits and the (already global) p
 Fused output layer (`output_log_probs_and_entropy`): the training forwards need log-probs only at
 response positions, so rather than megatron's output layer computing `[tokens, vocab/TP]` logits for
 every position (prompt and padding included), the caller hands over the final hidden states and the
-output layer's weight, and the logits are computed here one chunk of *selected* tokens at a time,
-in the forward and again in the backward (which writes the hidden states' and the weight's
-gradients chunk by chunk). No logits tensor beyond one chunk exists at all; the vocab-parallel
-statistics and their all-reduces are the same as above.
+output layer's weight, and the logits are computed here one tile at a time: `CHUNK_COLUMNS` vocab
+entries by all the *selected* tokens (by row blocks only when that exceeds `CHUNK_ELEMENTS`), in the
+forward (an online log-sum-exp across the column chunks; per row block one MAX and one SUM
+all-reduce under TP) and again in the backward (which writes each vocab slice of the weight's
+gradient once, `[cols, tokens] @ [tokens, h]`, and accumulates the hidden states' gradient). No
+logits tensor beyond one tile exists at all. Why columns, not rows of tokens: see
+`_FusedLinearLogProbEntropy` and docs/benchmarks.md (issue 21).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from megatron.core.tensor_parallel.mappings import (copy_to_tensor_model_paralle
                                                     gather_from_sequence_parallel_region)
 
 CHUNK_ELEMENTS = 1 << 24  # fp32 values per chunk: 64 MiB of temporaries (~110 tokens at 151k vocab)
+CHUNK_COLUMNS = 4096  # vocab entries per tile of the fused output layer (measured: docs/benchmarks.md)
 
 
 def _valid_columns(local: int, vocab_size: int) -> int:
@@ -56,18 +60,28 @@ def _chunk_rows(local: int, chunk_elements: int | None) -> int:
     return max(1, (chunk_elements or CHUNK_ELEMENTS) // max(local, 1))
 
 
+_MMAPPED = (36 << 20) // 4  # fp32 values: above glibc's largest mmap threshold (32 MiB), see _Scratch
+
+
 class _Scratch:
     """Chunk-sized fp32 buffers allocated once per call and reused by every chunk. A fresh 64 MiB tensor
     per chunk and pass is not free on the CPU: torch's CPU allocator hands big blocks straight to
     mmap/munmap, so each one is page-faulted and zero-filled again (an `exp` into a fresh chunk took
-    3x as long as into a reused one)."""
+    3x as long as into a reused one).
 
-    def __init__(self, rows: int, cols: int, device: torch.device, count: int) -> None:
-        self.bufs = [torch.empty(rows * cols, dtype=torch.float32, device=device) for _ in range(count)]
-        self.cols = cols
+    On the CPU each buffer is allocated at least `_MMAPPED` values large, so that glibc always maps it
+    with mmap (unused pages are never touched, so they cost no memory) and returns it to the system
+    when the call ends: the fused output layer's tiles (8 MiB at 512 tokens) are below glibc's dynamic
+    mmap threshold, came from the heap, and stayed resident after the call (peak RSS of a fused update
+    +6 MiB over the 64 MiB row chunks before; with this, -16 to -20 MiB, docs/benchmarks.md)."""
 
-    def __call__(self, i: int, rows: int) -> torch.Tensor:
-        return self.bufs[i][:rows * self.cols].view(rows, self.cols)
+    def __init__(self, elements: int, device: torch.device, count: int) -> None:
+        if device.type == "cpu":
+            elements = max(elements, _MMAPPED)
+        self.bufs = [torch.empty(elements, dtype=torch.float32, device=device) for _ in range(count)]
+
+    def __call__(self, i: int, rows: int, cols: int) -> torch.Tensor:
+        return self.bufs[i][:rows * cols].view(rows, cols)
 
 
 def _logits_into(out: torch.Tensor, hidden: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -155,14 +169,14 @@ class _LogProbEntropy(torch.autograd.Function):
         logp = torch.empty(n, dtype=torch.float32, device=logits.device)
         entropy, lse = torch.empty_like(logp), torch.empty_like(logp)
         step = _chunk_rows(local, chunk_elements)
-        scratch = _Scratch(min(step, n), n_valid, logits.device, 2)
+        scratch = _Scratch(min(step, n) * n_valid, logits.device, 2)
         for s in range(0, n, step):
             e = min(n, s + step)
-            z = scratch(0, e - s).copy_(flat[s:e, :n_valid])  # this chunk's vocab-sized copy
+            z = scratch(0, e - s, n_valid).copy_(flat[s:e, :n_valid])  # this chunk's vocab-sized copy
             if inv_temp != 1.0:
                 z *= inv_temp
             logp[s:e], entropy[s:e], lse[s:e] = _chunk_statistics(z, lab[s:e] - rank * local, n_valid, group,
-                                                                  scratch(1, e - s))
+                                                                  scratch(1, e - s, n_valid))
         del scratch
         ctx.save_for_backward(logits, labels, lse, entropy)
         ctx.vocab_size, ctx.inv_temp, ctx.chunk_elements = vocab_size, inv_temp, chunk_elements
@@ -183,28 +197,91 @@ class _LogProbEntropy(torch.autograd.Function):
         g_lp = None if g_logp is None else g_logp.reshape(-1).float()
         g_h = None if g_entropy is None else g_entropy.reshape(-1).float()
         step = _chunk_rows(local, ctx.chunk_elements)
-        scratch = _Scratch(min(step, n), n_valid, logits.device, 2) if n and n_valid else None
+        scratch = _Scratch(min(step, n) * n_valid, logits.device, 2) if n and n_valid else None
         for s in range(0, n if n_valid else 0, step):
             e = min(n, s + step)
-            z = scratch(0, e - s).copy_(flat[s:e, :n_valid])  # fp32, ours to overwrite
+            z = scratch(0, e - s, n_valid).copy_(flat[s:e, :n_valid])  # fp32, ours to overwrite
             if ctx.inv_temp != 1.0:
                 z.mul_(ctx.inv_temp)
             grad_flat[s:e, :n_valid] = _chunk_grad(
                 z, lse[s:e], entropy[s:e], None if g_lp is None else g_lp[s:e],
-                None if g_h is None else g_h[s:e], lab[s:e] - rank * local, n_valid, ctx.inv_temp, scratch(1, e - s))
+                None if g_h is None else g_h[s:e], lab[s:e] - rank * local, n_valid, ctx.inv_temp,
+                scratch(1, e - s, n_valid))
         return grad, None, None, None, None
+
+
+def _tiles(n: int, local: int, chunk_elements: int | None, chunk_columns: int | None) -> tuple[int, int]:
+    """(rows, columns) of the fused output layer's tiles: `columns` vocab entries (CHUNK_COLUMNS) of
+    `rows` tokens, at most `chunk_elements` values a tile. Both depend only on `local` (the padded
+    slice, equal on every TP rank), never on a rank's real columns: every rank must run the same row
+    blocks, each ending in the same all-reduces."""
+    budget = chunk_elements or CHUNK_ELEMENTS
+    cols = max(1, min(local, chunk_columns or CHUNK_COLUMNS, budget))
+    return max(1, min(n, budget // cols)), cols
+
+
+def _matmul_input(hidden: torch.Tensor, w: torch.Tensor, inv_temp: float) -> torch.Tensor:
+    """The fused output layer's matmul input: in the weight's dtype (as megatron's output layer), and for
+    fp32 weights with the temperature folded in ((h / T) @ W^T, the same logits within fp32 rounding,
+    one pass over every logits tile fewer). Low-precision weights keep megatron's order: logits of the
+    rounded input, scaled in fp32."""
+    if w.dtype == torch.float32 and inv_temp != 1.0:
+        return hidden.float() * inv_temp
+    return hidden.to(w.dtype)
+
+
+def _online_statistics(hidden: torch.Tensor, w: torch.Tensor, local_lab: torch.Tensor, inv_temp: float, cols: int,
+                       scratch: _Scratch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One row block's statistics (`hidden` from `_matmul_input`) over this rank's real columns `w`
+    [n_valid, h], read `cols` vocab entries at a time with an online (flash-style) log-sum-exp: per row
+    the running max m, S = sum exp(z - m), T = sum exp(z - m) (z - m), rescaled when m grows, and the
+    label's scaled logit (from the chunk that holds it; 0 where this rank holds no label). Returns
+    (m, S, T, label logit); m is -inf and S = T = 0 on a rank without real columns."""
+    rows, n_valid = hidden.shape[0], w.shape[0]
+    m = torch.full((rows,), float("-inf"), device=hidden.device)
+    big_s, big_t, picked = torch.zeros_like(m), torch.zeros_like(m), torch.zeros_like(m)
+    for c0 in range(0, n_valid, cols):
+        c1 = min(n_valid, c0 + cols)
+        z = _logits_into(scratch(0, rows, c1 - c0), hidden, w[c0:c1])
+        if inv_temp != 1.0 and w.dtype != torch.float32:  # fp32: folded into `hidden` by the caller
+            z *= inv_temp
+        lab = local_lab - c0
+        inside = (lab >= 0) & (lab < c1 - c0)
+        picked = torch.where(inside, z.gather(1, lab.clamp(0, c1 - c0 - 1)[:, None])[:, 0], picked)
+        new_m = z.max(dim=-1).values if c0 == 0 else torch.maximum(m, z.max(dim=-1).values)
+        z -= new_m[:, None]
+        ez = torch.exp(z, out=scratch(1, rows, c1 - c0))
+        s_c = ez.sum(-1)
+        t_c = ez.mul_(z).sum(-1)  # in place on the exp buffer: no fresh chunk-sized product
+        if c0 == 0:
+            big_s, big_t = s_c, t_c
+        else:  # sum e^(z - m') (z - m') = a (T + d S) with d = m - m' <= 0, a = e^d
+            d = m - new_m
+            a = d.exp()
+            big_t = a * (big_t + d * big_s) + t_c
+            big_s = a * big_s + s_c
+        m = new_m
+    return m, big_s, big_t, picked
 
 
 class _FusedLinearLogProbEntropy(torch.autograd.Function):
     """(log p(label), entropy) per row of softmax((hidden @ weight.T) * inv_temp) over the real vocab:
-    the output layer fused with `_LogProbEntropy`, so logits exist one chunk of rows at a time, in
-    the forward and again (recomputed) in the backward. `hidden` [n, h] is the full (TP-replicated)
-    input, `weight` [vocab/TP, h] this rank's vocab slice; the returned grad of `hidden` is this
-    rank's partial sum (the caller's TP region reduces it, as ColumnParallelLinear's input grad is)."""
+    the output layer fused with the log-softmax, so logits exist one tile at a time, in the forward and
+    again (recomputed) in the backward. `hidden` [n, h] is the full (TP-replicated) input, `weight`
+    [vocab/TP, h] this rank's vocab slice; the returned grad of `hidden` is this rank's partial sum (the
+    caller's TP region reduces it, as ColumnParallelLinear's input grad is).
+
+    Tiles are chunks of vocab *columns* over (up to `rows` of) all the tokens, not chunks of tokens
+    over the whole vocab: the weight is streamed once per pass rather than once per token chunk, and
+    in the backward each vocab slice of the weight's gradient is one `[cols, tokens] @ [tokens, h]`
+    matmul (K = the tokens, not a chunk's ~110 rows), written once. The forward's statistics come from
+    an online log-sum-exp across the column chunks (`_online_statistics`); the backward's gradient of
+    a column chunk is elementwise given the per-row log-normaliser and entropy (`_chunk_grad`)."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, vocab_size: int,
-                inv_temp: float, chunk_elements: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+                inv_temp: float, chunk_elements: int | None, chunk_columns: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         local = weight.shape[0]
         n = hidden.shape[0]
         n_valid = _valid_columns(local, vocab_size)
@@ -212,19 +289,32 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
         rank, _, group = _tp()
         logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
         entropy, lse = torch.empty_like(logp), torch.empty_like(logp)
-        step = _chunk_rows(local, chunk_elements)
-        scratch = _Scratch(min(step, n), n_valid, hidden.device, 2) if n else None
-        for s in range(0, n, step):
-            e = min(n, s + step)
+        rows, cols = _tiles(n, local, chunk_elements, chunk_columns)
+        scratch = _Scratch(min(rows, n) * min(cols, n_valid), hidden.device, 2) if n else None
+        local_lab = labels - rank * local
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
             # The matmul in the weight's dtype, as megatron's output layer does; statistics in fp32.
-            z = _logits_into(scratch(0, e - s), hidden[s:e], w)
-            if inv_temp != 1.0:
-                z *= inv_temp
-            logp[s:e], entropy[s:e], lse[s:e] = _chunk_statistics(z, labels[s:e] - rank * local, n_valid, group,
-                                                                  scratch(1, e - s))
+            m, big_s, big_t, picked = _online_statistics(_matmul_input(hidden[s:e], w, inv_temp), w, local_lab[s:e],
+                                                         inv_temp, cols, scratch)
+            inside = (local_lab[s:e] >= 0) & (local_lab[s:e] < n_valid)
+            if group is not None:  # one MAX and one SUM a row block combine the ranks' vocab slices
+                gmax = m.clone()
+                dist.all_reduce(gmax, op=dist.ReduceOp.MAX, group=group)
+                if n_valid:  # rescale to the global max (a rank without real columns has S = T = 0)
+                    d = m - gmax
+                    a = d.exp()
+                    big_t, big_s = a * (big_t + d * big_s), a * big_s
+                m = gmax
+            sums = torch.stack([big_s, torch.where(inside, picked - m, torch.zeros_like(m)), big_t])
+            if group is not None:
+                dist.all_reduce(sums, group=group)
+            log_norm = sums[0].log()
+            logp[s:e], entropy[s:e], lse[s:e] = sums[1] - log_norm, log_norm - sums[2] / sums[0], m + log_norm
         del scratch
         ctx.save_for_backward(hidden, weight, labels, lse, entropy)
-        ctx.vocab_size, ctx.inv_temp, ctx.chunk_elements = vocab_size, inv_temp, chunk_elements
+        ctx.vocab_size, ctx.inv_temp = vocab_size, inv_temp
+        ctx.chunk_elements, ctx.chunk_columns = chunk_elements, chunk_columns
         ctx.set_materialize_grads(False)
         return logp, entropy
 
@@ -238,34 +328,41 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
         rank = ps.get_tensor_model_parallel_rank()
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if want_h else None
-        # fp32 accumulation over chunks (megatron accumulates weight grads in fp32 main_grad too);
-        # padded vocab rows keep a zero gradient.
+        # fp32 (megatron accumulates weight grads in fp32 main_grad too); every real vocab row is written
+        # by its column chunk's first row block, so only the padded rows need zeros.
         grad_w = torch.empty(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
-        if grad_w is not None:  # the first chunk writes its rows (`mm(out=)`), so only the rest needs zeros
+        if grad_w is not None:
             grad_w[n_valid if n else 0:].zero_()
         g_lp = None if g_logp is None else g_logp.float()
         g_h = None if g_entropy is None else g_entropy.float()
-        step = _chunk_rows(local, ctx.chunk_elements)
+        rows, cols = _tiles(n, local, ctx.chunk_elements, ctx.chunk_columns)
         busy = n and n_valid and (want_h or want_w)
-        scratch = _Scratch(min(step, n), n_valid, hidden.device, 1 if g_h is None else 2) if busy else None
-        for s in range(0, n if busy else 0, step):
-            e = min(n, s + step)
-            h = hidden[s:e].to(w.dtype)
-            z = _logits_into(scratch(0, e - s), h, w)  # recomputed: the forward kept no logits
-            if ctx.inv_temp != 1.0:
-                z.mul_(ctx.inv_temp)
-            gz = _chunk_grad(z, lse[s:e], entropy[s:e], None if g_lp is None else g_lp[s:e],
-                             None if g_h is None else g_h[s:e], labels[s:e] - rank * local, n_valid, ctx.inv_temp,
-                             None if g_h is None else scratch(1, e - s))
-            if want_h:
-                grad_h[s:e] = (gz.to(w.dtype) @ w).float()
-            if want_w and s == 0:  # not zeros + addmm_: one fill of the [vocab, hidden] gradient fewer per call
-                torch.mm(gz.t(), h.float(), out=grad_w[:n_valid])
-            elif want_w:
-                grad_w[:n_valid].addmm_(gz.t(), h.float())
-            del z, gz
-        return (None if grad_h is None else grad_h.to(hidden.dtype), None if grad_w is None else grad_w.to(weight.dtype),
-                None, None, None, None)
+        scratch = _Scratch(min(rows, n) * min(cols, n_valid), hidden.device, 1 if g_h is None else 2) if busy else None
+        h_mm = _matmul_input(hidden, w, ctx.inv_temp)  # the forward's matmul input
+        h_w = hidden.to(w.dtype).float() if want_w else None  # the weight gradient's (unscaled), in fp32
+        local_lab = labels - rank * local
+        for c0 in range(0, n_valid if busy else 0, cols):
+            c1 = min(n_valid, c0 + cols)
+            w_c = w[c0:c1]
+            for s in range(0, n, rows):
+                e = min(n, s + rows)
+                z = _logits_into(scratch(0, e - s, c1 - c0), h_mm[s:e], w_c)  # recomputed: no logits were kept
+                if ctx.inv_temp != 1.0 and w.dtype != torch.float32:
+                    z.mul_(ctx.inv_temp)
+                gz = _chunk_grad(z, lse[s:e], entropy[s:e], None if g_lp is None else g_lp[s:e],
+                                 None if g_h is None else g_h[s:e], local_lab[s:e] - c0, c1 - c0, ctx.inv_temp,
+                                 None if g_h is None else scratch(1, e - s, c1 - c0))
+                if want_h and w.dtype == torch.float32:
+                    grad_h[s:e].addmm_(gz, w_c)
+                elif want_h:  # as megatron's input gradient: the matmul in the weight's dtype
+                    grad_h[s:e] += (gz.to(w.dtype) @ w_c).float()
+                if want_w and s == 0:  # this vocab slice's gradient, written once (no zeros + accumulate)
+                    torch.mm(gz.t(), h_w[s:e], out=grad_w[c0:c1])
+                elif want_w:
+                    grad_w[c0:c1].addmm_(gz.t(), h_w[s:e])
+                del z, gz
+        return (None if grad_h is None else grad_h.to(hidden.dtype),
+                None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None)
 
 
 def token_log_probs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, *,
@@ -280,16 +377,18 @@ def token_log_probs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, voca
 
 def output_log_probs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, vocab_size: int,
                                  *, select: torch.Tensor | None = None, temperature: float = 1.0,
-                                 sequence_parallel: bool = False, chunk_elements: int | None = None
-                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                                 sequence_parallel: bool = False, chunk_elements: int | None = None,
+                                 chunk_columns: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """megatron's output layer and `token_log_probs_and_entropy` fused, at the `select`ed positions only.
 
     hidden: the final (layer-normed) hidden states [s, b, h] as megatron's decoder returns them (this
     rank's sequence shard under sequence parallelism); weight: the output layer's vocab-parallel
     [vocab/TP, h] weight (the word embedding when tied); labels, select: [b, s].
     Returns log p(labels) and entropy of softmax(logits / temperature), [b, s] fp32, 0 where `select`
-    is False. Differentiable in hidden and weight; the weight's gradient is returned to autograd, so
-    megatron DDP's grad hooks and tied-embedding reduction see it as the output layer's would be."""
+    is False. Tiles: `chunk_columns` vocab entries (default CHUNK_COLUMNS) by as many tokens as keep a
+    tile within `chunk_elements` values (default CHUNK_ELEMENTS). Differentiable in hidden and weight;
+    the weight's gradient is returned to autograd, so megatron DDP's grad hooks and tied-embedding
+    reduction see it as the output layer's would be."""
     # The input's TP region exactly as ColumnParallelLinear enters it: every rank needs every selected
     # token (it holds a vocab slice), and the hidden-state gradient, partial per vocab slice, is summed
     # over TP on the way back (all-reduce; reduce-scatter back to the sequence shards under SP).
@@ -304,7 +403,7 @@ def output_log_probs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, lab
     pick = select.bool().t()
     inv_temp = 1.0 / temperature if temperature > 0 else 1.0
     logp, entropy = _FusedLinearLogProbEntropy.apply(hidden[pick], weight, labels.t()[pick], vocab_size, inv_temp,
-                                                     chunk_elements)
+                                                     chunk_elements, chunk_columns)
     zeros = torch.zeros(pick.shape, dtype=torch.float32, device=logp.device)
     return zeros.index_put((pick,), logp).t(), zeros.index_put((pick,), entropy).t()
 

@@ -5,8 +5,10 @@ float64 full-vocabulary reference; driven by test_fused_head.py. TP=1 here, then
     python tests/models/fused_head_worker.py --out DIR
 
 Writes DIR/tp{T}_rank{R}.pt: max abs differences of log-probs, entropies, the hidden states' and the
-weight's gradients, and every model parameter's gradient after a backward through megatron's schedule
-and DDP, for tied / untied embeddings, temperature 0.7, with and without sequence parallelism.
+weight's gradients (the op alone: tiles of token rows and of vocab columns, fp32 and bf16 weights,
+log-prob-only gradients, temperature 0.7 and 1), and every model parameter's gradient after a backward
+through megatron's schedule and DDP, for tied / untied embeddings, temperature 0.7, with and without
+sequence parallelism.
 """
 from __future__ import annotations
 
@@ -35,32 +37,90 @@ def inputs() -> dict[str, torch.Tensor]:
             "w_lp": torch.randn(ROWS, SEQ, generator=g), "w_h": torch.randn(ROWS, SEQ, generator=g)}
 
 
-def head_vs_float64(result: dict, rank: int, tp: int) -> None:
-    """The fused op alone: values and gradients of hidden and weight vs plain float64 autograd."""
+def _op_reference(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, select: torch.Tensor | None,
+                  temperature: float, entropy_grad: bool = True) -> tuple[torch.Tensor, ...]:
+    """Plain float64 autograd over the full real vocabulary: log-probs, entropy, grads of hidden and weight."""
+    c = inputs()
+    ref_h, ref_w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+    logq = torch.log_softmax((ref_h.transpose(0, 1) @ ref_w[:VOCAB].t()) / temperature, -1)
+    keep = torch.ones_like(labels, dtype=torch.bool) if select is None else select
+    ref_lp = logq.gather(-1, labels[..., None])[..., 0] * keep
+    ref_ent = -(logq.exp() * logq).sum(-1) * keep
+    ((c["w_lp"] * ref_lp).sum() + ((c["w_h"] * ref_ent).sum() if entropy_grad else 0.0)).backward()
+    return ref_lp, ref_ent, ref_h.grad, ref_w.grad
+
+
+def _op_errors(result: dict, key: str, ref: tuple, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+               select: torch.Tensor | None, rows: slice, temperature: float, entropy_grad: bool = True,
+               dtype: torch.dtype = torch.float32, **tiles) -> None:
     from mindrl.models.logprobs import output_log_probs_and_entropy
 
+    c = inputs()
+    h = hidden.float().requires_grad_(True)
+    w = weight[rows].to(dtype).requires_grad_(True)
+    lp, ent = output_log_probs_and_entropy(h, w, labels, VOCAB, select=select, temperature=temperature, **tiles)
+    ((c["w_lp"] * lp).sum() + (c["w_h"] * (ent if entropy_grad else ent.detach())).sum()).backward()
+    ref_lp, ref_ent, ref_hg, ref_wg = ref
+    result[key + "_logp"] = (lp.double() - ref_lp).abs().max().item()
+    result[key + "_entropy"] = (ent.double() - ref_ent).abs().max().item()
+    result[key + "_hgrad"] = (h.grad.double() - ref_hg).abs().max().item()
+    result[key + "_wgrad"] = (w.grad.double() - ref_wg[rows]).abs().max().item()
+
+
+def head_vs_float64(result: dict, rank: int, tp: int) -> None:
+    """The fused op alone: values and gradients of hidden and weight vs plain float64 autograd, for
+    tiles of one value, of whole token rows, and of vocab columns (`chunk_columns`, ragged last
+    chunk, several row blocks); padded vocab rows exist on every rank (TP1: 250 of 256; TP2: 128
+    and 122 of 128)."""
     g = torch.Generator().manual_seed(1)
     hidden = torch.randn(SEQ, ROWS, 32, generator=g, dtype=torch.float64)
     weight = torch.randn(256, 32, generator=g, dtype=torch.float64) * 0.5
     c = inputs()
-    ref_h, ref_w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
-    logq = torch.log_softmax((ref_h.transpose(0, 1) @ ref_w[:VOCAB].t()) / T, -1)
-    ref_lp = logq.gather(-1, c["labels"][..., None])[..., 0] * c["select"]
-    ref_ent = -(logq.exp() * logq).sum(-1) * c["select"]
-    ((c["w_lp"] * ref_lp).sum() + (c["w_h"] * ref_ent).sum()).backward()
     rows = slice(rank * 256 // tp, (rank + 1) * 256 // tp)
-    for chunk in (None, 1, 300):  # default, 1 token a chunk (128-256 columns), 2 tokens
-        h = hidden.float().requires_grad_(True)
-        w = weight[rows].float().requires_grad_(True)
-        lp, ent = output_log_probs_and_entropy(h, w, c["labels"], VOCAB, select=c["select"], temperature=T,
-                                               chunk_elements=chunk)
-        ((c["w_lp"] * lp).sum() + (c["w_h"] * ent).sum()).backward()
-        key = f"op_chunk{chunk}"
-        result[key + "_logp"] = (lp.double() - ref_lp).abs().max().item()
-        result[key + "_entropy"] = (ent.double() - ref_ent).abs().max().item()
-        result[key + "_hgrad"] = (h.grad.double() - ref_h.grad).abs().max().item()
-        result[key + "_wgrad"] = (w.grad.double() - ref_w.grad[rows]).abs().max().item()
-    result["op_grad_scale"] = min(ref_h.grad.abs().max().item(), ref_w.grad.abs().max().item())
+    ref = _op_reference(hidden, weight, c["labels"], c["select"], T)
+    for chunk in (None, 1, 300):  # default, 1 value a tile, 1 token x a rank's whole vocab
+        _op_errors(result, f"op_chunk{chunk}", ref, hidden, weight, c["labels"], c["select"], rows, T,
+                   chunk_elements=chunk)
+    result["op_grad_scale"] = min(ref[2].abs().max().item(), ref[3].abs().max().item())
+    # Every position selected, labels spread over the vocab so that every 7-column chunk holds some
+    # (the first and the last real column, both sides of TP2's 128 boundary, the ragged last chunk).
+    labels = (torch.arange(ROWS * SEQ).reshape(SEQ, ROWS).t() * VOCAB) // (ROWS * SEQ)
+    labels[-1, -1], labels[0, 0] = VOCAB - 1, 0
+    result["op_label_chunks"] = len(set((labels.reshape(-1) // 7).tolist()))
+    for temperature in (T, 1.0):
+        ref = _op_reference(hidden, weight, labels, None, temperature)
+        # 7 columns by all 48 tokens; 7 columns by 5 tokens (10 row blocks, the last ragged); 32 x 2
+        for elements, columns in ((None, 7), (40, 7), (64, 32)):
+            _op_errors(result, f"op_tile{elements}x{columns}_T{temperature}", ref, hidden, weight, labels, None, rows,
+                       temperature, chunk_elements=elements, chunk_columns=columns)
+    ref = _op_reference(hidden, weight, labels, None, T, entropy_grad=False)  # log-prob gradient only
+    _op_errors(result, "op_tile40x7_lponly", ref, hidden, weight, labels, None, rows, T, entropy_grad=False,
+               chunk_elements=40, chunk_columns=7)
+    # bf16 weights (megatron's bf16 output layer: the matmul in bf16, statistics in fp32) against the
+    # float64 reference of the same bf16-rounded weight and input: bf16 logits rounding only.
+    w16, h16 = weight.to(torch.bfloat16).double(), hidden.to(torch.bfloat16).double()
+    ref = _op_reference(h16, w16, labels, None, T)
+    for elements, columns in ((None, None), (40, 7)):
+        _op_errors(result, f"bf16_tile{elements}x{columns}", ref, h16, w16, labels, None, rows, T,
+                   dtype=torch.bfloat16, chunk_elements=elements, chunk_columns=columns)
+    # ... and against the unfused bf16 path as megatron runs it (bf16 logits of the whole vocab slice,
+    # then the row-chunked `token_log_probs_and_entropy`; bf16 autograd of the matmul): the same logits.
+    from mindrl.models.logprobs import token_log_probs_and_entropy
+    h = hidden.float().requires_grad_(True)
+    w = weight[rows].to(torch.bfloat16).requires_grad_(True)
+    # As ColumnParallelLinear: the input's gradient summed over the TP ranks' vocab slices (entered with a
+    # contiguous tensor: megatron's all-reduce would reduce a copy of a non-contiguous gradient).
+    from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
+    x = copy_to_tensor_model_parallel_region(h.transpose(0, 1).contiguous())
+    logits = (x.to(torch.bfloat16) @ w.t()).float()
+    lp, ent = token_log_probs_and_entropy(logits, labels, VOCAB, temperature=T)
+    ((c["w_lp"] * lp).sum() + (c["w_h"] * ent).sum()).backward()
+    ref = (lp.detach().double(), ent.detach().double(), h.grad.double(), None)
+    ref = ref[:3] + (torch.zeros(256, 32, dtype=torch.float64).index_copy_(0, torch.arange(rows.start, rows.stop),
+                                                                             w.grad.double()),)
+    _op_errors(result, "bf16_vs_unfused", ref, hidden, weight, labels, None, rows, T, dtype=torch.bfloat16,
+               chunk_elements=40, chunk_columns=7)
+    result["bf16_grad_scale"] = min(ref[2].abs().max().item(), ref[3].abs().max().item())
 
 
 def model_fused_vs_unfused(result: dict, tp: int, tied: bool, sp: bool) -> None:

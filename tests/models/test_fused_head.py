@@ -1,6 +1,8 @@
 """The output layer fused with the chunked log-probs, on selected (response) positions only, equals
 (1) a float64 full-vocabulary reference in log-probs, entropy and the hidden states' and weight's
-gradients, for several chunk sizes, and (2) the unfused path (full logits from megatron's output
+gradients, for tiles of token rows and of vocab columns (ragged last chunk, several row blocks, labels
+in every chunk, padded vocab rows), temperatures 0.7 and 1, log-prob-only gradients, and bf16 weights
+(also against megatron's unfused bf16 path), and (2) the unfused path (full logits from megatron's output
 layer, then `token_log_probs_and_entropy`) in log-probs, entropy and every model parameter's gradient
 after a backward through megatron's schedule and DDP; tied and untied embeddings, temperature 0.7,
 TP=1 and TP=2 (with and without sequence parallelism). Runs fused_head_worker.py in a fresh process."""
@@ -29,11 +31,28 @@ def test_all_ranks_reported(results):
 @pytest.mark.parametrize("run", ["tp1_rank0", "tp2_rank0", "tp2_rank1"])
 def test_fused_op_equals_float64_reference(results, run):
     r = results[run]
-    checked = [k for k in r if k.startswith("op_chunk")]
-    assert len(checked) == 3 * 4
+    checked = [k for k in r if k.startswith("op_") and k.endswith(("_logp", "_entropy", "_hgrad", "_wgrad"))]
+    # 3 token-row tilings; 3 vocab-column tilings x 2 temperatures; log-prob-only gradient: 4 values each
+    assert len(checked) == (3 + 3 * 2 + 1) * 4
     for k in checked:
         assert r[k] <= 2e-5, f"{run} {k}: {r[k]}"
     assert r["op_grad_scale"] > 0.1  # the gradients compared are not all ~0
+    assert r["op_label_chunks"] == 36  # the labels fall in every one of the 7-column chunks (250 = 35 x 7 + 5)
+
+
+@pytest.mark.parametrize("run", ["tp1_rank0", "tp2_rank0", "tp2_rank1"])
+def test_fused_op_bf16_weights(results, run):
+    """bf16 weights: within bf16 rounding of float64 on the rounded inputs, and the same logits (hence
+    log-probs to fp32 rounding) as megatron's unfused bf16 path; gradients within 2 bf16 ulps of it."""
+    r = results[run]
+    for tiles in ("bf16_tileNonexNone", "bf16_tile40x7"):
+        assert r[tiles + "_logp"] <= 0.06 and r[tiles + "_entropy"] <= 0.06, (run, tiles)
+        for grad in ("_hgrad", "_wgrad"):
+            assert r[tiles + grad] <= 0.03 * r["op_grad_scale"], (run, tiles, grad, r[tiles + grad])
+    assert r["bf16_vs_unfused_logp"] <= 2e-5 and r["bf16_vs_unfused_entropy"] <= 2e-5, run
+    assert r["bf16_vs_unfused_hgrad"] <= 0.02 * r["bf16_grad_scale"], run
+    assert r["bf16_vs_unfused_wgrad"] <= 0.02 * r["bf16_grad_scale"], run
+    assert r["bf16_grad_scale"] > 0.1
 
 
 @pytest.mark.parametrize("run", ["tp1_rank0", "tp2_rank0", "tp2_rank1"])
