@@ -4,8 +4,8 @@ at a time and reduced to the sampler's per-row statistics while the chunk is sti
 Why: at decode shapes the LM head dominates the rollout (the Qwen2-shaped h256 model with the 151,936-entry
 vocabulary: ~90% of the FLOPs). Unfused, every step writes the full [rows, vocab] fp32 logits (39 MB at 64
 rows, far more than the caches), the softmax reads and writes them again and the block sums read them once
-more. Here each chunk of `CHUNK` columns ([64, 2048] fp32 = 512 KiB, inside one core's L2) is written, then
-reduced at once: its per-row max, its softmax (one kernel: max, exp-sum, normalise) and that softmax's sums
+more. Here each chunk of `CHUNK` columns ([64, 8,192] fp32 = 2 MiB) is written, then reduced while it is
+still in cache: its per-row max, its softmax (one kernel: max, exp-sum, normalise) and that softmax's sums
 over each 1,024-column block of `sampling.inverse_cdf`. The chunk's softmax at its own max is 1 / s_c (s_c =
 sum exp(z - m_c) over the chunk), so block b's mass relative to the row's global max M is
 
@@ -33,7 +33,10 @@ import torch
 
 from mindrl.rollout.sampling import BLOCK, block_columns, choose_block, choose_entry, row_uniforms
 
-CHUNK = 2 * BLOCK  # vocab columns per LM-head chunk (a multiple of BLOCK, so blocks never straddle chunks)
+# Vocab columns per LM-head chunk: a multiple of BLOCK (blocks never straddle chunks); the packed LM head's piece
+# size (packed_linear.OUT_CHUNK). 2,048 (a [64, 2,048] fp32 chunk fits a core's 1 MiB L2 here) measured no faster:
+# per-chunk dispatch (~10 small ops) costs what the cache saves (docs/benchmarks.md).
+CHUNK = 8 * BLOCK
 
 
 class FusedHead:
