@@ -253,7 +253,7 @@ class _Batch:
         """One forward (prefill or one decode step) and the token choice it allows; True when done."""
         if not self.prefilled:  # prefill the common prefix, once per prompt
             first = torch.arange(0, len(self.buf), self.n, device=self.buf.device)
-            logits = self.engine.forward(self.buf[first, :self.min_len], self.ctx, hidden=self.head is not None)
+            logits = self.engine.forward(self.buf[first, :self.min_len], self.ctx, head_input=self.head is not None)
             expand = torch.arange(len(self.prompts), device=self.buf.device).repeat_interleave(self.n)
             self._reindex(expand)
             self.ctx.max_batch_size = len(self.buf)
@@ -261,7 +261,7 @@ class _Batch:
             self.pos, self.prefilled = self.min_len, True
         else:
             self.logits = self.engine.forward(self.buf[self.active, self.pos - 1:self.pos], self.ctx,
-                                              hidden=self.head is not None)
+                                              head_input=self.head is not None)
         self._choose()
         return len(self.active) == 0
 
@@ -449,9 +449,9 @@ class BuiltinRolloutEngine:
         """No-op."""
 
     # -- model calls ----------------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor, ctx: StaticInferenceContext, hidden: bool = False) -> torch.Tensor | None:
+    def forward(self, tokens: torch.Tensor, ctx: StaticInferenceContext, head_input: bool = False) -> torch.Tensor | None:
         """Last-position logits [rows, vocab] (fp32, full vocab, padding at -inf) for `tokens` [rows, s];
-        None on a pipeline stage before the last (which sends its hidden states on instead). `hidden`
+        None on a pipeline stage before the last (which sends its hidden states on instead). `head_input`
         (fused_sampler, under `_fused_head`): the last position's final hidden states [rows, hidden] instead."""
         start = ctx.sequence_len_offset
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device).expand_as(tokens)
@@ -465,7 +465,7 @@ class BuiltinRolloutEngine:
         if not self.last_stage:
             dist.send(out.to(self.pipeline_dtype).contiguous(), dst=self.next_rank, group=self.pp_group)
             return None
-        if hidden:
+        if head_input:
             return out[:, -1, :]  # the output layer returned its input
         logits = out[:, -1, :].float()
         if logits.shape[-1] > self.vocab_size:
