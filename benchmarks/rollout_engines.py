@@ -1,8 +1,8 @@
 """Rollout engines side by side: mindrl's built-in engine, real vLLM (CPU) and HF `generate`, same model,
 weights, prompts and sampling; generated tokens/s and ratios.
 
-    python -m benchmarks.rollout_engines [--models h256,0.5b] [--rows 64] [--new 64] [--rounds 3]
-                                         [--engines builtin,packed,fused,packed-fused,bf16,bf16-packed,vllm,hf] [--quick]
+    python -m benchmarks.rollout_engines [--models h256,0.5b] [--rows 64] [--new 64] [--rounds 3] [--quick]
+                                         [--engines builtin,packed,fused,packed-fused,bf16,bf16-packed,vllm,hf]
                                          [--profile N]
 
 Models (random weights, seed 0, fp32, tied embeddings, the real Qwen2.5 vocabulary of 151,936 rows):
@@ -80,7 +80,8 @@ def save_hf(name: str, workdir: Path) -> Path:
 
 # The built-in engine's variants: generate_config (dtype, packed_linear, fused_sampler) -> the column's name.
 BUILTIN = {"builtin": ("auto", False, False, "built-in"), "packed": ("auto", True, False, "built-in packed"),
-           "fused": ("auto", False, True, "built-in fused"), "packed-fused": ("auto", True, True, "built-in packed fused"),
+           "fused": ("auto", False, True, "built-in fused"),
+           "packed-fused": ("auto", True, True, "built-in packed fused"),
            "bf16": ("bfloat16", False, False, "built-in bf16 copy"),
            "bf16-packed": ("bfloat16", True, False, "built-in bf16 packed")}
 

@@ -449,7 +449,8 @@ class BuiltinRolloutEngine:
         """No-op."""
 
     # -- model calls ----------------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor, ctx: StaticInferenceContext, head_input: bool = False) -> torch.Tensor | None:
+    def forward(self, tokens: torch.Tensor, ctx: StaticInferenceContext,
+                head_input: bool = False) -> torch.Tensor | None:
         """Last-position logits [rows, vocab] (fp32, full vocab, padding at -inf) for `tokens` [rows, s];
         None on a pipeline stage before the last (which sends its hidden states on instead). `head_input`
         (fused_sampler, under `_fused_head`): the last position's final hidden states [rows, hidden] instead."""

@@ -74,7 +74,8 @@ class FusedHead:
         return run
 
     @staticmethod
-    def _packed(fn: Callable[..., torch.Tensor], b: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    def _packed(fn: Callable[..., torch.Tensor],
+                b: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], None]:
         def run(x: torch.Tensor, out: torch.Tensor) -> None:
             out.copy_(fn(x, b))
         return run
