@@ -178,14 +178,17 @@ def test_factory_refuses_without_a_packer():
 @pytest.mark.slow
 @pytest.mark.megatron
 @needs_onednn
-def test_grpo_step_with_packed_linear(tiny_demo, tmp_path):
-    """The trainer's path (`train_grpo`, `build_rollout(..., backend=)`): with packed_linear on, step 1's rollout
-    log-probs equal the training forward's (`rollout/logprob_diff_*`, the same bounds as the plain path's in
-    tests/trainer/test_grpo_e2e.py). Without the backend reaching the factory the run fails at start-up."""
+@pytest.mark.parametrize("fused", [False, True], ids=["packed", "packed-fused"])
+def test_grpo_step_with_packed_linear(tiny_demo, tmp_path, fused):
+    """The trainer's path (`train_grpo`, `build_rollout(..., backend=)`): with packed_linear on (and fused_sampler),
+    step 1's rollout log-probs equal the training forward's (`rollout/logprob_diff_*`, the same bounds as the
+    plain path's in tests/trainer/test_grpo_e2e.py). Without the backend reaching the factory the run fails at
+    start-up."""
     from tests.trainer.test_grpo_e2e import metrics, run, train_cmd
 
     out = tmp_path / "run"
-    proc = run(train_cmd(tiny_demo, out, "megatron_training.train_iters=1", "generate_config.packed_linear=true"))
+    proc = run(train_cmd(tiny_demo, out, "megatron_training.train_iters=1", "generate_config.packed_linear=true",
+                         f"generate_config.fused_sampler={'true' if fused else 'false'}"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     step1 = metrics(out)[0]
     assert step1["rollout/logprob_diff_mean"] < 1e-5 and step1["rollout/logprob_diff_max"] < 1e-4, step1
