@@ -1,8 +1,8 @@
 """Rollout engines side by side: mindrl's built-in engine, real vLLM (CPU) and HF `generate`, same model,
 weights, prompts and sampling; generated tokens/s and ratios.
 
-    python -m benchmarks.rollout_engines [--models h256,0.5b] [--rows 64] [--new 64] [--rounds 3]
-                                         [--engines builtin,packed,bf16,bf16-packed,vllm,hf] [--quick]
+    python -m benchmarks.rollout_engines [--models h256,0.5b] [--rows 64] [--new 64] [--rounds 3] [--quick]
+                                         [--engines builtin,packed,fused,packed-fused,bf16,bf16-packed,vllm,hf]
                                          [--profile N]
 
 Models (random weights, seed 0, fp32, tied embeddings, the real Qwen2.5 vocabulary of 151,936 rows):
@@ -17,7 +17,8 @@ cores; vLLM is built last because it patches `torch.set_num_threads` away):
 - built-in: a megatron-core GPTModel built from the HF config (the actor), weights loaded from the HF
   folder (`HFShardLoader`), and one `RolloutRunner` per variant from the trainer's own `build_rollout`:
   `builtin` (generate_config defaults: shares the actor's weights), `packed` (`packed_linear: true`:
-  weights packed inside every timed call), `bf16` (`dtype: bfloat16`: a rollout copy, the weights pushed
+  weights packed inside every timed call), `fused` / `packed-fused` (`fused_sampler: true`: the LM head fused
+  with the sampler, plain / packed), `bf16` (`dtype: bfloat16`: a rollout copy, the weights pushed
   into it inside every timed call, as after every optimizer step), `bf16-packed` (both);
 - vLLM: `vllm.LLM` in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, the `uni` executor,
   `enforce_eager=True`, VLLM_CPU_KVCACHE_SPACE=1 GiB), its defaults otherwise (prefix caching on, so
@@ -77,9 +78,12 @@ def save_hf(name: str, workdir: Path) -> Path:
     return out
 
 
-# The built-in engine's variants: generate_config (dtype, packed_linear) -> the column's name.
-BUILTIN = {"builtin": ("auto", False, "built-in"), "packed": ("auto", True, "built-in packed"),
-           "bf16": ("bfloat16", False, "built-in bf16 copy"), "bf16-packed": ("bfloat16", True, "built-in bf16 packed")}
+# The built-in engine's variants: generate_config (dtype, packed_linear, fused_sampler) -> the column's name.
+BUILTIN = {"builtin": ("auto", False, False, "built-in"), "packed": ("auto", True, False, "built-in packed"),
+           "fused": ("auto", False, True, "built-in fused"),
+           "packed-fused": ("auto", True, True, "built-in packed fused"),
+           "bf16": ("bfloat16", False, False, "built-in bf16 copy"),
+           "bf16-packed": ("bfloat16", True, False, "built-in bf16 packed")}
 
 
 def build_builtin(hf_dir: Path, variants: list[str]) -> dict:  # noqa: ANN201
@@ -107,8 +111,8 @@ def build_builtin(hf_dir: Path, variants: list[str]) -> dict:  # noqa: ANN201
     torch.set_num_threads(threads())
     runners = {}
     for v in variants:
-        dtype, packed, _ = BUILTIN[v]
-        gen = GenerateConfig(dtype=dtype, packed_linear=packed)
+        dtype, packed, fused, _ = BUILTIN[v]
+        gen = GenerateConfig(dtype=dtype, packed_linear=packed, fused_sampler=fused)
         runner = build_rollout(gen, plan=model.plan, actor_chunks=model.chunks, tokenizer=None,
                                core_attention=backend.core_attention_cls(), seed=0, backend=backend,
                                use_cpu_initialization=backend.use_cpu_initialization)
@@ -169,7 +173,7 @@ def run_model(name: str, workdir: Path, rows: int, new: int, rounds: int, engine
                 return [(o.token_ids, o.logprobs) for o in runner.generate(prompts, sp)]
             return call
         for v, runner in runners.items():
-            calls[BUILTIN[v][2]] = outputs[BUILTIN[v][2]] = builtin_call(runner)
+            calls[BUILTIN[v][3]] = outputs[BUILTIN[v][3]] = builtin_call(runner)
     torch.set_num_threads(threads())
     hf = None
     if "hf" in engines or (variants and logprobs):
@@ -222,8 +226,8 @@ def run_model(name: str, workdir: Path, rows: int, new: int, rounds: int, engine
         info[k] = hf_logprob_diff(hf, prompts, fn()) if hf is not None and logprobs else {}
     for v in variants:
         runner = runners[v]
-        info[BUILTIN[v][2]]["pack_s"] = runner.engine.last_pack_seconds
-        info[BUILTIN[v][2]]["push_s"] = runner.last_push.get("seconds", 0.0)
+        info[BUILTIN[v][3]]["pack_s"] = runner.engine.last_pack_seconds
+        info[BUILTIN[v][3]]["push_s"] = runner.last_push.get("seconds", 0.0)
     if profile:
         for k in [k for k in calls if k.startswith("built-in") or k == "vLLM (CPU)"]:
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -238,7 +242,7 @@ def run_model(name: str, workdir: Path, rows: int, new: int, rounds: int, engine
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="h256,0.5b")
-    p.add_argument("--engines", default="builtin,packed,bf16,bf16-packed,vllm,hf")
+    p.add_argument("--engines", default="builtin,packed,fused,packed-fused,bf16,bf16-packed,vllm,hf")
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--new", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)

@@ -233,6 +233,11 @@ class GenerateConfig:
     # redone every call, since the weights change every step. Refused where the backend has no packed linear for
     # the rollout dtype. See docs/rollout.md.
     packed_linear: bool = False
+    # Built-in engine, TP=1, temperature sampling without top-k / top-p / min-p: the LM head runs one vocabulary
+    # chunk at a time fused with the sampler (no full logits pass through memory; rows still inside their prompt
+    # skip the LM head). The same distribution as the unfused sampler, up to fp rounding; other cases keep the
+    # unfused path. See docs/rollout.md.
+    fused_sampler: bool = False
     sampling_config: SamplingConfig = field(default_factory=SamplingConfig)
 
 

@@ -286,6 +286,9 @@ def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list
             errors += vllm_cpu_attention_errors(hf)
     if g.packed_linear:
         errors += _packed_linear_errors(cfg)
+    if g.fused_sampler and g.engine != "builtin":
+        errors.append(f"generate_config.fused_sampler=true is for engine=builtin (engine={g.engine} runs its own "
+                      "sampler); set it to false")
     if g.offload_train_state:
         train_dtype = "bfloat16" if cfg.megatron_training.bf16 else "float32"
         shared = (g.engine == "builtin" and (tp, ep) == (a.tensor_model_parallel_size, a.expert_model_parallel_size)

@@ -56,6 +56,7 @@ from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParall
 from megatron.core.transformer.attention import Attention
 
 from mindrl.rollout.base import RolloutOutput, SamplingParams
+from mindrl.rollout.fused_head import FusedHead
 from mindrl.rollout.sampling import row_keys, sample, splitmix64_py
 from mindrl.rollout.stops import StopChecker
 
@@ -173,12 +174,57 @@ def _packed_linears(model: torch.nn.Module, packer: Any, rows: int, clock: list[
         buffers.clear()
 
 
+class _HeadInput:
+    """`fused_sampler`: the output layer's input and weight, recorded by `_fused_head` instead of its logits."""
+
+    def __init__(self, engine: "BuiltinRolloutEngine", packer: Any, rows: int, clock: list[float]) -> None:
+        self.engine, self.packer, self.rows, self.clock = engine, packer, rows, clock
+        self.head: FusedHead | None = None
+        self.weight: torch.Tensor | None = None
+
+    def sampler(self, weight: torch.Tensor, bias: torch.Tensor | None) -> FusedHead:
+        """The fused head on this call's LM-head weight (built, and packed, at its first use in the call)."""
+        if self.head is None or weight is not self.weight:
+            import time
+
+            t0 = time.perf_counter()
+            self.head = FusedHead(weight, bias, self.engine.vocab_size, packer=self.packer, rows=self.rows)
+            self.weight = weight
+            if self.packer is not None:
+                self.clock[0] += time.perf_counter() - t0
+        return self.head
+
+
+@contextmanager
+def _fused_head(model: torch.nn.Module, state: _HeadInput) -> Iterator[None]:
+    """The output layer returns its input (the final hidden states) for this call, and records its weight (the
+    embedding's when tied) in `state`: the engine then computes the LM head fused with the sampler
+    (mindrl/rollout/fused_head.py), and only for the rows that sample. TP=1 only (the caller checks)."""
+    inner = _unwrap(model)
+    layer = getattr(inner, "output_layer", None) if getattr(inner, "post_process", False) else None
+    if layer is None:
+        yield
+        return
+
+    def forward(input_: torch.Tensor, weight: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
+        w = layer.weight if weight is None else weight
+        bias = None if layer.skip_bias_add else layer.bias
+        state.sampler(w, bias)
+        return input_, None
+    layer.forward = forward  # this instance only, for this call
+    try:
+        yield
+    finally:
+        layer.__dict__.pop("forward", None)
+
+
 class _Batch:
     """One static batch: prompts (each sampled `n` times) from prefill to the last finished row."""
 
     def __init__(self, engine: "BuiltinRolloutEngine", prompts: list[tuple[int, list[int]]], params: SamplingParams,
-                 seed: int) -> None:
+                 seed: int, head: _HeadInput | None = None) -> None:
         self.engine, self.params, self.n = engine, params, params.n
+        self.head = head  # fused_sampler: `self.logits` holds the final hidden states, the head runs in `_choose`
         device = engine.device
         self.prompts = prompts
         lens = [len(p) for _, p in prompts]
@@ -207,14 +253,15 @@ class _Batch:
         """One forward (prefill or one decode step) and the token choice it allows; True when done."""
         if not self.prefilled:  # prefill the common prefix, once per prompt
             first = torch.arange(0, len(self.buf), self.n, device=self.buf.device)
-            logits = self.engine.forward(self.buf[first, :self.min_len], self.ctx)
+            logits = self.engine.forward(self.buf[first, :self.min_len], self.ctx, head_input=self.head is not None)
             expand = torch.arange(len(self.prompts), device=self.buf.device).repeat_interleave(self.n)
             self._reindex(expand)
             self.ctx.max_batch_size = len(self.buf)
             self.logits = None if logits is None else logits[expand]
             self.pos, self.prefilled = self.min_len, True
         else:
-            self.logits = self.engine.forward(self.buf[self.active, self.pos - 1:self.pos], self.ctx)
+            self.logits = self.engine.forward(self.buf[self.active, self.pos - 1:self.pos], self.ctx,
+                                              head_input=self.head is not None)
         self._choose()
         return len(self.active) == 0
 
@@ -227,12 +274,19 @@ class _Batch:
             tokens = logps = None
             if self.logits is not None:  # the last pipeline stage (every rank when PP=1)
                 # Every row sampling (the usual case past the longest prompt): no copy of the logits.
+                # fused_sampler: these are hidden states, so rows still inside their prompt skip the LM head.
                 logits = self.logits if len(rows) == len(started) else self.logits[started]
-                if self.probs is None or self.probs.shape[1] != logits.shape[1]:
-                    self.probs = torch.empty(len(self.buf), logits.shape[1], dtype=torch.float32, device=logits.device)
-                tokens, logps = sample(logits, temperature=p.temperature, top_k=p.top_k,
-                                       top_p=p.top_p, min_p=p.min_p, keys=self.keys[rows],
-                                       steps=self.pos - self.prompt_len[rows], probs_out=self.probs[:len(rows)])
+                if self.head is not None:
+                    assert self.head.head is not None, "the output layer did not run"
+                    tokens, logps = self.head.head.sample(logits, temperature=p.temperature, keys=self.keys[rows],
+                                                          steps=self.pos - self.prompt_len[rows])
+                else:
+                    if self.probs is None or self.probs.shape[1] != logits.shape[1]:
+                        self.probs = torch.empty(len(self.buf), logits.shape[1], dtype=torch.float32,
+                                                 device=logits.device)
+                    tokens, logps = sample(logits, temperature=p.temperature, top_k=p.top_k,
+                                           top_p=p.top_p, min_p=p.min_p, keys=self.keys[rows],
+                                           steps=self.pos - self.prompt_len[rows], probs_out=self.probs[:len(rows)])
             tokens, logps = self.engine.share_choice(tokens, logps, len(rows))
             self.buf[rows, self.pos] = tokens
             for r, t, lp in zip(rows.tolist(), tokens.tolist(), logps.tolist()):
@@ -271,12 +325,15 @@ class BuiltinRolloutEngine:
     seed: mixed with the data-parallel rank and a call counter when `SamplingParams.seed` is None.
     linear_packer: the backend's `linear_packer(dtype)` (generate_config.packed_linear): every linear runs on
     weights packed once per `generate` call (`_packed_linears`); None: megatron's own matmuls.
+    fused_sampler: (generate_config.fused_sampler) at TP=1, for temperature sampling without top-k / top-p / min-p,
+    the LM head runs fused with the sampler (mindrl/rollout/fused_head.py; on its own packed chunks with
+    `linear_packer`), only for the rows that sample; otherwise the unfused path.
     """
 
     def __init__(self, model: torch.nn.Module | Sequence[torch.nn.Module], *, vocab_size: int,
                  eos_token_id: int | Sequence[int] | None = None, tokenizer: Any = None,
                  max_batch_size: int = 256, seed: int = 0, weight_loader: Any = None,
-                 linear_packer: Any = None) -> None:
+                 linear_packer: Any = None, fused_sampler: bool = False) -> None:
         if isinstance(model, Sequence):
             if len(model) != 1:
                 raise ValueError(f"the built-in rollout engine needs one model chunk, got {len(model)} "
@@ -306,6 +363,7 @@ class BuiltinRolloutEngine:
         self.seed = seed
         self.weight_loader = weight_loader
         self.linear_packer = linear_packer
+        self.fused_sampler = fused_sampler
         self.last_pack_seconds = 0.0  # time the last `generate` spent packing weights (linear_packer only)
         self._calls = 0
         self.device = next(_unwrap(model).parameters()).device
@@ -346,11 +404,14 @@ class BuiltinRolloutEngine:
         clock = [0.0]
         packed = (nullcontext() if self.linear_packer is None else
                   _packed_linears(self.model, self.linear_packer, min(len(indexed), per_batch) * params.n, clock))
-        with _inference_mode(self.model), self._pipeline_input_reset(), packed:
+        head = (_HeadInput(self, self.linear_packer, min(len(indexed), per_batch) * params.n, clock)
+                if self._fuses(params) else None)
+        fused = nullcontext() if head is None else _fused_head(self.model, head)
+        with _inference_mode(self.model), self._pipeline_input_reset(), packed, fused:
             current: _Batch | None = None
             while True:
                 if current is None and batches:
-                    current = _Batch(self, batches.pop(0), params, seed)
+                    current = _Batch(self, batches.pop(0), params, seed, head)
                 if not self._anyone_busy(current is not None):
                     break
                 if current is None:
@@ -362,6 +423,15 @@ class BuiltinRolloutEngine:
         for o in results:
             o.prompt_index = position[o.prompt_index]
         return results
+
+    def _fuses(self, params: SamplingParams) -> bool:
+        """fused_sampler applies: temperature sampling with no filter (they need the whole distribution), TP=1
+        (a vocab-parallel head would need the per-row max and block sums all-reduced and the chosen block's
+        logits sent from the rank that owns them every step; TP>1 keeps megatron's gathered logits)."""
+        tp = ps.get_tensor_model_parallel_world_size() if ps.model_parallel_is_initialized() else 1
+        filtered = (params.top_k is not None and 0 < params.top_k < self.vocab_size) or params.top_p < 1.0 \
+            or params.min_p > 0.0
+        return self.fused_sampler and params.temperature > 0 and not filtered and tp == 1
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """HF-named full tensors into this engine's own shard (`weight_loader`, a
@@ -379,9 +449,11 @@ class BuiltinRolloutEngine:
         """No-op."""
 
     # -- model calls ----------------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor, ctx: StaticInferenceContext) -> torch.Tensor | None:
+    def forward(self, tokens: torch.Tensor, ctx: StaticInferenceContext,
+                head_input: bool = False) -> torch.Tensor | None:
         """Last-position logits [rows, vocab] (fp32, full vocab, padding at -inf) for `tokens` [rows, s];
-        None on a pipeline stage before the last (which sends its hidden states on instead)."""
+        None on a pipeline stage before the last (which sends its hidden states on instead). `head_input`
+        (fused_sampler, under `_fused_head`): the last position's final hidden states [rows, hidden] instead."""
         start = ctx.sequence_len_offset
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device).expand_as(tokens)
         if not self.first_stage:
@@ -394,6 +466,8 @@ class BuiltinRolloutEngine:
         if not self.last_stage:
             dist.send(out.to(self.pipeline_dtype).contiguous(), dst=self.next_rank, group=self.pp_group)
             return None
+        if head_input:
+            return out[:, -1, :]  # the output layer returned its input
         logits = out[:, -1, :].float()
         if logits.shape[-1] > self.vocab_size:
             logits[:, self.vocab_size:] = float("-inf")  # TP vocab padding: never a token

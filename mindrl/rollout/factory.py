@@ -8,6 +8,8 @@
   shares the actor's live weights; anything else builds a rollout copy and pushes weights into it.
 - `packed_linear` (built-in engine): the backend's `linear_packer` for the rollout dtype goes to the engine,
   which packs every linear weight once per `generate` call (refused where the backend has none).
+- `fused_sampler` (built-in engine): the LM head fused with the sampler where it applies (TP=1, temperature
+  sampling without filters; mindrl/rollout/fused_head.py).
 - `max_num_seqs` bounds the rows of a batch; `max_model_len` bounds prompt + max_tokens (checked by
   validate(), and passed to vLLM); `gpu_memory_utilization` goes to vLLM (`build_vllm`); `weight_bucket_mb` sizes
   the push buckets; `offload_train_state` is honoured by the caller passing `train_state`.
@@ -86,7 +88,7 @@ def build_rollout(gen_cfg: Any, *, plan: Any, actor_chunks: Sequence[torch.nn.Mo
                              "here (same layout and dtype); there is no rollout phase to offload around")
         engine = ROLLOUT_ENGINES["builtin"].from_plan(plan, list(actor_chunks), tokenizer=tokenizer, eos_token_id=eos,
                                                       seed=seed, max_batch_size=gen_cfg.max_num_seqs,
-                                                      linear_packer=packer)
+                                                      linear_packer=packer, fused_sampler=gen_cfg.fused_sampler)
         return RolloutRunner(engine, shared=True, seed=seed)
     layout = rollout_layout(gen_cfg, plan.layout.tp, plan.layout.ep)
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -100,7 +102,7 @@ def build_rollout(gen_cfg: Any, *, plan: Any, actor_chunks: Sequence[torch.nn.Mo
                                     dtype=rollout_dtype(gen_cfg, plan.config.params_dtype),
                                     use_cpu_initialization=use_cpu_initialization,
                                     make_vocab_size_divisible_by=make_vocab_size_divisible_by,
-                                    linear_packer=packer)
+                                    linear_packer=packer, fused_sampler=gen_cfg.fused_sampler)
         return RolloutRunner(engine, state=state, replica=state.replica(), replica_leader=state.tp_rank() == 0,
                              **common)
     replica = rank // layout.tp  # vLLM's external launcher: consecutive ranks form one TP instance

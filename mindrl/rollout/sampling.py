@@ -105,14 +105,35 @@ def inverse_cdf(weights: torch.Tensor, u: torch.Tensor, block: int = BLOCK) -> t
         sums.append(weights[:, :full].unflatten(-1, (full // block, block)).sum(-1))
     if full < vocab:
         sums.append(weights[:, full:].sum(-1, keepdim=True))
-    cum = torch.cumsum(torch.cat(sums, dim=-1).double(), dim=-1)  # [rows, blocks], tiny
+    choice = choose_block(torch.cat(sums, dim=-1), u)
+    cols = block_columns(choice[0], block, vocab)
+    inside = weights.gather(1, cols.clamp(max=vocab - 1)).double()
+    return choose_entry(inside, cols, choice, block, vocab)
+
+
+def choose_block(sums: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """inverse_cdf's first level: the block [rows] chosen by `u` against the float64 cumulative `sums`
+    [rows, blocks] (any common scale per row), with what the second level needs: (block, target, mass
+    before the block, the block's mass, the row's total mass)."""
+    cum = torch.cumsum(sums.double(), dim=-1)  # [rows, blocks], tiny
     target = u.double() * cum[:, -1]
     b = torch.searchsorted(cum, target[:, None], right=True)[:, 0].clamp_(max=cum.shape[1] - 1)
     before = torch.where(b > 0, cum.gather(1, (b - 1).clamp(min=0)[:, None])[:, 0], torch.zeros_like(target))
     mass = cum.gather(1, b[:, None])[:, 0] - before
-    cols = b[:, None] * block + torch.arange(block, device=weights.device)[None, :]
-    inside = weights.gather(1, cols.clamp(max=vocab - 1)).double()
-    inside = inside.masked_fill(cols >= vocab, 0.0) if full < vocab else inside  # tail block's overhang
+    return b, target, before, mass, cum[:, -1]
+
+
+def block_columns(b: torch.Tensor, block: int, vocab: int) -> torch.Tensor:
+    """The vocabulary columns [rows, block] of each row's block `b` (the tail block's overhang >= vocab)."""
+    return b[:, None] * block + torch.arange(block, device=b.device)[None, :]
+
+
+def choose_entry(inside: torch.Tensor, cols: torch.Tensor, choice: tuple[torch.Tensor, ...], block: int,
+                 vocab: int) -> torch.Tensor:
+    """inverse_cdf's second level: the token inside the chosen block, from the block's float64 weights `inside`
+    [rows, block] (any scale per row) at `cols` (block_columns) and `choice` (choose_block)."""
+    b, target, before, mass, _ = choice
+    inside = inside.masked_fill(cols >= vocab, 0.0)  # the tail block's overhang
     within = torch.cumsum(inside, dim=-1)
     rest = ((target - before) / mass).clamp_(0.0, 1.0) * within[:, -1]
     j = torch.searchsorted(within, rest[:, None], right=True)

@@ -68,12 +68,27 @@ def check(arch: str, args: argparse.Namespace, backend) -> dict:
     r["gate_diff"] = max_diff(r["packed_sampled"], ref)
     ref_g, argmax = teacher_forced(model.chunks[0], r["packed_greedy"], 0.0, plan.vocab_size, 1)
     r["greedy_is_argmax"] = all(o.token_ids == a.tolist() for o, a in zip(r["packed_greedy"], argmax))
+    # fused_sampler (plain and packed): the LM head fused with the sampler, only for the rows that sample.
+    fused = BuiltinRolloutEngine.from_plan(plan, model.chunks, fused_sampler=True, **kw)
+    packed_fused = BuiltinRolloutEngine.from_plan(plan, model.chunks, linear_packer=packer, fused_sampler=True, **kw)
+    r["fused_sampled"] = fused.generate(ps_, sp)
+    r["packed_fused_sampled"] = packed_fused.generate(ps_, sp)
+    r["fused_again"] = packed_fused.generate(ps_, sp)
+    r["fused_greedy"] = packed_fused.generate(ps_, gp)  # greedy: the unfused path
+    # A prompt's samples do not depend on the other prompts of the call (prompt_keys keep its seeds).
+    r["fused_subset"] = packed_fused.generate(ps_[1::2], sp, prompt_keys=list(range(1, len(ps_), 2)))
+    r["fused_used"] = packed_fused._fuses(sp) and not packed_fused._fuses(gp)
+    for name in ("fused_sampled", "packed_fused_sampled"):
+        ref_f, _ = teacher_forced(model.chunks[0], r[name], 0.8, plan.vocab_size, 1)
+        r[name + "_gate"] = max_diff(r[name], ref_f)
     # Weights change between calls (an optimizer step): the next call packs the new weights.
     with torch.no_grad():
         for p in model.chunks[0].parameters():
             p.mul_(1.01)
     r["after_update_plain"] = plain.generate(ps_, gp)
     r["after_update_packed"] = packed.generate(ps_, gp)
+    r["after_update_fused"] = packed_fused.generate(ps_, sp)
+    r["after_update_plain_sampled"] = plain.generate(ps_, sp)
     for k, v in list(r.items()):
         if isinstance(v, list) and v and hasattr(v[0], "token_ids"):
             r[k] = [(o.token_ids, o.logprobs) for o in v]

@@ -109,6 +109,36 @@ def test_packed_is_deterministic_and_follows_weight_changes(packed_run, arch):
     assert same and diff <= TOL, f"{arch}: after a weight change the packed engine kept stale weights ({diff})"
 
 
+@pytest.mark.megatron
+@pytest.mark.parametrize("arch", ["qwen2", "deepseek_v3"])
+def test_fused_sampler_matches_plain_path_and_training(packed_run, arch):
+    """generate_config.fused_sampler: the LM head fused with the sampler (mindrl/rollout/fused_head.py), plain and
+    packed, with prompts of 3-9 tokens (rows inside their prompt skip the LM head): the same tokens as the
+    unfused plain engine and log-probs within TOL of it and of the training forward; deterministic; a prompt's
+    samples do not depend on the other prompts of the call; it follows weight changes; greedy falls back."""
+    r = packed_run[arch]
+    assert r["fused_used"], "the fused path was not taken for plain temperature sampling (or was for greedy)"
+    for name in ("fused_sampled", "packed_fused_sampled"):
+        same, diff = _diff(r["plain_sampled"], r[name])
+        assert same and diff <= TOL, f"{arch}: {name} differs from the unfused plain path (tokens {same}, {diff})"
+        assert r[name + "_gate"] <= TOL, f"{arch}: {name} log-probs vs the training forward: {r[name + '_gate']}"
+    assert r["fused_again"] == r["packed_fused_sampled"], "same seed, same weights: outputs must be bit-identical"
+    # Prompts 1 and 3 alone (n = 2 rows each; a different common prefix, so prefilled differently: rounding only).
+    same, diff = _diff(r["fused_subset"], [o for i, o in enumerate(r["packed_fused_sampled"]) if i // 2 % 2 == 1])
+    assert same and diff <= TOL, f"{arch}: a prompt's samples depend on the other prompts of the call ({diff})"
+    same, diff = _diff(r["plain_greedy"], r["fused_greedy"])
+    assert same and diff <= TOL
+    assert r["after_update_plain_sampled"] != r["plain_sampled"], "the weight change changed nothing (vacuous)"
+    same, diff = _diff(r["after_update_plain_sampled"], r["after_update_fused"])
+    assert same and diff <= TOL, f"{arch}: after a weight change the fused engine kept stale weights ({diff})"
+
+
+def test_validate_refuses_fused_sampler_off_the_builtin_engine():
+    assert _errors(generate_config__fused_sampler=True) == []
+    errors = _errors(generate_config__fused_sampler=True, generate_config__engine="vllm")
+    assert any("fused_sampler" in e and "engine=builtin" in e for e in errors), errors
+
+
 def _errors(**changes) -> list[str]:
     from mindrl.config import config_from_dict, validate
     from tests.config.test_config import base
@@ -148,14 +178,17 @@ def test_factory_refuses_without_a_packer():
 @pytest.mark.slow
 @pytest.mark.megatron
 @needs_onednn
-def test_grpo_step_with_packed_linear(tiny_demo, tmp_path):
-    """The trainer's path (`train_grpo`, `build_rollout(..., backend=)`): with packed_linear on, step 1's rollout
-    log-probs equal the training forward's (`rollout/logprob_diff_*`, the same bounds as the plain path's in
-    tests/trainer/test_grpo_e2e.py). Without the backend reaching the factory the run fails at start-up."""
+@pytest.mark.parametrize("fused", [False, True], ids=["packed", "packed-fused"])
+def test_grpo_step_with_packed_linear(tiny_demo, tmp_path, fused):
+    """The trainer's path (`train_grpo`, `build_rollout(..., backend=)`): with packed_linear on (and fused_sampler),
+    step 1's rollout log-probs equal the training forward's (`rollout/logprob_diff_*`, the same bounds as the
+    plain path's in tests/trainer/test_grpo_e2e.py). Without the backend reaching the factory the run fails at
+    start-up."""
     from tests.trainer.test_grpo_e2e import metrics, run, train_cmd
 
     out = tmp_path / "run"
-    proc = run(train_cmd(tiny_demo, out, "megatron_training.train_iters=1", "generate_config.packed_linear=true"))
+    proc = run(train_cmd(tiny_demo, out, "megatron_training.train_iters=1", "generate_config.packed_linear=true",
+                         f"generate_config.fused_sampler={'true' if fused else 'false'}"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     step1 = metrics(out)[0]
     assert step1["rollout/logprob_diff_mean"] < 1e-5 and step1["rollout/logprob_diff_max"] < 1e-4, step1
