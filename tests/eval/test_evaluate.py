@@ -174,6 +174,8 @@ def test_two_data_parallel_ranks(demo, tmp_path):
     assert [(r["index"], r["sample"]) for r in got] == [(i, s) for i in range(7) for s in range(2)]
 
 
+# slow: a 151,936-vocab model through three eval sets (~25 s); the default suite keeps the demo's eval runs
+@pytest.mark.slow
 def test_real_eval_sets_preprocess_with_the_qwen_tokenizer(tmp_path):
     """gsm8k test, countdown test and math500 through their dataset configs with the real Qwen2.5
     tokenizer, on a random 1-layer Qwen2 with the real 151,936-token vocabulary."""

@@ -120,6 +120,8 @@ def test_qwen2_lora_merged_push(tmp_path):
         assert step["lora"]["id"] is None and step["push"]["bytes"] > step["lora"]["adapter_bytes"]
 
 
+# slow: vLLM with enable_lora (~30 s); the default suite keeps the merged push (the default mode)
+@pytest.mark.slow
 def test_qwen2_lora_adapter_push(tmp_path):
     """actor_config.lora.merge=false: the same checks with the adapter pushed as a vLLM LoRA (enable_lora,
     LoRARequest): the base goes in once, then only the adapters, under a new LoRA id each push with the

@@ -89,6 +89,8 @@ GRPO_KL_IN_REWARD = ["rl_config.adv_estimator=grpo", "rl_config.use_kl_loss=fals
                      "rl_config.kl_ctrl.type=fixed", "actor_config.lr=1e-2"]
 
 
+# slow: three trainer runs (~65 s); the default suite keeps KL-in-reward through test_reinforce_pp_kl_in_reward_cispo_rollout_is
+@pytest.mark.slow
 def test_grpo_kl_in_reward_takes_the_logged_kl_off_the_reward(tiny_demo, tmp_path):
     """GRPO with the KL penalty in the reward (fixed beta 0.5). From one step-1 checkpoint, step 2 runs with and
     without the penalty: the same samples, scores and KL, but the penalty taken off the rewards the estimator
