@@ -1,7 +1,7 @@
 """The GRPO step against the machine's matmul peak: model FLOPs, achieved GFLOP/s and % of peak per phase.
 
     python -m benchmarks.efficiency [--setting 8x8] [--steps 2] [--warmup 1] [--quick] [--profile N]
-                                    [--tokenizer DIR] [--workdir DIR]
+                                    [--set KEY=VALUE ...] [--tokenizer DIR] [--workdir DIR]
 
 Work: `benchmarks.grpo_vs_trl`'s mindrl side (Qwen2-shaped hidden 256 x 4 layers, the real 151,936
 vocabulary, fp32, Countdown prompts, n = 8, 64 new tokens, KL 0.04 to a reference), one process.
@@ -10,7 +10,8 @@ response tokens, matmuls only, no recomputation or padding). Peak: a 2048 x 2048
 the threads the trainer uses (MINDRL_CPU_THREADS, else all cores), measured in this process right
 before and right after the run (both printed; % of peak uses the higher). Times: `time/<phase>` of
 the timed steps (medians). `--quick`: one timed step. `--profile N`: also print torch.profiler's top
-N operators (self CPU time) over the timed steps.
+N operators (self CPU time) over the timed steps. `--set KEY=VALUE` (repeatable): a trainer config override
+on top of the benchmark's, e.g. `--set generate_config.packed_linear=true`.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def child(args: argparse.Namespace) -> None:
     p = int(args.setting.split("x")[0])
     out = Path(args.out)
     if not args.profile:
-        run_mindrl(Path(args.workdir), p, args.warmup + args.steps, out)
+        run_mindrl(Path(args.workdir), p, args.warmup + args.steps, out, args.set)
         return
     import torch
 
@@ -67,7 +68,7 @@ def child(args: argparse.Namespace) -> None:
             prof.start()
         return real_step(run, step)
     train_mod.grpo_step = profiled_step
-    run_mindrl(Path(args.workdir), p, args.warmup + args.steps, out)
+    run_mindrl(Path(args.workdir), p, args.warmup + args.steps, out, args.set)
     prof.stop()
     (out / "profile.txt").write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
 
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="one timed step")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="print the top N operators of the timed steps")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a trainer config override, e.g. generate_config.packed_linear=true (repeatable)")
     p.add_argument("--workdir", default=str(REPO / "output" / "bench_grpo_vs_trl"))
     p.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER))
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         env.pop(key, None)
     cmd = [sys.executable, "-m", "benchmarks.efficiency", "--child", "--setting", args.setting, "--steps",
            str(args.steps), "--warmup", str(args.warmup), "--workdir", str(workdir), "--out", str(out),
-           "--profile", str(args.profile)]
+           "--profile", str(args.profile), *(f"--set={kv}" for kv in args.set)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"the mindrl run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -135,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in table(records, peak):
         print("| " + " | ".join(row) + " |")
     mfu = statistics.median(r.get("perf/mfu", float("nan")) for r in records)
-    print(f"\n{args.setting}, {len(records)} timed step(s) after {args.warmup} warm-up; fp32 matmul peak "
+    setting = args.setting + (" with " + " ".join(args.set) if args.set else "")
+    print(f"\n{setting}, {len(records)} timed step(s) after {args.warmup} warm-up; fp32 matmul peak "
           f"(2048^2 torch.mm, {_threads()} threads) {peaks[0] / 1e9:.0f} GFLOP/s before the run, "
           f"{peaks[1] / 1e9:.0f} after; the trainer's own perf/mfu {100 * mfu:.0f}% (its peak measured in-process); "
           f"load average {load[0]:.1f} before, {load[1]:.1f} after")

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TOKENIZER = REPO.parent / "shared" / "models" / "Qwen2.5-Instruct-tokenizer"
@@ -84,7 +85,8 @@ def prepare(workdir: Path, tokenizer_dir: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- one side
-def run_mindrl(workdir: Path, prompts_per_step: int, steps: int, out: Path) -> dict:
+def run_mindrl(workdir: Path, prompts_per_step: int, steps: int, out: Path, extra: Sequence[str] = ()) -> dict:
+    """mindrl's side; `extra`: trainer config overrides on top of these (benchmarks.efficiency --set)."""
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     from mindrl.cli.train_grpo import main as train_main
 
@@ -105,7 +107,7 @@ def run_mindrl(workdir: Path, prompts_per_step: int, steps: int, out: Path) -> d
                      "rl_config.verifier_weight=[1.0,1.0]", "rl_config.log_samples_interval=0",
                      "rl_config.actor_resource.num_npus=1", "generate_config.max_model_len=512",
                      f"generate_config.sampling_config.max_tokens={NEW_TOKENS}",
-                     "generate_config.sampling_config.temperature=1.0"])
+                     "generate_config.sampling_config.temperature=1.0", *extra])
     if rc:
         raise SystemExit(f"mindrl run failed (rc {rc})")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

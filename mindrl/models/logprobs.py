@@ -60,24 +60,17 @@ def _chunk_rows(local: int, chunk_elements: int | None) -> int:
     return max(1, (chunk_elements or CHUNK_ELEMENTS) // max(local, 1))
 
 
-_MMAPPED = (36 << 20) // 4  # fp32 values: above glibc's largest mmap threshold (32 MiB), see _Scratch
-
-
 class _Scratch:
     """Chunk-sized fp32 buffers allocated once per call and reused by every chunk. A fresh 64 MiB tensor
     per chunk and pass is not free on the CPU: torch's CPU allocator hands big blocks straight to
     mmap/munmap, so each one is page-faulted and zero-filled again (an `exp` into a fresh chunk took
     3x as long as into a reused one).
 
-    On the CPU each buffer is allocated at least `_MMAPPED` values large, so that glibc always maps it
-    with mmap (unused pages are never touched, so they cost no memory) and returns it to the system
-    when the call ends: the fused output layer's tiles (8 MiB at 512 tokens) are below glibc's dynamic
-    mmap threshold, came from the heap, and stayed resident after the call (peak RSS of a fused update
-    +6 MiB over the 64 MiB row chunks before; with this, -16 to -20 MiB, docs/benchmarks.md)."""
+    Sized exactly (not padded up to force glibc to mmap them, which was tried): the planner counts what is
+    allocated, and a padded buffer would be planned as used memory on every backend's plan; asking which
+    allocator sits underneath is the backend's business, not this module's (docs/benchmarks.md, issue 21)."""
 
     def __init__(self, elements: int, device: torch.device, count: int) -> None:
-        if device.type == "cpu":
-            elements = max(elements, _MMAPPED)
         self.bufs = [torch.empty(elements, dtype=torch.float32, device=device) for _ in range(count)]
 
     def __call__(self, i: int, rows: int, cols: int) -> torch.Tensor:
