@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import warnings
+from typing import Iterator
 
 import torch
 
@@ -147,6 +148,18 @@ def generation(model, args: argparse.Namespace) -> dict:
             "same_tokens_merged": tokens_merged == tokens_unmerged}
 
 
+def mode_results(module: str, modes: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
+    """(mode, result) for each mode, each run as `python -m <module> --mode <mode> <this command's arguments>` in a
+    fresh process (so each mode's peak RSS is its own), which prints its result as one `RESULT <json>` line."""
+    for mode in modes:
+        proc = subprocess.run([sys.executable, "-m", module, "--mode", mode, *sys.argv[1:]],
+                              capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode or line is None:
+            sys.exit(f"{mode} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        yield mode, json.loads(line[len("RESULT "):])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=24)
@@ -164,14 +177,7 @@ def main() -> None:
     if args.mode:
         print("RESULT " + json.dumps(run_mode(args)))
         return
-    results = {}
-    for mode in ("full", "lora"):
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.lora", "--mode", mode, *sys.argv[1:]],
-                              capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode or line is None:
-            sys.exit(f"{mode} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-        results[mode] = json.loads(line[len("RESULT "):])
+    results = dict(mode_results("benchmarks.lora", ("full", "lora")))
     full, lora = results["full"], results["lora"]
     load = os.getloadavg()
     print(json.dumps(results, indent=2))

@@ -20,8 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 import warnings
 
@@ -99,15 +97,12 @@ def main() -> None:
     if args.mode:
         print("RESULT " + json.dumps(run_mode(args)))
         return
+    from benchmarks.lora import mode_results
+
     results = {}
     loads = [os.getloadavg()]
-    for mode in ("merged", "adapter"):
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.lora_vllm_push", "--mode", mode, *sys.argv[1:]],
-                              capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode or line is None:
-            sys.exit(f"{mode} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-        results[mode] = json.loads(line[len("RESULT "):])
+    for mode, result in mode_results("benchmarks.lora_vllm_push", ("merged", "adapter")):
+        results[mode] = result
         loads.append(os.getloadavg())
         print(f"{mode}: {json.dumps({k: v for k, v in results[mode].items() if k != 'tokens'})}", flush=True)
     m, a = results["merged"], results["adapter"]
