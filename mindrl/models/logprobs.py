@@ -223,6 +223,13 @@ def _matmul_input(hidden: torch.Tensor, w: torch.Tensor, inv_temp: float) -> tor
     return hidden.to(w.dtype)
 
 
+def _rebase(big_s: torch.Tensor, big_t: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """S = sum e^(z - m) and T = sum e^(z - m) (z - m), moved to a new max m' = m - d (d <= 0):
+    sum e^(z - m') (z - m') = a (T + d S) and sum e^(z - m') = a S, with a = e^d."""
+    a = d.exp()
+    return a * big_s, a * (big_t + d * big_s)
+
+
 def _online_statistics(hidden: torch.Tensor, w: torch.Tensor, local_lab: torch.Tensor, inv_temp: float, cols: int,
                        scratch: _Scratch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One row block's statistics (`hidden` from `_matmul_input`) over this rank's real columns `w`
@@ -248,11 +255,9 @@ def _online_statistics(hidden: torch.Tensor, w: torch.Tensor, local_lab: torch.T
         t_c = ez.mul_(z).sum(-1)  # in place on the exp buffer: no fresh chunk-sized product
         if c0 == 0:
             big_s, big_t = s_c, t_c
-        else:  # sum e^(z - m') (z - m') = a (T + d S) with d = m - m' <= 0, a = e^d
-            d = m - new_m
-            a = d.exp()
-            big_t = a * (big_t + d * big_s) + t_c
-            big_s = a * big_s + s_c
+        else:
+            big_s, big_t = _rebase(big_s, big_t, m - new_m)
+            big_s, big_t = big_s + s_c, big_t + t_c
         m = new_m
     return m, big_s, big_t, picked
 
@@ -295,9 +300,7 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
                 gmax = m.clone()
                 dist.all_reduce(gmax, op=dist.ReduceOp.MAX, group=group)
                 if n_valid:  # rescale to the global max (a rank without real columns has S = T = 0)
-                    d = m - gmax
-                    a = d.exp()
-                    big_t, big_s = a * (big_t + d * big_s), a * big_s
+                    big_s, big_t = _rebase(big_s, big_t, m - gmax)
                 m = gmax
             sums = torch.stack([big_s, torch.where(inside, picked - m, torch.zeros_like(m)), big_t])
             if group is not None:

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from mindrl.rollout.sampling import BLOCK, block_columns, choose_block, choose_entry, row_uniforms
+from mindrl.rollout.sampling import BLOCK, block_columns, block_sums, choose_block, choose_entry, row_uniforms
 
 # Vocab columns per LM-head chunk: a multiple of BLOCK (blocks never straddle chunks); the packed LM head's piece
 # size (packed_linear.OUT_CHUNK). 2,048 (a [64, 2,048] fp32 chunk fits a core's 1 MiB L2 here) measured no faster:
@@ -101,20 +101,16 @@ class FusedHead:
             p = torch.ops.aten._softmax.out(z, -1, False, out=self._p[:rows * (e - a)].view(rows, e - a))
             maxes.append(z.amax(-1))
             peaks.append(p.amax(-1))  # softmax at the chunk's max: 1 / s_c
-            full = (e - a) // BLOCK * BLOCK
-            if full:
-                sums.append(p[:, :full].unflatten(-1, (full // BLOCK, BLOCK)).sum(-1))
-            if full < e - a:
-                sums.append(p[:, full:].sum(-1, keepdim=True))
+            sums.append(block_sums(p, BLOCK))
         m = torch.stack(maxes, dim=1)  # [rows, chunks]
         top = m.amax(-1)  # the row's max M
         # s_c * exp(m_c - M) per chunk; an all -inf chunk (m_c = -inf) has no mass (its softmax is NaN).
         scale = torch.exp(m.double() - top.double()[:, None]) / torch.stack(peaks, dim=1).double()
         scale = torch.where(m == float("-inf"), torch.zeros_like(scale), scale)
         per_chunk = [len(range(a, e, BLOCK)) for a, e in self.bounds]
-        block_sums = torch.cat(sums, dim=1).double()
+        chunk_block_sums = torch.cat(sums, dim=1).double()
         scale = scale.repeat_interleave(torch.tensor(per_chunk, device=m.device), dim=1)
-        masses = torch.where(scale == 0, torch.zeros_like(block_sums), block_sums * scale)
+        masses = torch.where(scale == 0, torch.zeros_like(chunk_block_sums), chunk_block_sums * scale)
         choice = choose_block(masses, row_uniforms(keys, steps))
         cols = block_columns(choice[0], BLOCK, vocab).clamp_(max=vocab - 1)
         zb = self._z.gather(0, self._flat(cols, rows).flatten()).view(rows, BLOCK)

@@ -99,16 +99,23 @@ def inverse_cdf(weights: torch.Tensor, u: torch.Tensor, block: int = BLOCK) -> t
     """
     rows, vocab = weights.shape
     block = min(block, vocab)
-    full = vocab // block * block
-    sums = []
-    if full:
-        sums.append(weights[:, :full].unflatten(-1, (full // block, block)).sum(-1))
-    if full < vocab:
-        sums.append(weights[:, full:].sum(-1, keepdim=True))
-    choice = choose_block(torch.cat(sums, dim=-1), u)
+    choice = choose_block(block_sums(weights, block), u)
     cols = block_columns(choice[0], block, vocab)
     inside = weights.gather(1, cols.clamp(max=vocab - 1)).double()
     return choose_entry(inside, cols, choice, block, vocab)
+
+
+def block_sums(weights: torch.Tensor, block: int) -> torch.Tensor:
+    """Sums of `weights` [rows, n] over consecutive blocks of `block` columns (the last one may be shorter):
+    [rows, ceil(n / block)], in the weights' dtype."""
+    n = weights.shape[1]
+    full = n // block * block
+    sums = []
+    if full:
+        sums.append(weights[:, :full].unflatten(-1, (full // block, block)).sum(-1))
+    if full < n:
+        sums.append(weights[:, full:].sum(-1, keepdim=True))
+    return torch.cat(sums, dim=-1)
 
 
 def choose_block(sums: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
