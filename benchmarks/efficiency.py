@@ -9,7 +9,7 @@ FLOPs: the trainer's own `perf/tflop_<phase>` (mindrl/models/flops.py: the batch
 response tokens, matmuls only, no recomputation or padding). Peak: a 2048 x 2048 fp32 `torch.mm` at
 the threads the trainer uses (MINDRL_CPU_THREADS, else all cores), measured in this process right
 before and right after the run (both printed; % of peak uses the higher). Times: `time/<phase>` of
-the timed steps (medians). `--quick`: one timed step. `--profile N`: also print torch.profiler's top
+the timed steps (medians); the run's peak RSS (its process's `ru_maxrss`). `--quick`: one timed step. `--profile N`: also print torch.profiler's top
 N operators (self CPU time) over the timed steps. `--set KEY=VALUE` (repeatable): a trainer config override
 on top of the benchmark's, e.g. `--set generate_config.packed_linear=true`.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
            str(args.steps), "--warmup", str(args.warmup), "--workdir", str(workdir), "--out", str(out),
            "--profile", str(args.profile), *(f"--set={kv}" for kv in args.set)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    peak_rss_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # Linux: KiB; the run's process
     if proc.returncode:
         raise SystemExit(f"the mindrl run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     peaks.append(measure_peak())
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{setting}, {len(records)} timed step(s) after {args.warmup} warm-up; fp32 matmul peak "
           f"(2048^2 torch.mm, {_threads()} threads) {peaks[0] / 1e9:.0f} GFLOP/s before the run, "
           f"{peaks[1] / 1e9:.0f} after; the trainer's own perf/mfu {100 * mfu:.0f}% (its peak measured in-process); "
-          f"load average {load[0]:.1f} before, {load[1]:.1f} after")
+          f"load average {load[0]:.1f} before, {load[1]:.1f} after; the run's peak RSS {peak_rss_gib:.2f} GiB")
     if args.profile:
         print("\n" + (out / "profile.txt").read_text())
     return 0

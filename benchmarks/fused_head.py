@@ -4,12 +4,13 @@ forward + backward (the update), on tokens x vocab x hidden fp32 (default the do
 temperature 0.9, both outputs weighted).
 
     python -m benchmarks.fused_head [--baseline REV] [--tokens 880] [--repeats 3] [--threads 1]
-                                    [--columns 1024,4096] [--check]
+                                    [--columns 1024,4096] [--compiled] [--check]
     python -m benchmarks.fused_head --phases [--prompts 2] [--repeats 2] [--threads 1]
 
 Times: CPU seconds (`time.process_time`, the figure to compare under load) and wall seconds, per
 variant, best and median of the repeats, with `uptime`'s load average before and after. `--columns`
-also times the current code at other vocab-tile widths (`chunk_columns`). `--check` prints the
+also times the current code at other vocab-tile widths (`chunk_columns`); `--compiled` each current variant
+again with its tiles' elementwise work compiled (mindrl/models/logprob_tiles.py). `--check` prints the
 largest differences of log-probs, entropy and both gradients between the two revisions.
 
 `--phases`: instead, the reference forward and the update of `benchmarks.train_switches`' batch and
@@ -122,6 +123,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--columns", default="", help="extra vocab-tile widths of the current code to time")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also time each current variant with compiled tiles (actor_config.compiled_logprob_tiles)")
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--phases", action="store_true", help="the reference forward and update instead")
     ap.add_argument("--prompts", type=int, default=2, help="--phases: prompts (x 8 samples)")
@@ -146,6 +149,9 @@ def main() -> None:
                                   f"current ({new.CHUNK_COLUMNS} columns)": (new._FusedLinearLogProbEntropy, (None,))}
     for c in filter(None, args.columns.split(",")):
         variants[f"current ({int(c)} columns)"] = (new._FusedLinearLogProbEntropy, (int(c),))
+    if args.compiled:  # every current variant again with its tiles' elementwise work compiled
+        for name, (fn, extra) in list(variants.items())[1:]:
+            variants[name + ", compiled tiles"] = (fn, (extra[0], True))
 
     def run(fn, extra, backward: bool):
         h = hidden.clone().requires_grad_(backward)
@@ -165,8 +171,9 @@ def main() -> None:
 
     print(f"{n} tokens x {v} vocab x {hd} hidden, fp32, {args.threads} thread(s), load {_load()}")
     times: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for name, (fn, extra) in variants.items():  # warm-up
+    for name, (fn, extra) in variants.items():  # warm-up (and the compiled tiles' compile)
         run(fn, extra, False)
+        run(fn, extra, True)
     for _ in range(args.repeats):
         for phase, backward in (("forward", False), ("forward+backward", True)):
             for name, (fn, extra) in variants.items():

@@ -2,7 +2,7 @@
 weights, prompts and sampling; generated tokens/s and ratios.
 
     python -m benchmarks.rollout_engines [--models h256,0.5b] [--rows 64] [--new 64] [--rounds 3] [--quick]
-                                         [--engines builtin,packed,fused,packed-fused,bf16,bf16-packed,vllm,hf]
+                                         [--engines builtin,plain,packed,fused,packed-fused,bf16,bf16-packed,vllm,hf]
                                          [--profile N]
 
 Models (random weights, seed 0, fp32, tied embeddings, the real Qwen2.5 vocabulary of 151,936 rows):
@@ -16,10 +16,11 @@ Engines, all in one process per model, at the same torch thread count (MINDRL_CP
 cores; vLLM is built last because it patches `torch.set_num_threads` away):
 - built-in: a megatron-core GPTModel built from the HF config (the actor), weights loaded from the HF
   folder (`HFShardLoader`), and one `RolloutRunner` per variant from the trainer's own `build_rollout`:
-  `builtin` (generate_config defaults: shares the actor's weights), `packed` (`packed_linear: true`:
-  weights packed inside every timed call), `fused` / `packed-fused` (`fused_sampler: true`: the LM head fused
-  with the sampler, plain / packed), `bf16` (`dtype: bfloat16`: a rollout copy, the weights pushed
-  into it inside every timed call, as after every optimizer step), `bf16-packed` (both);
+  `builtin` (generate_config defaults: shares the actor's weights; `packed_linear` unset, so packed on a CPU
+  with oneDNN: weights packed inside every timed call), `plain` (`packed_linear: false`: megatron's own
+  matmuls), `packed` (`packed_linear: true`), `fused` / `packed-fused` (`fused_sampler: true`: the LM head
+  fused with the sampler, plain / packed), `bf16` (`dtype: bfloat16`: a rollout copy, the weights pushed
+  into it inside every timed call, as after every optimizer step; plain), `bf16-packed` (both);
 - vLLM: `vllm.LLM` in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, the `uni` executor,
   `enforce_eager=True`, VLLM_CPU_KVCACHE_SPACE=1 GiB), its defaults otherwise (prefix caching on, so
   the n samples share the prompt's prefill, as ours do; the cache is reset before each call, so no call
@@ -79,10 +80,13 @@ def save_hf(name: str, workdir: Path) -> Path:
 
 
 # The built-in engine's variants: generate_config (dtype, packed_linear, fused_sampler) -> the column's name.
-BUILTIN = {"builtin": ("auto", False, False, "built-in"), "packed": ("auto", True, False, "built-in packed"),
+# `builtin` is generate_config's defaults (packed_linear None: packed wherever the backend packs, so on this
+# CPU the same path as `packed`); `plain` is megatron's own matmuls (packed_linear: false).
+BUILTIN = {"builtin": ("auto", None, False, "built-in (default)"), "plain": ("auto", False, False, "built-in plain"),
+           "packed": ("auto", True, False, "built-in packed"),
            "fused": ("auto", False, True, "built-in fused"),
            "packed-fused": ("auto", True, True, "built-in packed fused"),
-           "bf16": ("bfloat16", False, False, "built-in bf16 copy"),
+           "bf16": ("bfloat16", False, False, "built-in bf16 copy plain"),
            "bf16-packed": ("bfloat16", True, False, "built-in bf16 packed")}
 
 
@@ -242,7 +246,7 @@ def run_model(name: str, workdir: Path, rows: int, new: int, rounds: int, engine
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="h256,0.5b")
-    p.add_argument("--engines", default="builtin,packed,fused,packed-fused,bf16,bf16-packed,vllm,hf")
+    p.add_argument("--engines", default="builtin,plain,fused,packed-fused,bf16,bf16-packed,vllm,hf")
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--new", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)

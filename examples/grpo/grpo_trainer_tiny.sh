@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# The embedded default: a tiny R1-Zero GRPO run on CPU with nothing downloaded: 350 s of CPU time
-# (measured 2026-12-07: 25.8 min wall at load average 59-70 on 2 shared cores; ~4-5 min on 2 idle
-# cores by that CPU time, not measured idle).
+# The embedded default: a tiny R1-Zero GRPO run on CPU with nothing downloaded: 4 min 40 s wall on
+# 2 cores (measured 2026-12-07 with a test running beside it; earlier 25.8 min at load average 59-70).
 #   bash examples/grpo/grpo_trainer_tiny.sh                 # writes into output/tiny
 #   OUTPUT_DIR=/tmp/run bash examples/grpo/grpo_trainer_tiny.sh
 # Rerunning the same command resumes from the last checkpoint in $OUTPUT_DIR.

@@ -100,6 +100,11 @@ class ActorConfig:
     # is paid once per process (docs/benchmarks.md: what it gains here); validate() refuses the layouts and
     # models it was not run with (mindrl/models/compile.py).
     use_torch_compile: bool = False
+    # The fused output layer's per-tile elementwise work (the online log-sum-exp and entropy sums in the forwards,
+    # the softmax gradient in the backward) as two torch.compile'd kernels instead of five or six eager passes
+    # over each [tokens, vocab columns] tile (mindrl/models/logprob_tiles.py); same values up to fp32 summation
+    # order. Compiled once per process (seconds). CPU backend only (where it was measured: docs/benchmarks.md).
+    compiled_logprob_tiles: bool = False
 
 
 @dataclass
@@ -230,9 +235,10 @@ class GenerateConfig:
     offload_train_state: bool = False
     # builtin only: every linear of the rollout (the layers' and the LM head's) runs on its weight packed once per
     # generate call into the backend's own layout (CPU: oneDNN's blocked layout, as vLLM-CPU does); the packing is
-    # redone every call, since the weights change every step. Refused where the backend has no packed linear for
-    # the rollout dtype. See docs/rollout.md.
-    packed_linear: bool = False
+    # redone every call, since the weights change every step. None (default): on wherever the backend has a packed
+    # linear for the rollout dtype (the CPU backend with oneDNN), off elsewhere; true: required (refused where the
+    # backend has none); false: megatron's own matmuls. See docs/rollout.md.
+    packed_linear: Optional[bool] = None
     # Built-in engine, TP=1, temperature sampling without top-k / top-p / min-p: the LM head runs one vocabulary
     # chunk at a time fused with the sampler (no full logits pass through memory; rows still inside their prompt
     # skip the LM head). The same distribution as the unfused sampler, up to fp rounding; other cases keep the

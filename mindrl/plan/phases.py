@@ -7,7 +7,8 @@ mindrl/rollout/runner.py):
 
 - rollout: the training state stays (unless `offload_train_state` moved the optimizer state and
   main params to the host and freed the grad buffers), plus the rollout's weights and KV cache —
-  for vLLM its `gpu_memory_utilization` share of the device (weights + KV cache + its buffers);
+  for vLLM its `gpu_memory_utilization` share of the device (weights + KV cache + its buffers); for the
+  built-in engine on packed linears (`packed_linear`; unset on the cpu backend) the packed weight copy;
 - weight push (a rollout with its own weights): the rollout engine's weights are awake, the push
   gathers one bucket of full tensors and its send/receive arena;
 - reference forward: the actor's old log-probs and the reference's, forward only;
@@ -27,7 +28,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mindrl.config import MindRLConfig
-from mindrl.plan.ranks import RolloutRank, TrainRank, rollout_rank, shares_weights, train_rank, uses_reference
+from mindrl.plan.ranks import (RolloutRank, TrainRank, packs_linears, rollout_rank, shares_weights, train_rank,
+                               uses_reference)
 from mindrl.plan.world import first_rank_of_stage
 
 MiB = 1024 ** 2
@@ -204,6 +206,9 @@ def _rank_phases(cfg: MindRLConfig, tr: TrainRank, ro: RolloutRank | None, capac
             rollout_rows.append(Row("rollout weights", 0, "shared with the actor"))
         rollout_rows.append(Row(f"KV cache ({g.max_num_seqs} x {g.max_model_len} tokens, built-in)",
                                 g.max_num_seqs * g.max_model_len * (ro.kv_bytes_per_token if ro else 0)))
+        if ro is not None and packs_linears(cfg):
+            rollout_rows.append(Row("packed linear weights (packed_linear)", ro.linear_bytes,
+                                    "a copy of every linear's weight, packed once per generate call"))
     phases.append(Phase("rollout", rollout_rows + host, capacity, problem=problem))
     return [p.settle() for p in phases]
 

@@ -26,7 +26,7 @@ import torch
 from mindrl.config import MindRLConfig
 from mindrl.models import plan_model
 from mindrl.plan.activations import ActivationBytes, stage_activations
-from mindrl.plan.states import TrainStates, count_train_states, frozen_weight_bytes
+from mindrl.plan.states import TrainStates, count_train_states, frozen_weight_bytes, linear_weight_bytes
 from mindrl.plan.world import first_rank_of_stage, simulated_rank
 from mindrl.workers.bringup import PolicySpec, optim_config
 from mindrl.workers.megatron_engine import setup_model
@@ -136,6 +136,7 @@ class RolloutRank:
     kv_bytes_per_token: int  # this rank's KV cache per token (all layers), engine's layout
     tp: int
     ep: int
+    linear_bytes: int = 0  # the linears' weights (a tied head's included): the packed copy of packed_linear
 
 
 def rollout_layout(cfg: MindRLConfig) -> tuple[int, int]:
@@ -159,6 +160,13 @@ def shares_weights(cfg: MindRLConfig) -> bool:
     train_dtype = "bf16" if cfg.megatron_training.bf16 else "fp32"
     return (g.engine == "builtin" and same_layout and a.pipeline_model_parallel_size == 1
             and not a.num_layers_per_virtual_pipeline_stage and rollout_dtype(cfg) == train_dtype)
+
+
+def packs_linears(cfg: MindRLConfig) -> bool:
+    """The built-in engine runs on packed weights (mindrl.rollout.factory.linear_packer, on the config): asked
+    for, or left unset on the cpu backend (the only one with a packed linear: oneDNN)."""
+    g = cfg.generate_config
+    return g.engine == "builtin" and (g.packed_linear is True or (g.packed_linear is None and cfg.backend == "cpu"))
 
 
 def kv_bytes_per_token(hf: Any, config: Any, tp: int, engine: str, dtype_bytes: int) -> int:
@@ -197,7 +205,8 @@ def rollout_rank(cfg: MindRLConfig) -> RolloutRank:
     with simulated_rank(0, world, tp=tp, pp=1, ep=ep, etp=etp, seed=spec.seed):
         model = setup_model(plan, _attention(cfg.backend), train=False)
         num, nbytes = frozen_weight_bytes(model.chunks)
+        linear = linear_weight_bytes(model.chunks)
     dtype_bytes = torch.tensor([], dtype=plan.config.params_dtype).element_size()
-    return RolloutRank(num_params=num, weight_bytes=nbytes, tp=tp, ep=ep,
+    return RolloutRank(num_params=num, weight_bytes=nbytes, tp=tp, ep=ep, linear_bytes=linear,
                        kv_bytes_per_token=kv_bytes_per_token(spec.hf, plan.config, tp, cfg.generate_config.engine,
                                                              dtype_bytes))

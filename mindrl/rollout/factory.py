@@ -7,7 +7,8 @@
   (same TP and EP, training PP = 1, no virtual stages) and `dtype` equal to the training dtype
   shares the actor's live weights; anything else builds a rollout copy and pushes weights into it.
 - `packed_linear` (built-in engine): the backend's `linear_packer` for the rollout dtype goes to the engine,
-  which packs every linear weight once per `generate` call (refused where the backend has none).
+  which packs every linear weight once per `generate` call (None, the default: wherever the backend has one;
+  true: refused where it has none; false: never).
 - `fused_sampler` (built-in engine): the LM head fused with the sampler where it applies (TP=1, temperature
   sampling without filters; mindrl/rollout/fused_head.py).
 - `max_num_seqs` bounds the rows of a batch; `max_model_len` bounds prompt + max_tokens (checked by
@@ -59,7 +60,7 @@ def build_rollout(gen_cfg: Any, *, plan: Any, actor_chunks: Sequence[torch.nn.Mo
     memory while a rollout with its own weights is awake (`generate_config.offload_train_state`).
     `engine`: a vLLM engine already built by `build_vllm` (the trainer builds it before the training
     state, so vLLM's start-up memory check sees the device free); None builds it here. `backend`: the
-    `mindrl.backends` backend, asked for its packed linear when `generate_config.packed_linear` is on.
+    `mindrl.backends` backend, asked for its packed linear unless `generate_config.packed_linear` is false.
     `lora_adapter`: the actor's LoRASpec when its adapters are pushed as a vLLM LoRA each step
     (actor_config.lora.merge=false, engine=vllm only); None: pushes carry merged weights."""
     from mindrl.models.lora import has_lora
@@ -114,12 +115,13 @@ def build_rollout(gen_cfg: Any, *, plan: Any, actor_chunks: Sequence[torch.nn.Mo
 
 
 def linear_packer(gen_cfg: Any, backend: Any, dtype: torch.dtype) -> Any:
-    """The backend's packed linear for `dtype` when `generate_config.packed_linear` asks for it (built-in engine
-    only; validate() refuses the rest first), else None."""
-    if not gen_cfg.packed_linear or gen_cfg.engine != "builtin":
+    """The backend's packed linear for `dtype` for the built-in engine, else None: with
+    `generate_config.packed_linear` None (default) wherever the backend has one, with true required (validate()
+    refuses it first where the backend has none), with false never."""
+    if gen_cfg.packed_linear is False or gen_cfg.engine != "builtin":
         return None
     packer = None if backend is None else backend.linear_packer(dtype)
-    if packer is None:
+    if packer is None and gen_cfg.packed_linear is True:
         raise ValueError(f"generate_config.packed_linear=true: the {getattr(backend, 'name', 'unknown')} backend has "
                          f"no packed linear for {dtype} here; set generate_config.packed_linear=false")
     return packer

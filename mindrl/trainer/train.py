@@ -44,7 +44,8 @@ def policy_worker(cfg: MindRLConfig, model: Any, adapters: bool = True) -> Polic
     return PolicyWorker(model, micro_batch_size=cfg.actor_config.micro_batch_size,
                         temperature=cfg.generate_config.sampling_config.temperature,
                         max_tokens_per_micro_batch=cfg.actor_config.max_tokens_per_micro_batch, adapters=adapters,
-                        use_torch_compile=cfg.actor_config.use_torch_compile)
+                        use_torch_compile=cfg.actor_config.use_torch_compile,
+                        compiled_logprob_tiles=cfg.actor_config.compiled_logprob_tiles)
 
 
 def rollout_train_state(gen_cfg: Any, backend: Any, actor_model: Any) -> Any:

@@ -137,8 +137,10 @@ class PolicyWorker:
 
     def __init__(self, model: MegatronModel, *, micro_batch_size: int, temperature: float = 1.0,
                  max_tokens_per_micro_batch: int | None = None, adapters: bool = True,
-                 use_torch_compile: bool = False) -> None:
+                 use_torch_compile: bool = False, compiled_logprob_tiles: bool = False) -> None:
         self.model = model
+        # The fused output layer's per-tile elementwise work in compiled kernels (mindrl.models.logprob_tiles).
+        self.compiled_logprob_tiles = compiled_logprob_tiles
         # torch.compile of the transformer layers for this worker's forwards (mindrl.models.compile);
         # the rollout engine, which may share these modules, stays eager.
         self.use_torch_compile = use_torch_compile
@@ -206,7 +208,8 @@ class PolicyWorker:
             def collect(hidden: torch.Tensor):
                 # The rollout engine samples from softmax(logits / T); log-probs are of that same distribution.
                 logp = output_log_probs(chunk, hidden, mb["labels"], self.vocab_size,
-                                        select=mb.get("select", mb["response_mask"]), temperature=self.temperature)[0]
+                                        select=mb.get("select", mb["response_mask"]), temperature=self.temperature,
+                                        compiled=self.compiled_logprob_tiles, entropy=False)[0]
                 logp = _row_layout(mb, logp)
                 return logp.sum() * 0.0, {"log_probs": logp}
             return output, collect
@@ -244,7 +247,7 @@ class PolicyWorker:
                 # Output layer on response positions only, fused with the log-probs (0 elsewhere).
                 logp, entropy = output_log_probs(chunk, hidden, mb["labels"], self.vocab_size,
                                                  select=mb.get("select", mb["response_mask"]),
-                                                 temperature=self.temperature)
+                                                 temperature=self.temperature, compiled=self.compiled_logprob_tiles)
                 logp, entropy = _row_layout(mb, logp), _row_layout(mb, entropy)
                 if rl.entropy_coeff == 0:
                     entropy = entropy.detach()  # a metric only: no backward through it

@@ -159,18 +159,21 @@ def gpt_forward(chunk: torch.nn.Module, batch: dict[str, torch.Tensor], *, hidde
 
 
 def output_log_probs(chunk: torch.nn.Module, output: torch.Tensor, labels: torch.Tensor, vocab_size: int, *,
-                     select: torch.Tensor | None = None, temperature: float = 1.0
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     select: torch.Tensor | None = None, temperature: float = 1.0, compiled: bool = False,
+                     entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log-probs, entropy) [b, s] at `select`ed positions (0 elsewhere) from the last stage's
     `gpt_forward(chunk, batch, hidden_states=True)` output: the chunk's output layer fused with the
-    chunked vocab-parallel log-softmax (mindrl.models.logprobs.output_log_probs_and_entropy)."""
+    chunked vocab-parallel log-softmax (mindrl.models.logprobs.output_log_probs_and_entropy; `compiled`:
+    its tiles' elementwise work in compiled kernels). `entropy=False`: None in the entropy's place where
+    the fused path can skip it."""
     model = _gpt_model(chunk)
     if _returns_hidden(model):
         # Tied: the word embedding when this stage holds it, else the last stage's synced copy.
         weight = (model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights
                   else model.output_layer.weight)
         return output_log_probs_and_entropy(output, weight, labels, vocab_size, select=select, temperature=temperature,
-                                            sequence_parallel=model.output_layer.sequence_parallel)
+                                            sequence_parallel=model.output_layer.sequence_parallel, compiled=compiled,
+                                            entropy=entropy)
     # Logits (an MTP model): the unfused path.
     logp, entropy = token_log_probs_and_entropy(output, labels, vocab_size, temperature=temperature)
     if select is not None:

@@ -60,6 +60,8 @@ def test_good_config_has_no_errors():
      "megatron_training.data_path: path '/no/such/data_prefix' does not exist"),
     ({"model__mtp_num_layers": 1}, "multi-token prediction is not supported yet"),
     ({"backend": "tpu"}, "backend: unknown value 'tpu'"),
+    ({"backend": "cuda", "actor_config__compiled_logprob_tiles": True},
+     "actor_config.compiled_logprob_tiles=true is verified on the cpu backend only (this job's backend is cuda"),
     ({"megatron_training__seq_length": 2047},
      "max_tokens = 2048 exceeds megatron_training.seq_length=2047 (the longest sequence the actor trains on)"),
 ])

@@ -93,9 +93,26 @@ def head_vs_float64(result: dict, rank: int, tp: int) -> None:
         for elements, columns in ((None, 7), (40, 7), (64, 32)):
             _op_errors(result, f"op_tile{elements}x{columns}_T{temperature}", ref, hidden, weight, labels, None, rows,
                        temperature, chunk_elements=elements, chunk_columns=columns)
+        # The tiles' elementwise work in compiled kernels (actor_config.compiled_logprob_tiles): ragged last
+        # column chunk, several row blocks.
+        for elements, columns in ((None, 7), (40, 7)):
+            _op_errors(result, f"compiled_tile{elements}x{columns}_T{temperature}", ref, hidden, weight, labels, None,
+                       rows, temperature, chunk_elements=elements, chunk_columns=columns, compiled=True)
     ref = _op_reference(hidden, weight, labels, None, T, entropy_grad=False)  # log-prob gradient only
     _op_errors(result, "op_tile40x7_lponly", ref, hidden, weight, labels, None, rows, T, entropy_grad=False,
                chunk_elements=40, chunk_columns=7)
+    _op_errors(result, "compiled_tile40x7_lponly", ref, hidden, weight, labels, None, rows, T, entropy_grad=False,
+               chunk_elements=40, chunk_columns=7, compiled=True)
+    # entropy=False (the reference / old-log-prob forwards): no entropy, the same log-probs bit for bit (the
+    # log-normaliser's sums are the same operations; only the entropy's sum is skipped).
+    from mindrl.models.logprobs import output_log_probs_and_entropy
+    with torch.no_grad():
+        x, wr = hidden.float(), weight[rows].float()
+        both = output_log_probs_and_entropy(x, wr, labels, VOCAB, temperature=T, chunk_elements=40, chunk_columns=7)
+        only = output_log_probs_and_entropy(x, wr, labels, VOCAB, temperature=T, chunk_elements=40, chunk_columns=7,
+                                            entropy=False)
+    result["entropy_off_is_none"] = float(only[1] is None)
+    result["entropy_off_logp"] = (both[0] - only[0]).abs().max().item()
     # bf16 weights (megatron's bf16 output layer: the matmul in bf16, statistics in fp32) against the
     # float64 reference of the same bf16-rounded weight and input: bf16 logits rounding only.
     w16, h16 = weight.to(torch.bfloat16).double(), hidden.to(torch.bfloat16).double()
@@ -123,7 +140,7 @@ def head_vs_float64(result: dict, rank: int, tp: int) -> None:
     result["bf16_grad_scale"] = min(ref[2].abs().max().item(), ref[3].abs().max().item())
 
 
-def model_fused_vs_unfused(result: dict, tp: int, tied: bool, sp: bool) -> None:
+def model_fused_vs_unfused(result: dict, tp: int, tied: bool, sp: bool, compiled: bool = False) -> None:
     """One backward through megatron's schedule + DDP with each path; same model, lr 0."""
     from mindrl.backends import get_backend
     from mindrl.models import ParallelLayout
@@ -144,7 +161,8 @@ def model_fused_vs_unfused(result: dict, tp: int, tied: bool, sp: bool) -> None:
 
             def loss_fn(output):
                 if fused:
-                    lp, ent = output_log_probs(chunk, output, mb["labels"], VOCAB, select=mb["select"], temperature=T)
+                    lp, ent = output_log_probs(chunk, output, mb["labels"], VOCAB, select=mb["select"], temperature=T,
+                                               compiled=compiled)
                 else:
                     lp, ent = token_log_probs_and_entropy(output, mb["labels"], VOCAB, temperature=T)
                     lp, ent = lp * mb["select"], ent * mb["select"]
@@ -155,7 +173,7 @@ def model_fused_vs_unfused(result: dict, tp: int, tied: bool, sp: bool) -> None:
         reported = forward_backward(model, [c], forward)
         runs[fused] = (reported[0], {n: p.main_grad.clone() for n, p in params})
     (r0, g0), (r1, g1) = runs[False], runs[True]
-    key = f"model_{'tied' if tied else 'untied'}{'_sp' if sp else ''}"
+    key = f"model_{'tied' if tied else 'untied'}{'_sp' if sp else ''}{'_compiled' if compiled else ''}"
     result[key + "_logp"] = (r0["lp"] - r1["lp"]).abs().max().item()
     result[key + "_entropy"] = (r0["ent"] - r1["ent"]).abs().max().item()
     result[key + "_grad"] = max((g0[n] - g1[n]).abs().max().item() / max(1.0, g0[n].abs().max().item())
@@ -174,10 +192,10 @@ def run(tp: int, out: Path) -> None:
     init_distributed(get_backend("cpu"), tp=tp)
     result: dict = {}
     head_vs_float64(result, ps.get_tensor_model_parallel_rank(), tp)
-    for tied, sp in ((True, False), (False, False), (True, True)):  # the process groups are kept
-        if sp and tp == 1:
+    for tied, sp, compiled in ((True, False, False), (False, False, False), (True, True, False), (True, False, True)):
+        if sp and tp == 1:  # the process groups are kept between the cases
             continue
-        model_fused_vs_unfused(result, tp, tied, sp)
+        model_fused_vs_unfused(result, tp, tied, sp, compiled)
     torch.save(result, out / f"tp{tp}_rank{torch.distributed.get_rank()}.pt")
     destroy_distributed()
 

@@ -5,7 +5,8 @@ in every chunk, padded vocab rows), temperatures 0.7 and 1, log-prob-only gradie
 (also against megatron's unfused bf16 path), and (2) the unfused path (full logits from megatron's output
 layer, then `token_log_probs_and_entropy`) in log-probs, entropy and every model parameter's gradient
 after a backward through megatron's schedule and DDP; tied and untied embeddings, temperature 0.7,
-TP=1 and TP=2 (with and without sequence parallelism). Runs fused_head_worker.py in a fresh process."""
+TP=1 and TP=2 (with and without sequence parallelism); (3) the same with the tiles' elementwise work in compiled
+kernels (actor_config.compiled_logprob_tiles). Runs fused_head_worker.py in a fresh process."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,6 +42,19 @@ def test_fused_op_equals_float64_reference(results, run):
 
 
 @pytest.mark.parametrize("run", ["tp1_rank0", "tp2_rank0", "tp2_rank1"])
+def test_compiled_tiles_equal_float64_reference(results, run):
+    """actor_config.compiled_logprob_tiles: the tiles' elementwise work in compiled kernels gives the same
+    log-probs, entropy and gradients as float64 autograd (ragged column chunks, several row blocks, both
+    temperatures, log-prob-only gradients); `entropy=False` returns None and the same log-probs bit for bit."""
+    r = results[run]
+    checked = [k for k in r if k.startswith("compiled_") and k.endswith(("_logp", "_entropy", "_hgrad", "_wgrad"))]
+    assert len(checked) == (2 * 2 + 1) * 4
+    for k in checked:
+        assert r[k] <= 2e-5, f"{run} {k}: {r[k]}"
+    assert r["entropy_off_is_none"] == 1.0 and r["entropy_off_logp"] == 0.0, run
+
+
+@pytest.mark.parametrize("run", ["tp1_rank0", "tp2_rank0", "tp2_rank1"])
 def test_fused_op_bf16_weights(results, run):
     """bf16 weights: within bf16 rounding of float64 on the rounded inputs, and the same logits (hence
     log-probs to fp32 rounding) as megatron's unfused bf16 path; gradients within 2 bf16 ulps of it."""
@@ -58,7 +72,7 @@ def test_fused_op_bf16_weights(results, run):
 @pytest.mark.parametrize("run", ["tp1_rank0", "tp2_rank0", "tp2_rank1"])
 def test_fused_model_equals_unfused(results, run):
     r = results[run]
-    cases = ["tied", "untied"] + (["tied_sp"] if run.startswith("tp2") else [])
+    cases = ["tied", "untied", "tied_compiled"] + (["tied_sp"] if run.startswith("tp2") else [])
     assert sorted(k[len("model_"):-len("_logp")] for k in r if k.startswith("model_") and k.endswith("_logp")) \
         == sorted(cases)
     for case in cases:

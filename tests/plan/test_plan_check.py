@@ -29,6 +29,11 @@ def test_plan_json_rows_peak_and_exit_status() -> None:
     assert rows["optimizer states (Adam moments)"] == 8 * rank["params"]
     assert train["peak"] == sum(r["bytes"] for r in train["rows"] if r["in_peak"])
     assert train["headroom"] == 8 * GiB - train["peak"] and train["fits"] is True
+    # The cpu backend packs the rollout's linears (generate_config.packed_linear unset): one copy of every linear's
+    # weight, by hand for the tiny Qwen2 (2 layers, hidden 128, 4 heads + 2 KV heads of 32, FFN 256, vocab 64):
+    # QKV 256 x 128, proj 128 x 128, fc1 512 x 128, fc2 128 x 256 per layer, and the LM head 64 x 128, in fp32.
+    rollout = {r["name"]: r["bytes"] for r in phases["rollout"]["rows"]}
+    assert rollout["packed linear weights (packed_linear)"] == 4 * (2 * (256 + 128 + 512 + 256) * 128 + 64 * 128)
 
 
 def test_validate_refuses_a_plan_that_does_not_fit_naming_phase_and_row() -> None:

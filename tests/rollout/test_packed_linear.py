@@ -175,6 +175,22 @@ def test_factory_refuses_without_a_packer():
         assert linear_packer(on, get_backend("cpu"), torch.float32) is not None
 
 
+def test_unset_packs_wherever_the_backend_can():
+    """packed_linear None (the default): the backend's packer where it has one (CPU with oneDNN), none without an
+    error where it has none (CUDA, NPU); false: never."""
+    from mindrl.config import GenerateConfig
+    from mindrl.rollout.factory import linear_packer
+
+    unset, off = GenerateConfig(), GenerateConfig(packed_linear=False)
+    assert unset.packed_linear is None
+    assert linear_packer(unset, get_backend("cuda"), torch.float32) is None
+    assert linear_packer(off, get_backend("cpu"), torch.float32) is None
+    assert linear_packer(GenerateConfig(engine="vllm"), get_backend("cpu"), torch.float32) is None
+    assert (linear_packer(unset, get_backend("cpu"), torch.float32) is not None) == onednn_supports(torch.float32)
+    assert _errors(backend="cuda") == []
+    assert not [e for e in _errors(generate_config__engine="vllm") if "packed_linear" in e]
+
+
 @pytest.mark.slow
 @pytest.mark.megatron
 @needs_onednn

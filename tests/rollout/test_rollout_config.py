@@ -135,7 +135,7 @@ CHANGES = {"engine": ("vllm", ("builtin",)), "infer_tensor_parallel_size": (2, B
            "infer_expert_parallel_size": (2, BOTH), "max_num_seqs": (3, BOTH), "max_model_len": (99, ("vllm",)),
            "dtype": ("bfloat16", BOTH), "gpu_memory_utilization": (0.5, ("vllm",)),
            "weight_bucket_mb": (1.0, ("vllm",)), "offload_train_state": (True, BOTH),
-           "packed_linear": (True, ("builtin",)), "fused_sampler": (True, ("builtin",))}
+           "packed_linear": (False, ("builtin",)), "fused_sampler": (True, ("builtin",))}
 SAMPLING_CHANGES = {"max_tokens": 7, "temperature": 0.5, "top_p": 0.9, "top_k": 4, "min_p": 0.1, "stop": ["x"],
                     "detokenize": True}
 

@@ -1,7 +1,7 @@
-"""`actor_config.use_torch_compile` through the trainer on the tiny CPU demo: a compiled run resumed from
-its checkpoint equals an uninterrupted compiled run exactly, and its first step equals the eager run's
-within the compiled-vs-eager tolerance of tests/workers/test_compiled_forward.py (the rollout is eager in
-both, so step 1 samples the same tokens)."""
+"""`actor_config.use_torch_compile` and `actor_config.compiled_logprob_tiles` through the trainer on the tiny
+CPU demo: a compiled run resumed from its checkpoint equals an uninterrupted compiled run exactly, and its
+first step equals the eager run's within the compiled-vs-eager tolerance of tests/workers/test_compiled_forward.py
+(the rollout is eager in both, so step 1 samples the same tokens)."""
 from __future__ import annotations
 
 import json
@@ -30,8 +30,9 @@ def _train(demo: Path, out: Path, *overrides: str) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_compiled_run_resumes_exactly_and_matches_eager(tiny_demo, tmp_path):
-    compiled = "actor_config.use_torch_compile=true"
+@pytest.mark.parametrize("compiled", ["actor_config.use_torch_compile=true", "actor_config.compiled_logprob_tiles=true"],
+                         ids=["layers", "logprob_tiles"])
+def test_compiled_run_resumes_exactly_and_matches_eager(tiny_demo, tmp_path, compiled):
     whole = _train(tiny_demo, tmp_path / "whole", compiled, "megatron_training.train_iters=2")
     _train(tiny_demo, tmp_path / "resumed", compiled, "megatron_training.train_iters=1")
     resumed = _train(tiny_demo, tmp_path / "resumed", compiled, "megatron_training.train_iters=2")
