@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -178,8 +179,6 @@ def _compiled_tiles_errors(cfg: MindRLConfig) -> list[str]:
         return [f"actor_config.compiled_logprob_tiles=true is verified on the cpu backend only (this job's backend "
                 f"is {backend}: {'Triton kernels, not run' if backend == 'cuda' else 'no inductor backend'}); "
                 f"set it to false"]
-    import shutil
-
     if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         return ["actor_config.compiled_logprob_tiles=true needs a C++ compiler (g++, c++ or clang++ on PATH) for "
                 "torch.compile's CPU kernels; install one or set it to false"]

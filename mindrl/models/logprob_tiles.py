@@ -16,7 +16,9 @@ what the uninterrupted one did, as in mindrl/models/compile.py). The results dif
 by summation order only (fp32 ~1e-7 relative); for a given shape and thread count they are deterministic.
 Compiled lazily at the first call of a process (a few seconds; inductor caches the code on disk).
 
-The eager fallbacks (`eager_statistics`, `eager_gradient_`) are the reference the tests compare against.
+`eager_statistics` / `eager_gradient_` are the plain-torch functions that get compiled (callable uncompiled,
+e.g. to debug); the eager path of mindrl.models.logprobs does not use them (it makes its own in-place passes
+into reused buffers). The tests compare the compiled path with float64 autograd (tests/models/test_fused_head.py).
 May import: torch.
 """
 from __future__ import annotations

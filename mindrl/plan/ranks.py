@@ -205,7 +205,7 @@ def rollout_rank(cfg: MindRLConfig) -> RolloutRank:
     with simulated_rank(0, world, tp=tp, pp=1, ep=ep, etp=etp, seed=spec.seed):
         model = setup_model(plan, _attention(cfg.backend), train=False)
         num, nbytes = frozen_weight_bytes(model.chunks)
-        linear = linear_weight_bytes(model.chunks)
+        linear = linear_weight_bytes(model.unwrapped)
     dtype_bytes = torch.tensor([], dtype=plan.config.params_dtype).element_size()
     return RolloutRank(num_params=num, weight_bytes=nbytes, tp=tp, ep=ep, linear_bytes=linear,
                        kv_bytes_per_token=kv_bytes_per_token(spec.hf, plan.config, tp, cfg.generate_config.engine,

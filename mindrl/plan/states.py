@@ -78,22 +78,20 @@ def count_train_states(model: MegatronModel, *, init_optimizer_state: bool = Tru
                        optimizer=storage_bytes(opt_state)[0])
 
 
-def linear_weight_bytes(chunks: list[torch.nn.Module]) -> int:
-    """Bytes of the weights every megatron linear of `chunks` multiplies by: what the built-in engine's packed
-    linears (generate_config.packed_linear) copy once per generate call. A tied LM head has no weight of its
-    own: megatron passes it the embedding's, which is packed like any other."""
+def linear_weight_bytes(models: list[torch.nn.Module]) -> int:
+    """Bytes of the weights every megatron linear of `models` (unwrapped GPTModels, `MegatronModel.unwrapped`)
+    multiplies by: what the built-in engine's packed linears (generate_config.packed_linear) copy once per
+    generate call. A tied LM head has no weight of its own: megatron passes it the embedding's, which is
+    packed like any other."""
     from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
     seen: dict[int, torch.Tensor] = {}
-    for c in chunks:
-        for m in c.modules():
+    for model in models:
+        for m in model.modules():
             if isinstance(m, (ColumnParallelLinear, RowParallelLinear)) and getattr(m, "weight", None) is not None:
                 seen[id(m.weight)] = m.weight
-        inner = getattr(c, "module", c)
-        while hasattr(inner, "module"):
-            inner = inner.module
-        if getattr(inner, "post_process", False) and getattr(inner, "share_embeddings_and_output_weights", False):
-            w = inner.shared_embedding_or_output_weight()
+        if getattr(model, "post_process", False) and getattr(model, "share_embeddings_and_output_weights", False):
+            w = model.shared_embedding_or_output_weight()
             seen[id(w)] = w
     return sum(w.numel() * w.element_size() for w in seen.values())
 

@@ -175,10 +175,10 @@ def output_log_probs(chunk: torch.nn.Module, output: torch.Tensor, labels: torch
                                             sequence_parallel=model.output_layer.sequence_parallel, compiled=compiled,
                                             entropy=entropy)
     # Logits (an MTP model): the unfused path.
-    logp, entropy = token_log_probs_and_entropy(output, labels, vocab_size, temperature=temperature)
+    logp, ent = token_log_probs_and_entropy(output, labels, vocab_size, temperature=temperature)
     if select is not None:
-        logp, entropy = logp * select, entropy * select
-    return logp, entropy
+        logp, ent = logp * select, ent * select
+    return logp, ent
 
 
 def next_token_loss_forward(vocab_size: int) -> Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple]:
