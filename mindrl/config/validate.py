@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import glob
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -179,9 +178,11 @@ def _compiled_tiles_errors(cfg: MindRLConfig) -> list[str]:
         return [f"actor_config.compiled_logprob_tiles=true is verified on the cpu backend only (this job's backend "
                 f"is {backend}: {'Triton kernels, not run' if backend == 'cuda' else 'no inductor backend'}); "
                 f"set it to false"]
-    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-        return ["actor_config.compiled_logprob_tiles=true needs a C++ compiler (g++, c++ or clang++ on PATH) for "
-                "torch.compile's CPU kernels; install one or set it to false"]
+    from mindrl.models.logprob_tiles import CXX_COMPILERS, has_cxx_compiler
+
+    if not has_cxx_compiler():
+        return [f"actor_config.compiled_logprob_tiles=true needs a C++ compiler ({', '.join(CXX_COMPILERS)} on PATH) "
+                "for torch.compile's CPU kernels; install one or set it to false"]
     return []
 
 

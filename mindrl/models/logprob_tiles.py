@@ -23,9 +23,17 @@ May import: torch.
 """
 from __future__ import annotations
 
+import shutil
 from typing import Callable
 
 import torch
+
+CXX_COMPILERS = ("g++", "c++", "clang++")
+
+
+def has_cxx_compiler() -> bool:
+    """A C++ compiler on PATH: what inductor needs to build the CPU kernels."""
+    return any(shutil.which(c) for c in CXX_COMPILERS)
 
 
 def eager_statistics(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -63,4 +71,4 @@ def tile_gradient_(z: torch.Tensor, lse: torch.Tensor, a: torch.Tensor, b: torch
     return z
 
 
-__all__ = ["eager_gradient_", "eager_statistics", "tile_gradient_", "tile_statistics"]
+__all__ = ["eager_gradient_", "eager_statistics", "has_cxx_compiler", "tile_gradient_", "tile_statistics"]

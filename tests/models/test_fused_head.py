@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mindrl.models.logprob_tiles import has_cxx_compiler
 from tests.tp_worker import tp_worker_results
 
 WORKER = Path(__file__).with_name("fused_head_worker.py")
@@ -46,6 +47,8 @@ def test_compiled_tiles_equal_float64_reference(results, run):
     """actor_config.compiled_logprob_tiles: the tiles' elementwise work in compiled kernels gives the same
     log-probs, entropy and gradients as float64 autograd (ragged column chunks, several row blocks, both
     temperatures, log-prob-only gradients); `entropy=False` returns None and the same log-probs bit for bit."""
+    if not has_cxx_compiler():
+        pytest.skip("no C++ compiler on PATH: inductor cannot build the compiled tiles (validate() refuses the key)")
     r = results[run]
     checked = [k for k in r if k.startswith("compiled_") and k.endswith(("_logp", "_entropy", "_hgrad", "_wgrad"))]
     assert len(checked) == (2 * 2 + 1) * 4
@@ -72,7 +75,8 @@ def test_fused_op_bf16_weights(results, run):
 @pytest.mark.parametrize("run", ["tp1_rank0", "tp2_rank0", "tp2_rank1"])
 def test_fused_model_equals_unfused(results, run):
     r = results[run]
-    cases = ["tied", "untied", "tied_compiled"] + (["tied_sp"] if run.startswith("tp2") else [])
+    cases = (["tied", "untied"] + (["tied_compiled"] if has_cxx_compiler() else [])
+             + (["tied_sp"] if run.startswith("tp2") else []))
     assert sorted(k[len("model_"):-len("_logp")] for k in r if k.startswith("model_") and k.endswith("_logp")) \
         == sorted(cases)
     for case in cases:
