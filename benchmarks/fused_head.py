@@ -4,14 +4,16 @@ forward + backward (the update), on tokens x vocab x hidden fp32 (default the do
 temperature 0.9, both outputs weighted).
 
     python -m benchmarks.fused_head [--baseline REV] [--tokens 880] [--repeats 3] [--threads 1]
-                                    [--columns 1024,4096] [--compiled] [--check]
+                                    [--columns 1024,4096] [--compiled] [--fused-loss] [--check]
     python -m benchmarks.fused_head --phases [--prompts 2] [--repeats 2] [--threads 1]
 
 Times: CPU seconds (`time.process_time`, the figure to compare under load) and wall seconds, per
 variant, best and median of the repeats, with `uptime`'s load average before and after. `--columns`
 also times the current code at other vocab-tile widths (`chunk_columns`); `--compiled` each current variant
-again with its tiles' elementwise work compiled (mindrl/models/logprob_tiles.py). `--check` prints the
-largest differences of log-probs, entropy and both gradients between the two revisions.
+again with its tiles' elementwise work compiled (mindrl/models/logprob_tiles.py). `--fused-loss`: also the
+update's output layer with the loss fused in (mindrl/models/fused_loss.py, actor_config.head_grad_in_forward;
+forward + backward only, with compiled tiles too under `--compiled`), on the same weighted sum of log-probs and
+entropies. `--check` prints the largest differences of log-probs, entropy and both gradients from the baseline.
 
 `--phases`: instead, the reference forward and the update of `benchmarks.train_switches`' batch and
 model (eager; `--prompts` x 8 samples, micro-batches of 8 rows, `PolicyWorker.log_probs` / `update`),
@@ -125,6 +127,9 @@ def main() -> None:
     ap.add_argument("--columns", default="", help="extra vocab-tile widths of the current code to time")
     ap.add_argument("--compiled", action="store_true",
                     help="also time each current variant with compiled tiles (actor_config.compiled_logprob_tiles)")
+    ap.add_argument("--fused-loss", action="store_true",
+                    help="also time the update's output layer with the loss fused in "
+                         "(actor_config.head_grad_in_forward)")
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--phases", action="store_true", help="the reference forward and update instead")
     ap.add_argument("--prompts", type=int, default=2, help="--phases: prompts (x 8 samples)")
@@ -152,10 +157,19 @@ def main() -> None:
     if args.compiled:  # every current variant again with its tiles' elementwise work compiled
         for name, (fn, extra) in list(variants.items())[1:]:
             variants[name + ", compiled tiles"] = (fn, (extra[0], True))
+    if args.fused_loss:
+        from mindrl.models.fused_loss import _FusedLinearLoss
+        for compiled in (False, True) if args.compiled else (False,):
+            variants["fused loss" + (", compiled tiles" if compiled else "")] = (_FusedLinearLoss, (compiled,))
 
     def run(fn, extra, backward: bool):
         h = hidden.clone().requires_grad_(backward)
         w = weight.clone().requires_grad_(backward)
+        if fn.__name__ == "_FusedLinearLoss":  # the loss inside: its gradients are computed in the forward
+            loss, lp, ent = fn.apply(h, w, labels, v, inv_temp, None, *extra,
+                                     lambda a, b: (w_lp * a).sum() + (w_h * b).sum(), True)
+            loss.backward()
+            return lp, ent, h.grad, w.grad
         with torch.enable_grad() if backward else torch.no_grad():
             lp, ent = fn.apply(h, w, labels, v, inv_temp, None, *extra)
             if backward:
@@ -177,6 +191,8 @@ def main() -> None:
     for _ in range(args.repeats):
         for phase, backward in (("forward", False), ("forward+backward", True)):
             for name, (fn, extra) in variants.items():
+                if not backward and name.startswith("fused loss"):  # an update-only path
+                    continue
                 c0, w0 = time.process_time(), time.perf_counter()
                 run(fn, extra, backward)
                 times.setdefault((phase, name), []).append((time.process_time() - c0, time.perf_counter() - w0))

@@ -105,6 +105,12 @@ class ActorConfig:
     # over each [tokens, vocab columns] tile (mindrl/models/logprob_tiles.py); same values up to fp32 summation
     # order. Compiled once per process (seconds). CPU backend only (where it was measured: docs/benchmarks.md).
     compiled_logprob_tiles: bool = False
+    # The update's output layer takes the loss in: per block of tokens the logits are computed once and turned
+    # into their gradient right away, from the loss's per-token gradient (three matmuls of tokens x hidden x
+    # vocab instead of four: no logits recomputed in the backward). Exact where the loss is a sum of per-token
+    # terms, which is checked every micro-batch; elsewhere (GSPO) the gradients are recomputed from the true
+    # per-token ones as with `false` (mindrl/models/fused_loss.py). `false`: the log-probs' own backward.
+    head_grad_in_forward: bool = True
 
 
 @dataclass

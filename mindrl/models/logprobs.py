@@ -278,6 +278,24 @@ def _online_statistics(hidden: torch.Tensor, w: torch.Tensor, local_lab: torch.T
     return m, big_s, big_t, picked
 
 
+def combine_ranks(m: torch.Tensor, big_s: torch.Tensor, big_t: torch.Tensor, picked: torch.Tensor,
+                  inside: torch.Tensor, n_valid: int, group: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log p(label), entropy, log-normaliser) per row from this rank's (m, S, T, label logit) over its real
+    columns (`_online_statistics`; `inside`: this rank holds the label). Under TP (`group`) one MAX and one SUM
+    all-reduce of per-row scalars combine the ranks' vocab slices."""
+    if group is not None:
+        gmax = m.clone()
+        dist.all_reduce(gmax, op=dist.ReduceOp.MAX, group=group)
+        if n_valid:  # rescale to the global max (a rank without real columns has S = T = 0)
+            big_s, big_t = _rebase(big_s, big_t, m - gmax)
+        m = gmax
+    sums = torch.stack([big_s, torch.where(inside, picked - m, torch.zeros_like(m)), big_t])
+    if group is not None:
+        dist.all_reduce(sums, group=group)
+    log_norm = sums[0].log()
+    return sums[1] - log_norm, log_norm - sums[2] / sums[0], m + log_norm
+
+
 class _FusedLinearLogProbEntropy(torch.autograd.Function):
     """(log p(label), entropy) per row of softmax((hidden @ weight.T) * inv_temp) over the real vocab:
     the output layer fused with the log-softmax, so logits exist one tile at a time, in the forward and
@@ -312,17 +330,7 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
             m, big_s, big_t, picked = _online_statistics(_matmul_input(hidden[s:e], w, inv_temp), w, local_lab[s:e],
                                                          inv_temp, cols, scratch, compiled, with_entropy)
             inside = (local_lab[s:e] >= 0) & (local_lab[s:e] < n_valid)
-            if group is not None:  # one MAX and one SUM a row block combine the ranks' vocab slices
-                gmax = m.clone()
-                dist.all_reduce(gmax, op=dist.ReduceOp.MAX, group=group)
-                if n_valid:  # rescale to the global max (a rank without real columns has S = T = 0)
-                    big_s, big_t = _rebase(big_s, big_t, m - gmax)
-                m = gmax
-            sums = torch.stack([big_s, torch.where(inside, picked - m, torch.zeros_like(m)), big_t])
-            if group is not None:
-                dist.all_reduce(sums, group=group)
-            log_norm = sums[0].log()
-            logp[s:e], entropy[s:e], lse[s:e] = sums[1] - log_norm, log_norm - sums[2] / sums[0], m + log_norm
+            logp[s:e], entropy[s:e], lse[s:e] = combine_ranks(m, big_s, big_t, picked, inside, n_valid, group)
         del scratch
         ctx.save_for_backward(hidden, weight, labels, lse, entropy)
         ctx.vocab_size, ctx.inv_temp = vocab_size, inv_temp
@@ -333,49 +341,69 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_logp: torch.Tensor | None, g_entropy: torch.Tensor | None):
         hidden, weight, labels, lse, entropy = ctx.saved_tensors
-        local = weight.shape[0]
-        n = hidden.shape[0]
-        n_valid = _valid_columns(local, ctx.vocab_size)
-        w = weight[:n_valid]
-        rank = ps.get_tensor_model_parallel_rank()
-        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if want_h else None
-        # fp32 (megatron accumulates weight grads in fp32 main_grad too); every real vocab row is written
-        # by its column chunk's first row block, so only the padded rows need zeros.
-        grad_w = torch.empty(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
-        if grad_w is not None:
-            grad_w[n_valid if n else 0:].zero_()
-        g_lp = None if g_logp is None else g_logp.float()
-        g_h = None if g_entropy is None else g_entropy.float()
-        rows, cols = _tiles(n, local, ctx.chunk_elements, ctx.chunk_columns)
-        busy = n and n_valid and (want_h or want_w)
-        scratch = (_Scratch(min(rows, n) * min(cols, n_valid), hidden.device, 1 if g_h is None or ctx.compiled else 2)
-                   if busy else None)
-        h_mm = _matmul_input(hidden, w, ctx.inv_temp)  # the forward's matmul input
-        h_w = hidden.to(w.dtype).float() if want_w else None  # the weight gradient's (unscaled), in fp32
-        local_lab = labels - rank * local
-        for c0 in range(0, n_valid if busy else 0, cols):
-            c1 = min(n_valid, c0 + cols)
-            w_c = w[c0:c1]
-            for s in range(0, n, rows):
-                e = min(n, s + rows)
-                z = _logits_into(scratch(0, e - s, c1 - c0), h_mm[s:e], w_c)  # recomputed: no logits were kept
-                if ctx.inv_temp != 1.0 and w.dtype != torch.float32:
-                    z.mul_(ctx.inv_temp)
-                gz = _chunk_grad(z, lse[s:e], entropy[s:e], None if g_lp is None else g_lp[s:e],
-                                 None if g_h is None else g_h[s:e], local_lab[s:e] - c0, c1 - c0, ctx.inv_temp,
-                                 None if g_h is None or ctx.compiled else scratch(1, e - s, c1 - c0), ctx.compiled)
-                if want_h and w.dtype == torch.float32:
-                    grad_h[s:e].addmm_(gz, w_c)
-                elif want_h:  # as megatron's input gradient: the matmul in the weight's dtype
-                    grad_h[s:e] += (gz.to(w.dtype) @ w_c).float()
-                if want_w and s == 0:  # this vocab slice's gradient, written once (no zeros + accumulate)
-                    torch.mm(gz.t(), h_w[s:e], out=grad_w[c0:c1])
-                elif want_w:
-                    grad_w[c0:c1].addmm_(gz.t(), h_w[s:e])
-                del z, gz
+        grad_h, grad_w = recompute_grads(hidden, weight, labels, lse, entropy, g_logp, g_entropy, ctx.vocab_size,
+                                         ctx.inv_temp, ctx.chunk_elements, ctx.chunk_columns, ctx.compiled,
+                                         ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         return (None if grad_h is None else grad_h.to(hidden.dtype),
                 None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None, None)
+
+
+def recompute_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor,
+                    entropy: torch.Tensor, g_logp: torch.Tensor | None, g_entropy: torch.Tensor | None,
+                    vocab_size: int, inv_temp: float, chunk_elements: int | None, chunk_columns: int | None,
+                    compiled: bool, want_h: bool, want_w: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The fused output layer's backward: fp32 gradients of (hidden, weight) (None where not wanted) from the
+    per-row log-normaliser and entropy of its forward, the logits recomputed one tile at a time."""
+    local = weight.shape[0]
+    n = hidden.shape[0]
+    n_valid = _valid_columns(local, vocab_size)
+    w = weight[:n_valid]
+    rank = ps.get_tensor_model_parallel_rank()
+    grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if want_h else None
+    # fp32 (megatron accumulates weight grads in fp32 main_grad too); every real vocab row is written
+    # by its column chunk's first row block, so only the padded rows need zeros.
+    grad_w = torch.empty(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+    if grad_w is not None:
+        grad_w[n_valid if n else 0:].zero_()
+    g_lp = None if g_logp is None else g_logp.float()
+    g_h = None if g_entropy is None else g_entropy.float()
+    rows, cols = _tiles(n, local, chunk_elements, chunk_columns)
+    busy = n and n_valid and (want_h or want_w)
+    scratch = (_Scratch(min(rows, n) * min(cols, n_valid), hidden.device, 1 if g_h is None or compiled else 2)
+               if busy else None)
+    h_mm = _matmul_input(hidden, w, inv_temp)  # the forward's matmul input
+    h_w = hidden.to(w.dtype).float() if want_w else None  # the weight gradient's (unscaled), in fp32
+    local_lab = labels - rank * local
+    for c0 in range(0, n_valid if busy else 0, cols):
+        c1 = min(n_valid, c0 + cols)
+        w_c = w[c0:c1]
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
+            z = _logits_into(scratch(0, e - s, c1 - c0), h_mm[s:e], w_c)  # recomputed: no logits were kept
+            if inv_temp != 1.0 and w.dtype != torch.float32:
+                z.mul_(inv_temp)
+            gz = _chunk_grad(z, lse[s:e], entropy[s:e], None if g_lp is None else g_lp[s:e],
+                             None if g_h is None else g_h[s:e], local_lab[s:e] - c0, c1 - c0, inv_temp,
+                             None if g_h is None or compiled else scratch(1, e - s, c1 - c0), compiled)
+            add_tile_grads(gz, w_c, None if grad_h is None else grad_h[s:e],
+                           None if grad_w is None else grad_w[c0:c1], None if h_w is None else h_w[s:e], first=s == 0)
+            del z, gz
+    return grad_h, grad_w
+
+
+def add_tile_grads(gz: torch.Tensor, w_c: torch.Tensor, grad_h: torch.Tensor | None, grad_w: torch.Tensor | None,
+                   h_w: torch.Tensor | None, first: bool) -> None:
+    """One tile's share of the output layer's gradients, from its logits' gradient `gz` [rows, cols]:
+    grad_h [rows, h] += gz @ w_c (in the weight's dtype, as megatron's input gradient), and grad_w [cols, h]
+    (fp32) = (`first`: written, no zeros needed) or += gz.T @ h_w (the rows' fp32 matmul input)."""
+    if grad_h is not None and w_c.dtype == torch.float32:
+        grad_h.addmm_(gz, w_c)
+    elif grad_h is not None:
+        grad_h += (gz.to(w_c.dtype) @ w_c).float()
+    if grad_w is not None and first:
+        torch.mm(gz.t(), h_w, out=grad_w)
+    elif grad_w is not None:
+        grad_w.addmm_(gz.t(), h_w)
 
 
 def token_log_probs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, *,
@@ -406,9 +434,20 @@ def output_log_probs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, lab
     kernels (mindrl.models.logprob_tiles; actor_config.compiled_logprob_tiles). `entropy=False` (a forward
     that needs the log-probs only, e.g. the reference's): the entropy is not computed and None is returned
     in its place."""
-    # The input's TP region exactly as ColumnParallelLinear enters it: every rank needs every selected
-    # token (it holds a vocab slice), and the hidden-state gradient, partial per vocab slice, is summed
-    # over TP on the way back (all-reduce; reduce-scatter back to the sequence shards under SP).
+    rows, lab, pick = selected_rows(hidden, labels, select, sequence_parallel)
+    inv_temp = 1.0 / temperature if temperature > 0 else 1.0
+    logp, ent = _FusedLinearLogProbEntropy.apply(rows, weight, lab, vocab_size, inv_temp,
+                                                 chunk_elements, chunk_columns, compiled, entropy)
+    return unselect(logp, pick), unselect(ent, pick) if entropy else None
+
+
+def selected_rows(hidden: torch.Tensor, labels: torch.Tensor, select: torch.Tensor | None, sequence_parallel: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused output layer's input: (hidden rows [n, h], their labels [n], pick [s, b]) of the `select`ed
+    [b, s] positions (all when None) from megatron's [s, b, h] final hidden states, entered into the TP region
+    exactly as ColumnParallelLinear enters it: every rank needs every selected token (it holds a vocab slice),
+    and the hidden-state gradient, partial per vocab slice, is summed over TP on the way back (all-reduce;
+    reduce-scatter back to the sequence shards under SP)."""
     if sequence_parallel:
         hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=True)
     else:
@@ -418,11 +457,13 @@ def output_log_probs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, lab
     # Pick rows in megatron's [s, b] order: the gradient flowing back into the TP region is then a
     # plain contiguous tensor (megatron's all-reduce silently reduces a copy of a non-contiguous one).
     pick = select.bool().t()
-    inv_temp = 1.0 / temperature if temperature > 0 else 1.0
-    logp, ent = _FusedLinearLogProbEntropy.apply(hidden[pick], weight, labels.t()[pick], vocab_size, inv_temp,
-                                                 chunk_elements, chunk_columns, compiled, entropy)
-    zeros = torch.zeros(pick.shape, dtype=torch.float32, device=logp.device)
-    return zeros.index_put((pick,), logp).t(), zeros.index_put((pick,), ent).t() if entropy else None
+    return hidden[pick], labels.t()[pick], pick
+
+
+def unselect(values: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
+    """Per-row results of `selected_rows` back to [b, s] (0 where not selected); differentiable."""
+    zeros = torch.zeros(pick.shape, dtype=values.dtype, device=values.device)
+    return zeros.index_put((pick,), values).t()
 
 
 def token_log_probs(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, *, temperature: float = 1.0,

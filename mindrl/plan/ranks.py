@@ -121,7 +121,8 @@ def train_rank(cfg: MindRLConfig, stage: int, *, rows: int = 1, seq: int = 1, re
 def logprob_chunk_bytes(rows: int, response: int, padded_vocab: int, tp: int) -> int:
     """The fused log-prob's own temporaries (mindrl/models/logprobs.py): one chunk of at most CHUNK_ELEMENTS
     fp32 logits at a time, with its exponentials and, in the backward, its gradient: 3 chunk-sized fp32
-    tensors (arithmetic from the chunk size; the measured activations contain them)."""
+    tensors (arithmetic from the chunk size; the measured activations contain them). The update's fused loss
+    (mindrl/models/fused_loss.py) keeps its blocks within 2 of them."""
     from mindrl.models.logprobs import CHUNK_ELEMENTS
 
     local = padded_vocab // tp

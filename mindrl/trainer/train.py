@@ -45,7 +45,8 @@ def policy_worker(cfg: MindRLConfig, model: Any, adapters: bool = True) -> Polic
                         temperature=cfg.generate_config.sampling_config.temperature,
                         max_tokens_per_micro_batch=cfg.actor_config.max_tokens_per_micro_batch, adapters=adapters,
                         use_torch_compile=cfg.actor_config.use_torch_compile,
-                        compiled_logprob_tiles=cfg.actor_config.compiled_logprob_tiles)
+                        compiled_logprob_tiles=cfg.actor_config.compiled_logprob_tiles,
+                        head_grad_in_forward=cfg.actor_config.head_grad_in_forward)
 
 
 def rollout_train_state(gen_cfg: Any, backend: Any, actor_model: Any) -> Any:

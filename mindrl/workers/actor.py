@@ -18,7 +18,8 @@ from megatron.core import parallel_state as ps
 from mindrl.algorithms import compute_actor_loss, logprob_diff_stats, loss_normaliser, rollout_is_clipfrac_weight
 from mindrl.models.compile import compile_layers, compiled_layers
 from mindrl.models.lora import adapters_disabled
-from mindrl.workers.megatron_engine import MegatronModel, forward_backward, gpt_forward, output_log_probs
+from mindrl.workers.megatron_engine import (MegatronModel, forward_backward, gpt_forward, output_log_probs,
+                                            output_loss)
 
 
 @dataclass
@@ -137,8 +138,11 @@ class PolicyWorker:
 
     def __init__(self, model: MegatronModel, *, micro_batch_size: int, temperature: float = 1.0,
                  max_tokens_per_micro_batch: int | None = None, adapters: bool = True,
-                 use_torch_compile: bool = False, compiled_logprob_tiles: bool = False) -> None:
+                 use_torch_compile: bool = False, compiled_logprob_tiles: bool = False,
+                 head_grad_in_forward: bool = True) -> None:
         self.model = model
+        # The update's output layer takes the loss and computes its gradient in the forward (mindrl.models.fused_loss).
+        self.head_grad_in_forward = head_grad_in_forward
         # The fused output layer's per-tile elementwise work in compiled kernels (mindrl.models.logprob_tiles).
         self.compiled_logprob_tiles = compiled_logprob_tiles
         # torch.compile of the transformer layers for this worker's forwards (mindrl.models.compile);
@@ -243,14 +247,9 @@ class PolicyWorker:
         def forward(chunk: torch.nn.Module, mb: dict[str, torch.Tensor]):
             output = gpt_forward(chunk, mb, hidden_states=True)
 
-            def loss_fn(hidden: torch.Tensor):
-                # Output layer on response positions only, fused with the log-probs (0 elsewhere).
-                logp, entropy = output_log_probs(chunk, hidden, mb["labels"], self.vocab_size,
-                                                 select=mb.get("select", mb["response_mask"]),
-                                                 temperature=self.temperature, compiled=self.compiled_logprob_tiles)
+            def actor_loss(logp: torch.Tensor, entropy: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                """The loss and its metrics from [b, s] log-probs and entropies in the model's layout."""
                 logp, entropy = _row_layout(mb, logp), _row_layout(mb, entropy)
-                if rl.entropy_coeff == 0:
-                    entropy = entropy.detach()  # a metric only: no backward through it
                 adv = mb["advantages"]
                 adv = adv.unsqueeze(1).expand_as(logp) if adv.dim() == 1 else adv
                 old = mb.get("old_log_probs", logp.detach())
@@ -263,6 +262,27 @@ class PolicyWorker:
                     max_response_length=max_response_length, rollout_log_prob=mb.get("rollout_log_probs"),
                     rollout_is_level=rl.rollout_is.level,
                     rollout_is_threshold=rl.rollout_is.threshold if rl.rollout_is.enable else None)
+                return loss, metrics
+
+            def loss_fn(hidden: torch.Tensor):
+                # Output layer on response positions only, fused with the log-probs (0 elsewhere).
+                select = mb.get("select", mb["response_mask"])
+                if self.head_grad_in_forward:  # ... and with the loss: its gradient computed in the forward
+                    loss, logp, entropy = output_loss(
+                        chunk, hidden, mb["labels"], self.vocab_size, lambda lp, ent: actor_loss(lp, ent)[0],
+                        select=select, temperature=self.temperature, compiled=self.compiled_logprob_tiles,
+                        entropy_grad=rl.entropy_coeff != 0)
+                    metrics = actor_loss(logp, entropy)[1]
+                    loss = loss * undo  # outside the fused loss: its upstream gradient is then exactly 1
+                else:
+                    logp, entropy = output_log_probs(chunk, hidden, mb["labels"], self.vocab_size, select=select,
+                                                     temperature=self.temperature,
+                                                     compiled=self.compiled_logprob_tiles)
+                    if rl.entropy_coeff == 0:
+                        entropy = entropy.detach()  # a metric only: no backward through it
+                    loss, metrics = actor_loss(logp, entropy)
+                    loss = loss * undo
+                logp = _row_layout(mb, logp)
                 tokens = mb["response_mask"].sum().float()
                 weights = dict.fromkeys(metrics, tokens)  # token-weighted for averaging
                 if "rollout_is_clipfrac" in metrics:  # a row fraction at sequence level: weighted by rows
@@ -275,7 +295,7 @@ class PolicyWorker:
                 if mb.get("rollout_log_probs") is not None:  # this forward runs before the optimizer step
                     diff = logprob_diff_stats(logp, mb["rollout_log_probs"], mb["response_mask"])
                     metrics["_logprob_diff_sum"], metrics["_logprob_diff_max"] = diff["sum"], diff["max"]
-                return loss * undo, metrics
+                return loss, metrics
             return output, loss_fn
 
         with self._compiled():

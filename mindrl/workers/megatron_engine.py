@@ -18,6 +18,7 @@ from megatron.core.transformer.module import Float16Module
 
 from mindrl.models.builder import ModelPlan, build_model
 from mindrl.models.lora import LoRASpec, apply_lora
+from mindrl.models.fused_loss import output_loss as fused_output_loss
 from mindrl.models.logprobs import output_log_probs_and_entropy, token_log_probs_and_entropy
 
 
@@ -179,6 +180,24 @@ def output_log_probs(chunk: torch.nn.Module, output: torch.Tensor, labels: torch
     if select is not None:
         logp, ent = logp * select, ent * select
     return logp, ent
+
+
+def output_loss(chunk: torch.nn.Module, output: torch.Tensor, labels: torch.Tensor, vocab_size: int,
+                loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, select: torch.Tensor | None = None,
+                temperature: float = 1.0, compiled: bool = False, entropy_grad: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, log-probs, entropy): `output_log_probs` with the loss `loss_of(logp, entropy)` fused in, its output
+    layer's gradient computed in the forward (mindrl.models.fused_loss.output_loss); log-probs and entropy [b, s]
+    detached, for metrics. `entropy_grad`: the loss depends on the entropy."""
+    model = _gpt_model(chunk)
+    if _returns_hidden(model):
+        weight = (model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights
+                  else model.output_layer.weight)
+        return fused_output_loss(output, weight, labels, vocab_size, loss_of, select=select, temperature=temperature,
+                                 sequence_parallel=model.output_layer.sequence_parallel, compiled=compiled,
+                                 entropy_grad=entropy_grad)
+    logp, ent = output_log_probs(chunk, output, labels, vocab_size, select=select, temperature=temperature)
+    return loss_of(logp, ent if entropy_grad else ent.detach()), logp.detach(), ent.detach()
 
 
 def next_token_loss_forward(vocab_size: int) -> Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple]:

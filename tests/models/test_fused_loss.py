@@ -1,0 +1,72 @@
+"""The output layer with the loss fused in (mindrl.models.fused_loss, actor_config.head_grad_in_forward): its
+gradients, computed in the forward one block of tokens at a time, equal float64 autograd over the full vocabulary
+(loss, log-probs, entropy, hidden and weight gradients) for a linear loss, GRPO's clipped surrogate + KL, the same
+with an entropy bonus, blocks of 1 and of 2 to 4 tokens and of all of them, temperatures 0.7 and 1, eager and
+compiled tiles, an upstream gradient of 0.37 and a frozen weight, at TP=1 and TP=2 with padded vocab rows; a
+sequence-level (GSPO-like) loss is detected as not token-separable and recomputed, still exact; and through
+megatron's schedule and DDP every parameter's gradient equals the log-probs' own backward (tied / untied, sequence
+parallelism, compiled tiles). Runs fused_loss_worker.py in a fresh process."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mindrl.models.logprob_tiles import has_cxx_compiler
+from tests.tp_worker import tp_worker_results
+
+WORKER = Path(__file__).with_name("fused_loss_worker.py")
+pytestmark = pytest.mark.megatron
+RUNS = ["tp1_rank0", "tp2_rank0", "tp2_rank1"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, dict]:
+    return tp_worker_results(WORKER, tmp_path_factory.mktemp("fused_loss"), timeout=400)
+
+
+def test_all_ranks_reported(results):
+    assert sorted(results) == RUNS
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_fused_loss_equals_float64_reference(results, run):
+    r = results[run]
+    cases = sorted({k.rsplit("_", 1)[0] for k in r if k.startswith("op_") and k.endswith("_separable")})
+    compiled = 2 if has_cxx_compiler() else 1
+    assert len(cases) == 4 * 2 * 3 * compiled + 2  # losses x temperatures x block sizes (x compiled) + 2
+    for case in cases:
+        for what in ("loss", "logp", "entropy", "hgrad"):
+            assert r[f"{case}_{what}"] <= 2e-5, (run, case, what, r[f"{case}_{what}"])
+        if case.endswith("_frozen"):
+            assert r[f"{case}_wgrad"] == -1.0  # no gradient for a weight that does not want one
+        else:
+            assert r[f"{case}_wgrad"] <= 2e-5, (run, case, r[f"{case}_wgrad"])
+        assert r[f"{case}_grad_scale"] > 0.01, (run, case)  # the gradients compared are not all ~0
+        # Token-separable losses use the gradients computed block by block; the sequence-level one cannot, unless
+        # one block holds every token (the default budget here: the per-block gradient is then the whole one).
+        several_blocks = "_bNone" not in case
+        assert r[f"{case}_separable"] == (0.0 if case.startswith("op_sequence") and several_blocks else 1.0), \
+            (run, case)
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_fused_loss_bf16_weights(results, run):
+    """bf16 weights: the same bf16 logits as the log-probs' fused path, gradients within bf16 rounding."""
+    r = results[run]
+    assert r["bf16_logp"] <= 2e-5, run
+    assert r["bf16_hgrad"] <= 0.02 and r["bf16_wgrad"] <= 0.02, (run, r["bf16_hgrad"], r["bf16_wgrad"])
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_fused_loss_through_megatron_equals_logprob_backward(results, run):
+    r = results[run]
+    cases = (["tied", "untied"] + (["tied_compiled"] if has_cxx_compiler() else [])
+             + (["tied_sp"] if run.startswith("tp2") else []))
+    assert sorted(k[len("model_"):-len("_grad")] for k in r if k.startswith("model_") and k.endswith("_grad")) \
+        == sorted(cases)
+    for case in cases:
+        key = f"model_{case}"
+        assert r[key + "_loss"] <= 1e-5 and r[key + "_logp"] <= 1e-5, (run, case)
+        assert r[key + "_grad"] <= 1e-5, (run, case, r[key + "_grad"])
+        assert r[key + "_nonzero_grads"] == 1.0, (run, case)
