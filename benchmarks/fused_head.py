@@ -166,7 +166,7 @@ def main() -> None:
         h = hidden.clone().requires_grad_(backward)
         w = weight.clone().requires_grad_(backward)
         if fn.__name__ == "_FusedLinearLoss":  # the loss inside: its gradients are computed in the forward
-            loss, lp, ent = fn.apply(h, w, labels, v, inv_temp, None, *extra,
+            loss, lp, ent = fn.apply(h, w, labels, v, inv_temp, None, None, *extra,
                                      lambda a, b: (w_lp * a).sum() + (w_h * b).sum(), True)
             loss.backward()
             return lp, ent, h.grad, w.grad

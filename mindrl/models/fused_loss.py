@@ -8,11 +8,13 @@ weight gradient), and at hidden 256 x 151,936 vocab the output layer is three qu
 
 Here the loss comes into the output layer instead, as Liger-Kernel's fused linear cross-entropy does: rows of
 tokens are taken a block at a time over this rank's whole vocab slice (`rows x vocab/TP` logits, within the
-planner's allowance for the log-probs' temporaries: `block_rows`); for each block the logits are computed once,
-their log-normaliser and entropy taken (TP: one MAX and one SUM all-reduce), the loss's gradient with respect
-to the block's log-probs (and entropies) evaluated, and the block's logits turned in place into their
-gradient, which gives the block's hidden-state gradient and its share of the weight gradient right away.
-Three matmuls; the gradients wait for the backward, which scales them by the loss's upstream gradient.
+planner's allowance for the log-probs' temporaries: `block_rows`); for each block the logits are computed once
+(eager: tile by tile of CHUNK_COLUMNS vocab entries, each tile's statistics taken while it is fresh in the cache
+and merged by the online log-sum-exp; compiled tiles: the block at once), their log-normaliser and entropy
+combined (TP: one MAX and one SUM all-reduce), the loss's gradient with respect to the block's log-probs (and
+entropies) evaluated, and each tile of logits turned in place into its gradient, which gives the block's hidden-
+state gradient and that vocab slice's share of the weight gradient right away. Three matmuls; the gradients wait
+for the backward, which scales them by the loss's upstream gradient.
 
 Why that is exact: the loss's gradient at a token is evaluated before the later blocks' log-probs exist, with
 zeros standing in for them. For a loss that is a sum of per-token terms (the clipped surrogate, CISPO, the KL
@@ -31,22 +33,21 @@ from typing import Callable
 import torch
 
 from mindrl.models.logprob_tiles import tile_statistics
-from mindrl.models.logprobs import (CHUNK_ELEMENTS, _chunk_grad, _logits_into, _matmul_input, _Scratch, _tp,
-                                    _valid_columns, add_tile_grads, combine_ranks, recompute_grads, selected_rows,
-                                    unselect)
+from mindrl.models.logprobs import (CHUNK_COLUMNS, CHUNK_ELEMENTS, _chunk_grad, _logits_into, _matmul_input,
+                                    _rebase, _Scratch, _tp, _valid_columns, add_tile_grads, combine_ranks,
+                                    recompute_grads, selected_rows, unselect)
 
 # (log-probs [n], entropies [n]) of the selected tokens -> the scalar loss
 FlatLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def block_rows(n: int, local: int, chunk_elements: int | None, buffers: int) -> int:
-    """Tokens per block: its `buffers` logits-sized fp32 temporaries (`rows x local` each: one with compiled
-    tiles, the gradient written in place; two eager, the exponentials apart) within 2 x `chunk_elements`
-    (CHUNK_ELEMENTS) values, inside the three chunks the planner allows the log-probs
+def block_rows(n: int, local: int, chunk_elements: int | None) -> int:
+    """Tokens per block: its logits (`rows x local` fp32, the gradient written in place) within 2 x
+    `chunk_elements` (CHUNK_ELEMENTS) values, inside the three chunks the planner allows the log-probs
     (plan.ranks.logprob_chunk_bytes). Measured at hidden 256 x 151,936 (docs/benchmarks.md, issue 21): the
     logits matmul runs well from ~200 rows, and bigger blocks raised the update's peak RSS. From `local`, the
     padded vocab slice, equal on every TP rank: every rank runs the same blocks and all-reduces."""
-    return max(1, min(n, 2 * (chunk_elements or CHUNK_ELEMENTS) // (buffers * max(local, 1))))
+    return max(1, min(n, 2 * (chunk_elements or CHUNK_ELEMENTS) // max(local, 1)))
 
 
 def _loss_grads(loss_of: FlatLoss, logp: torch.Tensor, entropy: torch.Tensor, entropy_grad: bool
@@ -62,6 +63,41 @@ def _loss_grads(loss_of: FlatLoss, logp: torch.Tensor, entropy: torch.Tensor, en
     return loss.detach(), grads[0], grads[1] if entropy_grad else None
 
 
+def _block_statistics(views: list[torch.Tensor], tiles: list[tuple[int, int]], hidden: torch.Tensor, w: torch.Tensor,
+                      local_lab: torch.Tensor, inv_temp: float, exps: _Scratch | None, compiled: bool
+                      ) -> tuple[torch.Tensor, ...]:
+    """One block's logits into `views` (tile after tile: each statistic taken while its tile is fresh in the cache)
+    and this rank's (m, S, T, label logit) over them, as `_online_statistics`, plus per tile the shift its stored
+    logits carry (eager subtracts the tile's max in place; compiled leaves them as they are: 0)."""
+    rows = hidden.shape[0]
+    m = torch.full((rows,), float("-inf"), device=hidden.device)
+    big_s, big_t, picked, shifts = torch.zeros_like(m), torch.zeros_like(m), torch.zeros_like(m), []
+    for (c0, c1), z in zip(tiles, views):
+        _logits_into(z, hidden, w[c0:c1])
+        if inv_temp != 1.0 and w.dtype != torch.float32:  # fp32: folded into `hidden` by the caller
+            z *= inv_temp
+        lab = local_lab - c0
+        inside = (lab >= 0) & (lab < c1 - c0)
+        picked = torch.where(inside, z.gather(1, lab.clamp(0, c1 - c0 - 1)[:, None])[:, 0], picked)
+        if compiled:
+            m_c, s_c, t_c = tile_statistics(z)
+            shifts.append(0.0)
+        else:
+            m_c = z.amax(dim=-1)
+            z -= m_c[:, None]
+            ez = torch.exp(z, out=exps(0, rows, c1 - c0))
+            s_c, t_c = ez.sum(-1), ez.mul_(z).sum(-1)
+            shifts.append(m_c)
+        if c0 == 0:
+            m, big_s, big_t = m_c, s_c, t_c
+        else:  # both moved to the new running max
+            new_m = torch.maximum(m, m_c)
+            big_s, big_t = _rebase(big_s, big_t, m - new_m)
+            s_c, t_c = _rebase(s_c, t_c, m_c - new_m)
+            m, big_s, big_t = new_m, big_s + s_c, big_t + t_c
+    return m, big_s, big_t, picked, shifts
+
+
 class _FusedLinearLoss(torch.autograd.Function):
     """(loss, log p(label), entropy) of softmax((hidden @ weight.T) * inv_temp) over the real vocab, with
     loss = loss_of(log-probs, entropies); differentiable in the loss only (log-probs and entropies are
@@ -72,8 +108,8 @@ class _FusedLinearLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, vocab_size: int,
-                inv_temp: float, chunk_elements: int | None, compiled: bool, loss_of: FlatLoss,
-                entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                inv_temp: float, chunk_elements: int | None, chunk_columns: int | None, compiled: bool,
+                loss_of: FlatLoss, entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         local, n = weight.shape[0], hidden.shape[0]
         n_valid = _valid_columns(local, vocab_size)
         w = weight[:n_valid]  # padded vocab rows are not tokens: never computed
@@ -87,10 +123,16 @@ class _FusedLinearLoss(torch.autograd.Function):
         grad_w = torch.empty(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
         if grad_w is not None:  # the first block writes every real row; padded rows (all, without tokens) are 0
             grad_w[n_valid if n else 0:].zero_()
-        buffers = 1 if compiled else 2
-        rows = block_rows(n, local, chunk_elements, buffers)
+        rows = block_rows(n, local, chunk_elements)
+        # Eager: tiles of CHUNK_COLUMNS, whose several elementwise passes then run in the cache. Compiled: the
+        # kernels make one or two streaming passes anyway, so a block is one tile (a tile per call measured
+        # slower: the calls' overhead and narrower matmuls; docs/benchmarks.md, issue 21).
+        cols = max(1, min(chunk_columns or (n_valid if compiled else CHUNK_COLUMNS), n_valid))
         busy = bool(n and n_valid)
-        scratch = _Scratch(min(rows, n) * n_valid, hidden.device, buffers) if busy else None
+        # The block's logits, tile after tile, each tile [rows, cols] contiguous; and one tile of exponentials
+        # (eager only: the compiled kernels write nothing but their results).
+        block = torch.empty(min(rows, n) * n_valid, dtype=torch.float32, device=hidden.device) if busy else None
+        exps = _Scratch(min(rows, n) * cols, hidden.device, 1) if busy and not compiled else None
         h_mm = _matmul_input(hidden, w, inv_temp)
         h_w = hidden.to(w.dtype).float() if want_w else None  # the weight gradient's matmul input, fp32
         local_lab = labels - rank * local
@@ -98,38 +140,27 @@ class _FusedLinearLoss(torch.autograd.Function):
         full_lp, full_h = g_lp, g_h
         for s in range(0, n, rows):
             e = min(n, s + rows)
-            lab = local_lab[s:e]
+            r, lab = e - s, local_lab[s:e]
             inside = (lab >= 0) & (lab < n_valid)
-            m = torch.full((e - s,), float("-inf"), device=hidden.device)
-            big_s, big_t, picked, shift = torch.zeros_like(m), torch.zeros_like(m), torch.zeros_like(m), 0.0
-            if busy:
-                z = _logits_into(scratch(0, e - s, n_valid), h_mm[s:e], w)
-                if inv_temp != 1.0 and w.dtype != torch.float32:  # fp32: folded into h_mm
-                    z *= inv_temp
-                picked = torch.where(inside, z.gather(1, lab.clamp(0, n_valid - 1)[:, None])[:, 0], picked)
-                if compiled:  # statistics in one compiled kernel, z left as it is
-                    m, big_s, big_t = tile_statistics(z)
-                else:  # in place: z becomes z - m, exp(z - m) goes to the second buffer
-                    m = z.amax(dim=-1)
-                    z -= m[:, None]
-                    ez = torch.exp(z, out=scratch(1, e - s, n_valid))
-                    big_s, big_t, shift = ez.sum(-1), ez.mul_(z).sum(-1), m
-                    del ez
+            tiles = [(c0, min(n_valid, c0 + cols)) for c0 in range(0, n_valid if busy else 0, cols)]
+            views = [block[r * c0:r * c1].view(r, c1 - c0) for c0, c1 in tiles]
+            m, big_s, big_t, picked, shifts = _block_statistics(views, tiles, h_mm[s:e], w, lab, inv_temp, exps,
+                                                                compiled)
             logp[s:e], entropy[s:e], lse[s:e] = combine_ranks(m, big_s, big_t, picked, inside, n_valid, group)
             # The loss's gradient at this block's tokens (later blocks' tokens still 0: see the docstring).
             loss, full_lp, full_h = _loss_grads(loss_of, logp, entropy, entropy_grad)
             g_lp[s:e] = full_lp[s:e]
             if g_h is not None:
                 g_h[s:e] = full_h[s:e]
-            if busy and (want_h or want_w):
+            for (c0, c1), z, shift in zip(tiles, views, shifts) if want_h or want_w else ():
                 gz = _chunk_grad(z, lse[s:e] - shift, entropy[s:e], g_lp[s:e], None if g_h is None else g_h[s:e],
-                                 lab, n_valid, inv_temp,
-                                 None if compiled or g_h is None else scratch(1, e - s, n_valid), compiled)
-                add_tile_grads(gz, w, None if grad_h is None else grad_h[s:e],
-                               None if grad_w is None else grad_w[:n_valid], None if h_w is None else h_w[s:e],
+                                 lab - c0, c1 - c0, inv_temp,
+                                 None if compiled or g_h is None else exps(0, r, c1 - c0), compiled)
+                add_tile_grads(gz, w[c0:c1], None if grad_h is None else grad_h[s:e],
+                               None if grad_w is None else grad_w[c0:c1], None if h_w is None else h_w[s:e],
                                first=s == 0)
                 del z, gz
-        del scratch
+        del block, exps
         # The last evaluation saw every real value: the per-block gradients must equal it.
         separable = torch.equal(full_lp, g_lp) and (g_h is None or torch.equal(full_h, g_h))
         if not separable and (want_h or want_w):
@@ -149,13 +180,13 @@ class _FusedLinearLoss(torch.autograd.Function):
             grad_h = None if grad_h is None else grad_h.mul_(g_loss)
             grad_w = None if grad_w is None else grad_w.mul_(g_loss)
         return (None if grad_h is None else grad_h.to(ctx.dtypes[0]),
-                None if grad_w is None else grad_w.to(ctx.dtypes[1]), None, None, None, None, None, None, None)
+                None if grad_w is None else grad_w.to(ctx.dtypes[1]), None, None, None, None, None, None, None, None)
 
 
 def output_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, vocab_size: int,
                 loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, select: torch.Tensor | None = None,
                 temperature: float = 1.0, sequence_parallel: bool = False, chunk_elements: int | None = None,
-                compiled: bool = False, entropy_grad: bool = False
+                chunk_columns: int | None = None, compiled: bool = False, entropy_grad: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """megatron's output layer, the log-softmax and the loss, fused: (loss, log-probs, entropies), the last two
     [b, s] fp32, 0 where `select` is False, detached (for metrics).
@@ -171,8 +202,8 @@ def output_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
 
     def flat_loss(lp: torch.Tensor, ent: torch.Tensor) -> torch.Tensor:
         return loss_of(unselect(lp, pick), unselect(ent, pick))
-    loss, logp, ent = _FusedLinearLoss.apply(rows, weight, lab, vocab_size, inv_temp, chunk_elements, compiled,
-                                             flat_loss, entropy_grad)
+    loss, logp, ent = _FusedLinearLoss.apply(rows, weight, lab, vocab_size, inv_temp, chunk_elements, chunk_columns,
+                                             compiled, flat_loss, entropy_grad)
     return loss, unselect(logp, pick), unselect(ent, pick)
 
 

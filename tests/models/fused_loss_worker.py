@@ -7,7 +7,7 @@ own backward (`output_log_probs`); driven by test_fused_loss.py. TP=1 here, then
 Writes DIR/tp{T}_rank{R}.pt: max abs differences of the loss, log-probs, entropies and the hidden states' and
 weight's gradients, and whether the per-block gradients were used (`separable`), for: a linear loss, a GRPO
 clipped-surrogate + KL loss, the same with an entropy bonus, a sequence-level (GSPO-like, not token-separable)
-loss; blocks of 1 token, 2 to 4 tokens and the default; temperature 0.7 and 1; eager and compiled tiles; an upstream
+loss; blocks of 1 token, 4 tokens and the default; temperature 0.7 and 1; eager and compiled tiles; an upstream
 gradient != 1; a frozen weight (LoRA's); bf16 weights against the log-probs' own fused path.
 """
 from __future__ import annotations
@@ -77,24 +77,26 @@ def op_vs_float64(result: dict, rank: int, tp: int) -> None:
     for temperature in (T, 1.0):
         logp = _reference(hidden, weight, c["labels"], c["select"], temperature, lambda lp, ent: lp.sum(), 1.0)[1]
         for name, (loss_of, entropy_grad, _) in losses(c["select"], logp).items():
-            # blocks of 1 token, 2 to 4 (eager / compiled: 2 x elements over the buffers; ragged last block: 26
-            # selected), the default (all tokens)
+            # blocks of 1 token, 4 (2 x elements; ragged last block: 26 selected), the default (all tokens)
             for elements in (1, 2 * local, None):
                 for compiled in (False, True) if has_cxx_compiler() else (False,):
                     cases.append((name, loss_of, entropy_grad, temperature, elements, compiled, 1.0, True))
+            for compiled in (False, True) if has_cxx_compiler() else (False,):  # tiles of 7 vocab columns
+                cases.append((name, loss_of, entropy_grad, temperature, 2 * local, compiled, 1.0, True, 7))
     # an upstream gradient != 1, a frozen weight
     logp = _reference(hidden, weight, c["labels"], c["select"], T, lambda lp, ent: lp.sum(), 1.0)[1]
     grpo = losses(c["select"], logp)["grpo"][0]
     cases.append(("grpo", grpo, False, T, 2 * local, False, 0.37, True))
     cases.append(("grpo", grpo, False, T, 2 * local, False, 1.0, False))
-    for name, loss_of, entropy_grad, temperature, elements, compiled, scale, train_w in cases:
+    for name, loss_of, entropy_grad, temperature, elements, compiled, scale, train_w, *columns in cases:
         ref = _reference(hidden, weight, c["labels"], c["select"], temperature, loss_of, scale)
         h = hidden.float().requires_grad_(True)
         w = weight[rows].float().requires_grad_(train_w)
         loss, lp, ent = output_loss(h, w, c["labels"], VOCAB, loss_of, select=c["select"], temperature=temperature,
-                                    chunk_elements=elements, compiled=compiled, entropy_grad=entropy_grad)
+                                    chunk_elements=elements, chunk_columns=columns[0] if columns else None,
+                                    compiled=compiled, entropy_grad=entropy_grad)
         (loss * scale).backward()
-        key = (f"op_{name}_T{temperature}_b{elements}{'_compiled' if compiled else ''}"
+        key = (f"op_{name}_T{temperature}_b{elements}{'_c7' if columns else ''}{'_compiled' if compiled else ''}"
                f"{'_scaled' if scale != 1.0 else ''}{'' if train_w else '_frozen'}")
         result[key + "_loss"] = (loss.double() - ref[0]).abs().item()
         result[key + "_logp"] = (lp.double() - ref[1]).abs().max().item()

@@ -1,7 +1,7 @@
 """The output layer with the loss fused in (mindrl.models.fused_loss, actor_config.head_grad_in_forward): its
 gradients, computed in the forward one block of tokens at a time, equal float64 autograd over the full vocabulary
 (loss, log-probs, entropy, hidden and weight gradients) for a linear loss, GRPO's clipped surrogate + KL, the same
-with an entropy bonus, blocks of 1 and of 2 to 4 tokens and of all of them, temperatures 0.7 and 1, eager and
+with an entropy bonus, blocks of 1, 4 and all tokens, tiles of 7 vocab columns, temperatures 0.7 and 1, eager and
 compiled tiles, an upstream gradient of 0.37 and a frozen weight, at TP=1 and TP=2 with padded vocab rows; a
 sequence-level (GSPO-like) loss is detected as not token-separable and recomputed, still exact; and through
 megatron's schedule and DDP every parameter's gradient equals the log-probs' own backward (tied / untied, sequence
@@ -34,7 +34,8 @@ def test_fused_loss_equals_float64_reference(results, run):
     r = results[run]
     cases = sorted({k.rsplit("_", 1)[0] for k in r if k.startswith("op_") and k.endswith("_separable")})
     compiled = 2 if has_cxx_compiler() else 1
-    assert len(cases) == 4 * 2 * 3 * compiled + 2  # losses x temperatures x block sizes (x compiled) + 2
+    # losses x temperatures x (3 block sizes + 7-column tiles) (x compiled) + 2
+    assert len(cases) == 4 * 2 * 4 * compiled + 2
     for case in cases:
         for what in ("loss", "logp", "entropy", "hgrad"):
             assert r[f"{case}_{what}"] <= 2e-5, (run, case, what, r[f"{case}_{what}"])
