@@ -168,7 +168,8 @@ def main() -> None:
         if fn.__name__ == "_FusedLinearLoss":  # the loss inside: its gradients are computed in the forward
             loss, lp, ent = fn.apply(h, w, labels, v, inv_temp, None, None, *extra,
                                      lambda a, b: (w_lp * a).sum() + (w_h * b).sum(), True)
-            loss.backward()
+            if backward:
+                loss.backward()
             return lp, ent, h.grad, w.grad
         with torch.enable_grad() if backward else torch.no_grad():
             lp, ent = fn.apply(h, w, labels, v, inv_temp, None, *extra)

@@ -43,8 +43,8 @@ FlatLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def block_rows(n: int, local: int, chunk_elements: int | None) -> int:
     """Tokens per block: its logits (`rows x local` fp32, the gradient written in place) within 2 x
-    `chunk_elements` (CHUNK_ELEMENTS) values, inside the three chunks the planner allows the log-probs
-    (plan.ranks.logprob_chunk_bytes). Measured at hidden 256 x 151,936 (docs/benchmarks.md, issue 21): the
+    `chunk_elements` (CHUNK_ELEMENTS) values (and, eager, one `rows x CHUNK_COLUMNS` tile of exponentials),
+    inside the three chunks the planner allows the log-probs (plan.ranks.logprob_chunk_bytes). Measured at hidden 256 x 151,936 (docs/benchmarks.md, issue 21): the
     logits matmul runs well from ~200 rows, and bigger blocks raised the update's peak RSS. From `local`, the
     padded vocab slice, equal on every TP rank: every rank runs the same blocks and all-reduces."""
     return max(1, min(n, 2 * (chunk_elements or CHUNK_ELEMENTS) // max(local, 1)))
