@@ -273,7 +273,9 @@ class PolicyWorker:
                         select=select, temperature=self.temperature, compiled=self.compiled_logprob_tiles,
                         entropy_grad=rl.entropy_coeff != 0)
                     metrics = actor_loss(logp, entropy)[1]
-                    loss = loss * undo  # outside the fused loss: its upstream gradient is then exactly 1
+                    # outside the fused loss: megatron's 1 / micro-batches then cancels `undo` in its upstream
+                    # gradient (1 at one DP rank: the backward skips the scaling pass)
+                    loss = loss * undo
                 else:
                     logp, entropy = output_log_probs(chunk, hidden, mb["labels"], self.vocab_size, select=select,
                                                      temperature=self.temperature,
