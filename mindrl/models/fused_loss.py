@@ -10,11 +10,11 @@ Here the loss comes into the output layer instead, as Liger-Kernel's fused linea
 tokens are taken a block at a time over this rank's whole vocab slice (`rows x vocab/TP` logits, within the
 planner's allowance for the log-probs' temporaries: `block_rows`); for each block the logits are computed once
 (eager: tile by tile of CHUNK_COLUMNS vocab entries, each tile's statistics taken while it is fresh in the cache
-and merged by the online log-sum-exp; compiled tiles: the block at once), their log-normaliser and entropy
-combined (TP: one MAX and one SUM all-reduce), the loss's gradient with respect to the block's log-probs (and
-entropies) evaluated, and each tile of logits turned in place into its gradient, which gives the block's hidden-
-state gradient and that vocab slice's share of the weight gradient right away. Three matmuls; the gradients wait
-for the backward, which scales them by the loss's upstream gradient.
+and merged by the online log-sum-exp, `_online_statistics`; compiled tiles: the block at once), their
+log-normaliser and entropy combined (TP: one MAX and one SUM all-reduce), the loss's gradient with respect to the
+block's log-probs (and entropies) evaluated, and each tile of logits turned in place into its gradient, which
+gives the block's hidden-state gradient and that vocab slice's share of the weight gradient right away. Three
+matmuls; the gradients wait for the backward, which scales them by the loss's upstream gradient.
 
 Why that is exact: the loss's gradient at a token is evaluated before the later blocks' log-probs exist, with
 zeros standing in for them. For a loss that is a sum of per-token terms (the clipped surrogate, CISPO, the KL
@@ -32,10 +32,9 @@ from typing import Callable
 
 import torch
 
-from mindrl.models.logprob_tiles import tile_statistics
-from mindrl.models.logprobs import (CHUNK_COLUMNS, CHUNK_ELEMENTS, _chunk_grad, _logits_into, _matmul_input,
-                                    _rebase, _Scratch, _tp, _valid_columns, add_tile_grads, combine_ranks,
-                                    recompute_grads, selected_rows, unselect)
+from mindrl.models.logprobs import (CHUNK_COLUMNS, CHUNK_ELEMENTS, _chunk_grad, _matmul_input, _online_statistics,
+                                    _Scratch, _tp, _valid_columns, add_tile_grads, combine_ranks, recompute_grads,
+                                    selected_rows, unselect)
 
 # (log-probs [n], entropies [n]) of the selected tokens -> the scalar loss
 FlatLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -44,9 +43,10 @@ FlatLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def block_rows(n: int, local: int, chunk_elements: int | None) -> int:
     """Tokens per block: its logits (`rows x local` fp32, the gradient written in place) within 2 x
     `chunk_elements` (CHUNK_ELEMENTS) values (and, eager, one `rows x CHUNK_COLUMNS` tile of exponentials),
-    inside the three chunks the planner allows the log-probs (plan.ranks.logprob_chunk_bytes). Measured at hidden 256 x 151,936 (docs/benchmarks.md, issue 21): the
-    logits matmul runs well from ~200 rows, and bigger blocks raised the update's peak RSS. From `local`, the
-    padded vocab slice, equal on every TP rank: every rank runs the same blocks and all-reduces."""
+    inside the three chunks the planner allows the log-probs (plan.ranks.logprob_chunk_bytes). Measured at
+    hidden 256 x 151,936 (docs/benchmarks.md, issue 21): the logits matmul runs well from ~200 rows, and bigger
+    blocks raised the update's peak RSS. From `local`, the padded vocab slice, equal on every TP rank: every
+    rank runs the same blocks and all-reduces."""
     return max(1, min(n, 2 * (chunk_elements or CHUNK_ELEMENTS) // max(local, 1)))
 
 
@@ -61,41 +61,6 @@ def _loss_grads(loss_of: FlatLoss, logp: torch.Tensor, entropy: torch.Tensor, en
         grads = (torch.autograd.grad(loss, wrt, allow_unused=True) if loss.requires_grad else [None] * len(wrt))
     grads = [torch.zeros_like(x) if g is None else g.float() for x, g in zip(wrt, grads)]
     return loss.detach(), grads[0], grads[1] if entropy_grad else None
-
-
-def _block_statistics(views: list[torch.Tensor], tiles: list[tuple[int, int]], hidden: torch.Tensor, w: torch.Tensor,
-                      local_lab: torch.Tensor, inv_temp: float, exps: _Scratch | None, compiled: bool
-                      ) -> tuple[torch.Tensor, ...]:
-    """One block's logits into `views` (tile after tile: each statistic taken while its tile is fresh in the cache)
-    and this rank's (m, S, T, label logit) over them, as `_online_statistics`, plus per tile the shift its stored
-    logits carry (eager subtracts the tile's max in place; compiled leaves them as they are: 0)."""
-    rows = hidden.shape[0]
-    m = torch.full((rows,), float("-inf"), device=hidden.device)
-    big_s, big_t, picked, shifts = torch.zeros_like(m), torch.zeros_like(m), torch.zeros_like(m), []
-    for (c0, c1), z in zip(tiles, views):
-        _logits_into(z, hidden, w[c0:c1])
-        if inv_temp != 1.0 and w.dtype != torch.float32:  # fp32: folded into `hidden` by the caller
-            z *= inv_temp
-        lab = local_lab - c0
-        inside = (lab >= 0) & (lab < c1 - c0)
-        picked = torch.where(inside, z.gather(1, lab.clamp(0, c1 - c0 - 1)[:, None])[:, 0], picked)
-        if compiled:
-            m_c, s_c, t_c = tile_statistics(z)
-            shifts.append(0.0)
-        else:
-            m_c = z.amax(dim=-1)
-            z -= m_c[:, None]
-            ez = torch.exp(z, out=exps(0, rows, c1 - c0))
-            s_c, t_c = ez.sum(-1), ez.mul_(z).sum(-1)
-            shifts.append(m_c)
-        if c0 == 0:
-            m, big_s, big_t = m_c, s_c, t_c
-        else:  # both moved to the new running max
-            new_m = torch.maximum(m, m_c)
-            big_s, big_t = _rebase(big_s, big_t, m - new_m)
-            s_c, t_c = _rebase(s_c, t_c, m_c - new_m)
-            m, big_s, big_t = new_m, big_s + s_c, big_t + t_c
-    return m, big_s, big_t, picked, shifts
 
 
 class _FusedLinearLoss(torch.autograd.Function):
@@ -142,10 +107,11 @@ class _FusedLinearLoss(torch.autograd.Function):
             e = min(n, s + rows)
             r, lab = e - s, local_lab[s:e]
             inside = (lab >= 0) & (lab < n_valid)
+            tile = lambda c0, c1: block[r * c0:r * c1].view(r, c1 - c0)  # noqa: E731  (kept for the gradient)
+            m, big_s, big_t, picked, shifts = _online_statistics(h_mm[s:e], w, lab, inv_temp, cols, tile,
+                                                                 lambda width: exps(0, r, width), compiled)
             tiles = [(c0, min(n_valid, c0 + cols)) for c0 in range(0, n_valid if busy else 0, cols)]
-            views = [block[r * c0:r * c1].view(r, c1 - c0) for c0, c1 in tiles]
-            m, big_s, big_t, picked, shifts = _block_statistics(views, tiles, h_mm[s:e], w, lab, inv_temp, exps,
-                                                                compiled)
+            views = [tile(c0, c1) for c0, c1 in tiles]
             logp[s:e], entropy[s:e], lse[s:e] = combine_ranks(m, big_s, big_t, picked, inside, n_valid, group)
             # The loss's gradient at this block's tokens (later blocks' tokens still 0: see the docstring).
             loss, full_lp, full_h = _loss_grads(loss_of, logp, entropy, entropy_grad)
@@ -160,7 +126,7 @@ class _FusedLinearLoss(torch.autograd.Function):
                                None if grad_w is None else grad_w[c0:c1], None if h_w is None else h_w[s:e],
                                first=s == 0)
                 del z, gz
-        del block, exps
+        block = exps = None  # freed before the check below (which may recompute)
         # The last evaluation saw every real value: the per-block gradients must equal it.
         separable = torch.equal(full_lp, g_lp) and (g_h is None or torch.equal(full_h, g_h))
         if not separable and (want_h or want_w):

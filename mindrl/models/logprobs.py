@@ -27,7 +27,7 @@ logits tensor beyond one tile exists at all. Why columns, not rows of tokens: se
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -237,21 +237,25 @@ def _rebase(big_s: torch.Tensor, big_t: torch.Tensor, d: torch.Tensor) -> tuple[
 
 
 def _online_statistics(hidden: torch.Tensor, w: torch.Tensor, local_lab: torch.Tensor, inv_temp: float, cols: int,
-                       scratch: _Scratch, compiled: bool = False, with_entropy: bool = True
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                       tile_out: Callable[[int, int], torch.Tensor], exp_out: Callable[[int], torch.Tensor] | None,
+                       compiled: bool = False, with_entropy: bool = True
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list]:
     """One row block's statistics (`hidden` from `_matmul_input`) over this rank's real columns `w`
     [n_valid, h], read `cols` vocab entries at a time with an online (flash-style) log-sum-exp: per row
     the running max m, S = sum exp(z - m), T = sum exp(z - m) (z - m), rescaled when m grows, and the
     label's scaled logit (from the chunk that holds it; 0 where this rank holds no label). Returns
     (m, S, T, label logit); m is -inf and S = T = 0 on a rank without real columns. `compiled`: each tile's
     (max, S, T) from one compiled kernel (mindrl.models.logprob_tiles), merged into the running ones; without
-    `with_entropy` (eager only) T is not summed and stays 0."""
+    `with_entropy` (eager only) T is not summed and stays 0. Each column chunk's logits are written to
+    `tile_out(c0, c1)` (a reused buffer, or, to keep them, a tile of the caller's own), the eager exponentials to
+    `exp_out(width)`; also returned per chunk: the shift its written logits carry (eager subtracts the running
+    max in place: that max; compiled leaves them as they are: 0)."""
     rows, n_valid = hidden.shape[0], w.shape[0]
     m = torch.full((rows,), float("-inf"), device=hidden.device)
-    big_s, big_t, picked = torch.zeros_like(m), torch.zeros_like(m), torch.zeros_like(m)
+    big_s, big_t, picked, shifts = torch.zeros_like(m), torch.zeros_like(m), torch.zeros_like(m), []
     for c0 in range(0, n_valid, cols):
         c1 = min(n_valid, c0 + cols)
-        z = _logits_into(scratch(0, rows, c1 - c0), hidden, w[c0:c1])
+        z = _logits_into(tile_out(c0, c1), hidden, w[c0:c1])
         if inv_temp != 1.0 and w.dtype != torch.float32:  # fp32: folded into `hidden` by the caller
             z *= inv_temp
         lab = local_lab - c0
@@ -262,10 +266,12 @@ def _online_statistics(hidden: torch.Tensor, w: torch.Tensor, local_lab: torch.T
             new_m = m_c if c0 == 0 else torch.maximum(m, m_c)
             if c0:
                 s_c, t_c = _rebase(s_c, t_c, m_c - new_m)
+            shifts.append(0.0)
         else:
             new_m = z.max(dim=-1).values if c0 == 0 else torch.maximum(m, z.max(dim=-1).values)
             z -= new_m[:, None]
-            ez = torch.exp(z, out=scratch(1, rows, c1 - c0))
+            shifts.append(new_m)
+            ez = torch.exp(z, out=exp_out(c1 - c0))
             s_c = ez.sum(-1)
             # in place on the exp buffer: no fresh chunk-sized product
             t_c = ez.mul_(z).sum(-1) if with_entropy else torch.zeros_like(s_c)
@@ -275,7 +281,7 @@ def _online_statistics(hidden: torch.Tensor, w: torch.Tensor, local_lab: torch.T
             big_s, big_t = _rebase(big_s, big_t, m - new_m)
             big_s, big_t = big_s + s_c, big_t + t_c
         m = new_m
-    return m, big_s, big_t, picked
+    return m, big_s, big_t, picked, shifts
 
 
 def combine_ranks(m: torch.Tensor, big_s: torch.Tensor, big_t: torch.Tensor, picked: torch.Tensor,
@@ -327,11 +333,13 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
         for s in range(0, n, rows):
             e = min(n, s + rows)
             # The matmul in the weight's dtype, as megatron's output layer does; statistics in fp32.
-            m, big_s, big_t, picked = _online_statistics(_matmul_input(hidden[s:e], w, inv_temp), w, local_lab[s:e],
-                                                         inv_temp, cols, scratch, compiled, with_entropy)
+            m, big_s, big_t, picked, _ = _online_statistics(
+                _matmul_input(hidden[s:e], w, inv_temp), w, local_lab[s:e], inv_temp, cols,
+                lambda c0, c1: scratch(0, e - s, c1 - c0), lambda width: scratch(1, e - s, width), compiled,
+                with_entropy)
             inside = (local_lab[s:e] >= 0) & (local_lab[s:e] < n_valid)
             logp[s:e], entropy[s:e], lse[s:e] = combine_ranks(m, big_s, big_t, picked, inside, n_valid, group)
-        del scratch
+        scratch = None  # freed
         ctx.save_for_backward(hidden, weight, labels, lse, entropy)
         ctx.vocab_size, ctx.inv_temp = vocab_size, inv_temp
         ctx.chunk_elements, ctx.chunk_columns, ctx.compiled = chunk_elements, chunk_columns, compiled
