@@ -131,6 +131,13 @@ def _returns_hidden(model: torch.nn.Module) -> bool:
     return bool(model.post_process) and not getattr(model, "mtp_process", False)
 
 
+def _output_weight(model: torch.nn.Module) -> torch.Tensor:
+    """The output layer's weight for the fused paths. Tied: the word embedding when this stage holds it, else the
+    last stage's synced copy."""
+    return (model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights
+            else model.output_layer.weight)
+
+
 def gpt_forward(chunk: torch.nn.Module, batch: dict[str, torch.Tensor], *, hidden_states: bool = False
                 ) -> torch.Tensor:
     """Logits [b, s, vocab/TP] on the last stage, hidden states elsewhere.
@@ -169,12 +176,9 @@ def output_log_probs(chunk: torch.nn.Module, output: torch.Tensor, labels: torch
     the fused path can skip it."""
     model = _gpt_model(chunk)
     if _returns_hidden(model):
-        # Tied: the word embedding when this stage holds it, else the last stage's synced copy.
-        weight = (model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights
-                  else model.output_layer.weight)
-        return output_log_probs_and_entropy(output, weight, labels, vocab_size, select=select, temperature=temperature,
-                                            sequence_parallel=model.output_layer.sequence_parallel, compiled=compiled,
-                                            entropy=entropy)
+        return output_log_probs_and_entropy(output, _output_weight(model), labels, vocab_size, select=select,
+                                            temperature=temperature, compiled=compiled, entropy=entropy,
+                                            sequence_parallel=model.output_layer.sequence_parallel)
     # Logits (an MTP model): the unfused path.
     logp, ent = token_log_probs_and_entropy(output, labels, vocab_size, temperature=temperature)
     if select is not None:
@@ -191,11 +195,9 @@ def output_loss(chunk: torch.nn.Module, output: torch.Tensor, labels: torch.Tens
     detached, for metrics. `entropy_grad`: the loss depends on the entropy."""
     model = _gpt_model(chunk)
     if _returns_hidden(model):
-        weight = (model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights
-                  else model.output_layer.weight)
-        return fused_output_loss(output, weight, labels, vocab_size, loss_of, select=select, temperature=temperature,
-                                 sequence_parallel=model.output_layer.sequence_parallel, compiled=compiled,
-                                 entropy_grad=entropy_grad)
+        return fused_output_loss(output, _output_weight(model), labels, vocab_size, loss_of, select=select,
+                                 temperature=temperature, compiled=compiled, entropy_grad=entropy_grad,
+                                 sequence_parallel=model.output_layer.sequence_parallel)
     logp, ent = output_log_probs(chunk, output, labels, vocab_size, select=select, temperature=temperature)
     return loss_of(logp, ent if entropy_grad else ent.detach()), logp.detach(), ent.detach()
 
