@@ -144,16 +144,10 @@ def head_vs_float64(result: dict, rank: int, tp: int) -> None:
 
 def model_fused_vs_unfused(result: dict, tp: int, tied: bool, sp: bool, compiled: bool = False) -> None:
     """One backward through megatron's schedule + DDP with each path; same model, lr 0."""
-    from mindrl.backends import get_backend
-    from mindrl.models import ParallelLayout
     from mindrl.models.logprobs import token_log_probs_and_entropy
-    from mindrl.workers.bringup import PolicySpec, build_policy
-    from mindrl.workers.megatron_engine import OptimConfig, forward_backward, gpt_forward, output_log_probs
+    from mindrl.workers.megatron_engine import forward_backward, gpt_forward, output_log_probs
 
-    model = build_policy(PolicySpec(hf={**HF, "tie_word_embeddings": tied},
-                                    layout=ParallelLayout(tp=tp, sequence_parallel=sp), dtype="fp32", seed=1234,
-                                    overrides={"init_method_std": 0.2}), get_backend("cpu"),
-                         optim=OptimConfig(lr=0.0, clip_grad=1e9))
+    model = tiny_policy(tp, tied, sp)
     c = inputs()
     params = [(n, p) for chunk in model.chunks for n, p in chunk.named_parameters()]
     runs = {}
@@ -175,13 +169,43 @@ def model_fused_vs_unfused(result: dict, tp: int, tied: bool, sp: bool, compiled
         reported = forward_backward(model, [c], forward)
         runs[fused] = (reported[0], {n: p.main_grad.clone() for n, p in params})
     (r0, g0), (r1, g1) = runs[False], runs[True]
-    key = f"model_{'tied' if tied else 'untied'}{'_sp' if sp else ''}{'_compiled' if compiled else ''}"
+    key = model_key(tied, sp, compiled)
     result[key + "_logp"] = (r0["lp"] - r1["lp"]).abs().max().item()
     result[key + "_entropy"] = (r0["ent"] - r1["ent"]).abs().max().item()
-    result[key + "_grad"] = max((g0[n] - g1[n]).abs().max().item() / max(1.0, g0[n].abs().max().item())
-                                for n, _ in params)
-    result[key + "_nonzero_grads"] = sum(int(g0[n].abs().max() > 1e-4) for n, _ in params) / len(params)
-    result[key + "_params"] = sorted(n for n, _ in params)
+    compare_grads(result, key, g0, g1)
+    result[key + "_params"] = sorted(g0)
+
+
+def tiny_policy(tp: int, tied: bool, sp: bool):
+    """The tiny Qwen2 (HF) at this TP, fp32, lr 0 (a backward leaves the weights as they are)."""
+    from mindrl.backends import get_backend
+    from mindrl.models import ParallelLayout
+    from mindrl.workers.bringup import PolicySpec, build_policy
+    from mindrl.workers.megatron_engine import OptimConfig
+
+    return build_policy(PolicySpec(hf={**HF, "tie_word_embeddings": tied},
+                                   layout=ParallelLayout(tp=tp, sequence_parallel=sp), dtype="fp32", seed=1234,
+                                   overrides={"init_method_std": 0.2}), get_backend("cpu"),
+                        optim=OptimConfig(lr=0.0, clip_grad=1e9))
+
+
+def model_cases(tp: int):
+    """(tied, sequence parallel, compiled tiles) of the model comparisons at this TP (SP needs TP 2, compiled
+    tiles a C++ compiler); the process groups are kept between cases."""
+    for tied, sp, compiled in ((True, False, False), (False, False, False), (True, True, False), (True, False, True)):
+        if not ((sp and tp == 1) or (compiled and not has_cxx_compiler())):
+            yield tied, sp, compiled
+
+
+def model_key(tied: bool, sp: bool, compiled: bool) -> str:
+    return f"model_{'tied' if tied else 'untied'}{'_sp' if sp else ''}{'_compiled' if compiled else ''}"
+
+
+def compare_grads(result: dict, key: str, g0: dict[str, torch.Tensor], g1: dict[str, torch.Tensor]) -> None:
+    """The largest gradient difference relative to each parameter's largest gradient (at least 1), and the
+    fraction of parameters with a gradient to compare (> 1e-4)."""
+    result[key + "_grad"] = max((g0[n] - g1[n]).abs().max().item() / max(1.0, g0[n].abs().max().item()) for n in g0)
+    result[key + "_nonzero_grads"] = sum(int(g.abs().max() > 1e-4) for g in g0.values()) / len(g0)
 
 
 def run(tp: int, out: Path) -> None:
@@ -194,9 +218,7 @@ def run(tp: int, out: Path) -> None:
     init_distributed(get_backend("cpu"), tp=tp)
     result: dict = {}
     head_vs_float64(result, ps.get_tensor_model_parallel_rank(), tp)
-    for tied, sp, compiled in ((True, False, False), (False, False, False), (True, True, False), (True, False, True)):
-        if (sp and tp == 1) or (compiled and not has_cxx_compiler()):  # the process groups are kept between cases
-            continue
+    for tied, sp, compiled in model_cases(tp):
         model_fused_vs_unfused(result, tp, tied, sp, compiled)
     torch.save(result, out / f"tp{tp}_rank{torch.distributed.get_rank()}.pt")
     destroy_distributed()

@@ -21,7 +21,8 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from mindrl.models.logprob_tiles import has_cxx_compiler  # noqa: E402
-from tests.models.fused_head_worker import HF, ROWS, SEQ, T, VOCAB, inputs  # noqa: E402
+from tests.models.fused_head_worker import (ROWS, SEQ, T, VOCAB, compare_grads, inputs, model_cases,  # noqa: E402
+                                            model_key, tiny_policy)
 
 
 def losses(select: torch.Tensor, logp: torch.Tensor) -> dict:
@@ -129,15 +130,9 @@ def op_vs_float64(result: dict, rank: int, tp: int) -> None:
 def model_fused_loss_vs_logprobs(result: dict, tp: int, tied: bool, sp: bool, compiled: bool = False) -> None:
     """One backward through megatron's schedule + DDP with `output_loss` and with `output_log_probs` + the loss;
     same model, lr 0: every parameter's gradient."""
-    from mindrl.backends import get_backend
-    from mindrl.models import ParallelLayout
-    from mindrl.workers.bringup import PolicySpec, build_policy
-    from mindrl.workers.megatron_engine import OptimConfig, forward_backward, gpt_forward, output_log_probs, output_loss
+    from mindrl.workers.megatron_engine import forward_backward, gpt_forward, output_log_probs, output_loss
 
-    model = build_policy(PolicySpec(hf={**HF, "tie_word_embeddings": tied},
-                                    layout=ParallelLayout(tp=tp, sequence_parallel=sp), dtype="fp32", seed=1234,
-                                    overrides={"init_method_std": 0.2}), get_backend("cpu"),
-                         optim=OptimConfig(lr=0.0, clip_grad=1e9))
+    model = tiny_policy(tp, tied, sp)
     c = inputs()
     with torch.no_grad():  # the old log-probs near the model's own
         hidden = gpt_forward(model.chunks[0], c, hidden_states=True)
@@ -160,17 +155,13 @@ def model_fused_loss_vs_logprobs(result: dict, tp: int, tied: bool, sp: bool, co
                 return loss * 3.0, {"lp": lp.detach(), "loss": loss.detach()}
             return output, loss_fn
 
-        for p in model.chunks[0].parameters():
-            p.main_grad.zero_()
         reported = forward_backward(model, [c], forward)
         runs[fused_loss] = (reported[0], {n: p.main_grad.clone() for n, p in params})
     (r0, g0), (r1, g1) = runs[False], runs[True]
-    key = f"model_{'tied' if tied else 'untied'}{'_sp' if sp else ''}{'_compiled' if compiled else ''}"
+    key = model_key(tied, sp, compiled)
     result[key + "_loss"] = (r0["loss"] - r1["loss"]).abs().item()
     result[key + "_logp"] = (r0["lp"] - r1["lp"]).abs().max().item()
-    result[key + "_grad"] = max((g0[n] - g1[n]).abs().max().item() / max(1.0, g0[n].abs().max().item())
-                                for n, _ in params)
-    result[key + "_nonzero_grads"] = sum(int(g0[n].abs().max() > 1e-4) for n, _ in params) / len(params)
+    compare_grads(result, key, g0, g1)
 
 
 def run(tp: int, out: Path) -> None:
@@ -183,9 +174,7 @@ def run(tp: int, out: Path) -> None:
     init_distributed(get_backend("cpu"), tp=tp)
     result: dict = {}
     op_vs_float64(result, ps.get_tensor_model_parallel_rank(), tp)
-    for tied, sp, compiled in ((True, False, False), (False, False, False), (True, True, False), (True, False, True)):
-        if (sp and tp == 1) or (compiled and not has_cxx_compiler()):
-            continue
+    for tied, sp, compiled in model_cases(tp):
         model_fused_loss_vs_logprobs(result, tp, tied, sp, compiled)
     torch.save(result, out / f"tp{tp}_rank{torch.distributed.get_rank()}.pt")
     destroy_distributed()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mindrl.models.logprob_tiles import has_cxx_compiler
+from tests.models.test_fused_head import expected_model_cases
 from tests.tp_worker import tp_worker_results
 
 WORKER = Path(__file__).with_name("fused_loss_worker.py")
@@ -62,8 +63,7 @@ def test_fused_loss_bf16_weights(results, run):
 @pytest.mark.parametrize("run", RUNS)
 def test_fused_loss_through_megatron_equals_logprob_backward(results, run):
     r = results[run]
-    cases = (["tied", "untied"] + (["tied_compiled"] if has_cxx_compiler() else [])
-             + (["tied_sp"] if run.startswith("tp2") else []))
+    cases = expected_model_cases(run)
     assert sorted(k[len("model_"):-len("_grad")] for k in r if k.startswith("model_") and k.endswith("_grad")) \
         == sorted(cases)
     for case in cases:
