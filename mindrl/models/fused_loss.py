@@ -22,7 +22,8 @@ and entropy terms under every loss_agg_mode, with their normaliser fixed beforeh
 not depend on the other tokens' values, so it is the gradient at the real ones. That is checked, not assumed:
 the last block's evaluation has every real value, and unless its gradient equals the per-block ones bit for
 bit (e.g. GSPO's sequence-level ratio), the gradients are recomputed from the true ones by the recompute path
-(`recompute_grads`), as exact as before and one matmul slower. `_FusedLinearLoss.separable` says which ran.
+(`recompute_grads`), as exact as before. Every evaluation is compared so: from the first block whose earlier
+gradients differ, no more per-block gradient work is done (the recompute then costs about what `false` does). `_FusedLinearLoss.separable` says which ran.
 
 May import: torch, megatron.core (parallel state), mindrl.models.logprobs / logprob_tiles.
 """
@@ -103,6 +104,7 @@ class _FusedLinearLoss(torch.autograd.Function):
         local_lab = labels - rank * local
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         full_lp, full_h = g_lp, g_h
+        separable = True  # so far: every evaluation's gradient at the earlier blocks' tokens is the one used
         for s in range(0, n, rows):
             e = min(n, s + rows)
             r, lab = e - s, local_lab[s:e]
@@ -115,10 +117,14 @@ class _FusedLinearLoss(torch.autograd.Function):
             logp[s:e], entropy[s:e], lse[s:e] = combine_ranks(m, big_s, big_t, picked, inside, n_valid, group)
             # The loss's gradient at this block's tokens (later blocks' tokens still 0: see the docstring).
             loss, full_lp, full_h = _loss_grads(loss_of, logp, entropy, entropy_grad)
+            # It sees the earlier blocks' real values: where their gradients differ from the ones used, the loss is
+            # not token-separable and the rest is left to the recompute below (no more per-block gradient work).
+            separable = separable and torch.equal(full_lp[:s], g_lp[:s]) and (
+                g_h is None or torch.equal(full_h[:s], g_h[:s]))
             g_lp[s:e] = full_lp[s:e]
             if g_h is not None:
                 g_h[s:e] = full_h[s:e]
-            for (c0, c1), z, shift in zip(tiles, views, shifts) if want_h or want_w else ():
+            for (c0, c1), z, shift in zip(tiles, views, shifts) if separable and (want_h or want_w) else ():
                 gz = _chunk_grad(z, lse[s:e] - shift, entropy[s:e], g_lp[s:e], None if g_h is None else g_h[s:e],
                                  lab - c0, c1 - c0, inv_temp,
                                  None if compiled or g_h is None else exps(0, r, c1 - c0), compiled)
@@ -126,9 +132,8 @@ class _FusedLinearLoss(torch.autograd.Function):
                                None if grad_w is None else grad_w[c0:c1], None if h_w is None else h_w[s:e],
                                first=s == 0)
                 del z, gz
-        block = exps = None  # freed before the check below (which may recompute)
-        # The last evaluation saw every real value: the per-block gradients must equal it.
-        separable = torch.equal(full_lp, g_lp) and (g_h is None or torch.equal(full_h, g_h))
+        block = exps = None  # freed before a recompute
+        # The last evaluation saw every real value: the per-block gradients were checked against it above.
         if not separable and (want_h or want_w):
             grad_h, grad_w = recompute_grads(hidden, weight, labels, lse, entropy, full_lp, full_h, vocab_size,
                                              inv_temp, chunk_elements, None, compiled, want_h, want_w)
