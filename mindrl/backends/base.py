@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -63,6 +63,11 @@ class Backend(Protocol):
         """`pack(weight, rows) -> linear(x, bias)`: linears on weights packed once into this hardware's
         preferred layout (`mindrl.backends.packed_linear`); None where the hardware has none for `dtype`."""
 
+    def logits_matmul(self, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """`matmul(x, w) -> x @ w.T` (new tensor) for the fused output layer's logits tiles ([a few hundred
+        tokens, hidden] x [thousands of vocab rows, hidden].T, mindrl.models.logprobs), where this hardware has
+        a faster kernel for it than torch.mm in `dtype`; None: torch.mm."""
+
 
 @dataclass
 class BackendBase:
@@ -88,6 +93,10 @@ class BackendBase:
 
     def linear_packer(self, dtype: torch.dtype) -> LinearPacker | None:
         """None: no packed-weight linear on this hardware (its plain matmuls are the fast path)."""
+        return None
+
+    def logits_matmul(self, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """None: torch.mm is this hardware's fast path for the output layer's logits tiles."""
         return None
 
     def device(self, local_rank: int = 0) -> torch.device:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -64,6 +65,13 @@ class CpuBackend(BackendBase):
         from mindrl.backends.packed_linear import onednn_pack, onednn_supports
 
         return onednn_pack if onednn_supports(dtype) else None
+
+    def logits_matmul(self, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """oneDNN's inner product on the unpacked weight (`packed_linear.onednn_matmul`) where torch has oneDNN
+        and this CPU runs `dtype` in it."""
+        from mindrl.backends.packed_linear import onednn_matmul, onednn_supports
+
+        return onednn_matmul if onednn_supports(dtype) else None
 
     def local_device_count(self) -> int | None:
         return None  # ranks are processes, not devices

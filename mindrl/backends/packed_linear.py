@@ -84,4 +84,14 @@ def onednn_pack(weight: torch.Tensor, rows: int, with_out: bool = False) -> Call
     return linear_out
 
 
-__all__ = ["LinearFn", "LinearPacker", "onednn_pack", "onednn_supports"]
+def onednn_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [rows, in] @ weight[out, in].T as a new [rows, out] tensor by oneDNN's inner product on the weight as it
+    is (not packed: the output layer's weight changes every optimizer step and a packed copy would double its
+    memory). Why: torch.mm's sgemm with a transposed weight ran the fused output layer's logits tiles
+    ([220, 256] x [4,096, 256].T) at ~62-66% of this machine's 2048^2 peak, this at ~98-110%
+    (docs/benchmarks.md, issue 21). Same numbers as torch.mm within summation order (fp32 ~1e-7 relative),
+    deterministic for a shape and thread count, a row's result independent of the other rows."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+
+
+__all__ = ["LinearFn", "LinearPacker", "onednn_matmul", "onednn_pack", "onednn_supports"]

@@ -36,6 +36,7 @@ from megatron.core.tensor_parallel.mappings import (copy_to_tensor_model_paralle
                                                     gather_from_sequence_parallel_region)
 
 from mindrl.models.logprob_tiles import tile_gradient_, tile_statistics
+from mindrl.models.workspace import workspace
 
 CHUNK_ELEMENTS = 1 << 24  # fp32 values per chunk: 64 MiB of temporaries (~110 tokens at 151k vocab)
 CHUNK_COLUMNS = 4096  # vocab entries per tile of the fused output layer (measured: docs/benchmarks.md)
@@ -70,18 +71,29 @@ class _Scratch:
 
     Sized exactly (not padded up to force glibc to mmap them, which was tried): the planner counts what is
     allocated, and a padded buffer would be planned as used memory on every backend's plan; asking which
-    allocator sits underneath is the backend's business, not this module's (docs/benchmarks.md, issue 21)."""
+    allocator sits underneath is the backend's business, not this module's (docs/benchmarks.md, issue 21). Inside
+    a pass (`mindrl.models.workspace.reuse_workspace`) they are also kept from one call to the next."""
 
-    def __init__(self, elements: int, device: torch.device, count: int) -> None:
-        self.bufs = [torch.empty(elements, dtype=torch.float32, device=device) for _ in range(count)]
+    def __init__(self, elements: int, device: torch.device, count: int, name: str = "logprobs.scratch") -> None:
+        # within a pass (mindrl.models.workspace) the same buffers serve every call: dead when the call ends
+        self.bufs = [workspace(f"{name}{i}", elements, device) for i in range(count)]
 
     def __call__(self, i: int, rows: int, cols: int) -> torch.Tensor:
         return self.bufs[i][:rows * cols].view(rows, cols)
 
 
-def _logits_into(out: torch.Tensor, hidden: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """out[rows, n_valid] = hidden @ w.T (in the weight's dtype, as megatron's output layer), as fp32."""
+# x [rows, h] @ w[cols, h].T as a new [rows, cols] tensor, in w's dtype: the backend's kernel for the output
+# layer's logits tiles where it has a faster one than torch.mm for that shape (`Backend.logits_matmul`)
+TileMatmul = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _logits_into(out: torch.Tensor, hidden: torch.Tensor, w: torch.Tensor, matmul: TileMatmul | None = None
+                 ) -> torch.Tensor:
+    """out[rows, n_valid] = hidden @ w.T (in the weight's dtype, as megatron's output layer), as fp32; by
+    `matmul` where given (its result copied into `out`)."""
     h = hidden.to(w.dtype)
+    if matmul is not None:
+        return out.copy_(matmul(h, w))
     if w.dtype == torch.float32:
         return torch.mm(h, w.t(), out=out)
     return out.copy_(h @ w.t())
@@ -238,8 +250,8 @@ def _rebase(big_s: torch.Tensor, big_t: torch.Tensor, d: torch.Tensor) -> tuple[
 
 def _online_statistics(hidden: torch.Tensor, w: torch.Tensor, local_lab: torch.Tensor, inv_temp: float, cols: int,
                        tile_out: Callable[[int, int], torch.Tensor], exp_out: Callable[[int], torch.Tensor] | None,
-                       compiled: bool = False, with_entropy: bool = True
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list]:
+                       compiled: bool = False, with_entropy: bool = True, matmul: TileMatmul | None = None,
+                       keep: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list]:
     """One row block's statistics (`hidden` from `_matmul_input`) over this rank's real columns `w`
     [n_valid, h], read `cols` vocab entries at a time with an online (flash-style) log-sum-exp: per row
     the running max m, S = sum exp(z - m), T = sum exp(z - m) (z - m), rescaled when m grows, and the
@@ -249,13 +261,17 @@ def _online_statistics(hidden: torch.Tensor, w: torch.Tensor, local_lab: torch.T
     `with_entropy` (eager only) T is not summed and stays 0. Each column chunk's logits are written to
     `tile_out(c0, c1)` (a reused buffer, or, to keep them, a tile of the caller's own), the eager exponentials to
     `exp_out(width)`; also returned per chunk: the shift its written logits carry (eager subtracts the running
-    max in place: that max; compiled leaves them as they are: 0)."""
+    max in place: that max; compiled leaves them as they are: 0). `matmul`: the backend's kernel for the logits
+    (`_logits_into`); with `keep=False` (the caller does not keep the logits) its fresh tile is worked on in
+    place instead of being copied into `tile_out`."""
     rows, n_valid = hidden.shape[0], w.shape[0]
     m = torch.full((rows,), float("-inf"), device=hidden.device)
     big_s, big_t, picked, shifts = torch.zeros_like(m), torch.zeros_like(m), torch.zeros_like(m), []
     for c0 in range(0, n_valid, cols):
         c1 = min(n_valid, c0 + cols)
-        z = _logits_into(tile_out(c0, c1), hidden, w[c0:c1])
+        # `matmul`'s fresh tile is used as it is where the caller keeps nothing (no copy into `tile_out`)
+        z = (_logits_into(tile_out(c0, c1), hidden, w[c0:c1], matmul) if keep or matmul is None
+             else matmul(hidden.to(w.dtype), w[c0:c1]).float())
         if inv_temp != 1.0 and w.dtype != torch.float32:  # fp32: folded into `hidden` by the caller
             z *= inv_temp
         lab = local_lab - c0
@@ -319,7 +335,8 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, vocab_size: int,
                 inv_temp: float, chunk_elements: int | None, chunk_columns: int | None = None,
-                compiled: bool = False, with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                compiled: bool = False, with_entropy: bool = True, matmul: TileMatmul | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         local = weight.shape[0]
         n = hidden.shape[0]
         n_valid = _valid_columns(local, vocab_size)
@@ -336,13 +353,14 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
             m, big_s, big_t, picked, _ = _online_statistics(
                 _matmul_input(hidden[s:e], w, inv_temp), w, local_lab[s:e], inv_temp, cols,
                 lambda c0, c1: scratch(0, e - s, c1 - c0), lambda width: scratch(1, e - s, width), compiled,
-                with_entropy)
+                with_entropy, matmul, keep=False)
             inside = (local_lab[s:e] >= 0) & (local_lab[s:e] < n_valid)
             logp[s:e], entropy[s:e], lse[s:e] = combine_ranks(m, big_s, big_t, picked, inside, n_valid, group)
         scratch = None  # freed
         ctx.save_for_backward(hidden, weight, labels, lse, entropy)
         ctx.vocab_size, ctx.inv_temp = vocab_size, inv_temp
         ctx.chunk_elements, ctx.chunk_columns, ctx.compiled = chunk_elements, chunk_columns, compiled
+        ctx.matmul = matmul
         ctx.set_materialize_grads(False)
         return logp, entropy
 
@@ -351,17 +369,19 @@ class _FusedLinearLogProbEntropy(torch.autograd.Function):
         hidden, weight, labels, lse, entropy = ctx.saved_tensors
         grad_h, grad_w = recompute_grads(hidden, weight, labels, lse, entropy, g_logp, g_entropy, ctx.vocab_size,
                                          ctx.inv_temp, ctx.chunk_elements, ctx.chunk_columns, ctx.compiled,
-                                         ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+                                         ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.matmul)
         return (None if grad_h is None else grad_h.to(hidden.dtype),
-                None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None, None)
+                None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None, None, None)
 
 
 def recompute_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor,
                     entropy: torch.Tensor, g_logp: torch.Tensor | None, g_entropy: torch.Tensor | None,
                     vocab_size: int, inv_temp: float, chunk_elements: int | None, chunk_columns: int | None,
-                    compiled: bool, want_h: bool, want_w: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                    compiled: bool, want_h: bool, want_w: bool, matmul: TileMatmul | None = None
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The fused output layer's backward: fp32 gradients of (hidden, weight) (None where not wanted) from the
-    per-row log-normaliser and entropy of its forward, the logits recomputed one tile at a time."""
+    per-row log-normaliser and entropy of its forward, the logits recomputed one tile at a time (by `matmul`
+    where given)."""
     local = weight.shape[0]
     n = hidden.shape[0]
     n_valid = _valid_columns(local, vocab_size)
@@ -387,7 +407,7 @@ def recompute_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
         w_c = w[c0:c1]
         for s in range(0, n, rows):
             e = min(n, s + rows)
-            z = _logits_into(scratch(0, e - s, c1 - c0), h_mm[s:e], w_c)  # recomputed: no logits were kept
+            z = _logits_into(scratch(0, e - s, c1 - c0), h_mm[s:e], w_c, matmul)  # recomputed: none were kept
             if inv_temp != 1.0 and w.dtype != torch.float32:
                 z.mul_(inv_temp)
             gz = _chunk_grad(z, lse[s:e], entropy[s:e], None if g_lp is None else g_lp[s:e],
@@ -427,8 +447,8 @@ def token_log_probs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, voca
 def output_log_probs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, vocab_size: int,
                                  *, select: torch.Tensor | None = None, temperature: float = 1.0,
                                  sequence_parallel: bool = False, chunk_elements: int | None = None,
-                                 chunk_columns: int | None = None, compiled: bool = False, entropy: bool = True
-                                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                                 chunk_columns: int | None = None, compiled: bool = False, entropy: bool = True,
+                                 matmul: TileMatmul | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """megatron's output layer and `token_log_probs_and_entropy` fused, at the `select`ed positions only.
 
     hidden: the final (layer-normed) hidden states [s, b, h] as megatron's decoder returns them (this
@@ -441,11 +461,11 @@ def output_log_probs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, lab
     reduction see it as the output layer's would be. `compiled`: each tile's elementwise work in compiled
     kernels (mindrl.models.logprob_tiles; actor_config.compiled_logprob_tiles). `entropy=False` (a forward
     that needs the log-probs only, e.g. the reference's): the entropy is not computed and None is returned
-    in its place."""
+    in its place. `matmul`: the backend's kernel for the logits tiles (`Backend.logits_matmul`), else torch.mm."""
     rows, lab, pick = selected_rows(hidden, labels, select, sequence_parallel)
     inv_temp = 1.0 / temperature if temperature > 0 else 1.0
     logp, ent = _FusedLinearLogProbEntropy.apply(rows, weight, lab, vocab_size, inv_temp,
-                                                 chunk_elements, chunk_columns, compiled, entropy)
+                                                 chunk_elements, chunk_columns, compiled, entropy, matmul)
     return unselect(logp, pick), unselect(ent, pick) if entropy else None
 
 

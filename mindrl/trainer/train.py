@@ -40,8 +40,10 @@ def checkpoint_root(cfg: MindRLConfig) -> Path:
 
 
 def policy_worker(cfg: MindRLConfig, model: Any, adapters: bool = True) -> PolicyWorker:
-    """The actor and the reference share their micro-batching and sampling temperature."""
-    return PolicyWorker(model, micro_batch_size=cfg.actor_config.micro_batch_size,
+    """The actor and the reference share their micro-batching and sampling temperature, and the backend's kernel
+    for the output layer's logits tiles in the model's dtype."""
+    matmul = get_backend(cfg.backend).logits_matmul(model.plan.config.params_dtype)
+    return PolicyWorker(model, micro_batch_size=cfg.actor_config.micro_batch_size, logits_matmul=matmul,
                         temperature=cfg.generate_config.sampling_config.temperature,
                         max_tokens_per_micro_batch=cfg.actor_config.max_tokens_per_micro_batch, adapters=adapters,
                         use_torch_compile=cfg.actor_config.use_torch_compile,

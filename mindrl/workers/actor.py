@@ -17,6 +17,7 @@ from megatron.core import parallel_state as ps
 
 from mindrl.algorithms import compute_actor_loss, logprob_diff_stats, loss_normaliser, rollout_is_clipfrac_weight
 from mindrl.models.compile import compile_layers, compiled_layers
+from mindrl.models.logprobs import TileMatmul
 from mindrl.models.lora import adapters_disabled
 from mindrl.workers.megatron_engine import (MegatronModel, forward_backward, gpt_forward, output_log_probs,
                                             output_loss)
@@ -139,8 +140,10 @@ class PolicyWorker:
     def __init__(self, model: MegatronModel, *, micro_batch_size: int, temperature: float = 1.0,
                  max_tokens_per_micro_batch: int | None = None, adapters: bool = True,
                  use_torch_compile: bool = False, compiled_logprob_tiles: bool = False,
-                 head_grad_in_forward: bool = True) -> None:
+                 head_grad_in_forward: bool = True, logits_matmul: TileMatmul | None = None) -> None:
         self.model = model
+        # The backend's kernel for the fused output layer's logits tiles (Backend.logits_matmul), else torch.mm.
+        self.logits_matmul = logits_matmul
         # The update's output layer takes the loss and computes its gradient in the forward (mindrl.models.fused_loss).
         self.head_grad_in_forward = head_grad_in_forward
         # The fused output layer's per-tile elementwise work in compiled kernels (mindrl.models.logprob_tiles).
@@ -213,7 +216,8 @@ class PolicyWorker:
                 # The rollout engine samples from softmax(logits / T); log-probs are of that same distribution.
                 logp = output_log_probs(chunk, hidden, mb["labels"], self.vocab_size,
                                         select=mb.get("select", mb["response_mask"]), temperature=self.temperature,
-                                        compiled=self.compiled_logprob_tiles, entropy=False)[0]
+                                        compiled=self.compiled_logprob_tiles, entropy=False,
+                                        matmul=self.logits_matmul)[0]
                 logp = _row_layout(mb, logp)
                 return logp.sum() * 0.0, {"log_probs": logp}
             return output, collect
@@ -243,6 +247,10 @@ class PolicyWorker:
         # megatron divides the returned loss by the number of micro-batches and DDP averages grads
         # over DP; the normaliser above already accounts for both, so undo them.
         undo = len(micro) * ps.get_data_parallel_world_size()
+        # the gradient megatron's schedule brings to the fused loss below: undo / micro-batches (its division),
+        # times its loss scale where one is set (config.grad_scale_func)
+        scale_fn = getattr(self.model.plan.config, "grad_scale_func", None)
+        upstream = undo / len(micro) * (float(scale_fn(torch.ones(1))) if scale_fn is not None else 1.0)
 
         def forward(chunk: torch.nn.Module, mb: dict[str, torch.Tensor]):
             output = gpt_forward(chunk, mb, hidden_states=True)
@@ -271,7 +279,7 @@ class PolicyWorker:
                     loss, logp, entropy = output_loss(
                         chunk, hidden, mb["labels"], self.vocab_size, lambda lp, ent: actor_loss(lp, ent)[0],
                         select=select, temperature=self.temperature, compiled=self.compiled_logprob_tiles,
-                        entropy_grad=rl.entropy_coeff != 0)
+                        entropy_grad=rl.entropy_coeff != 0, upstream=upstream, matmul=self.logits_matmul)
                     metrics = actor_loss(logp, entropy)[1]
                     # outside the fused loss: megatron's 1 / micro-batches then cancels `undo` in its upstream
                     # gradient (1 at one DP rank: the backward skips the scaling pass)
@@ -279,7 +287,8 @@ class PolicyWorker:
                 else:
                     logp, entropy = output_log_probs(chunk, hidden, mb["labels"], self.vocab_size, select=select,
                                                      temperature=self.temperature,
-                                                     compiled=self.compiled_logprob_tiles)
+                                                     compiled=self.compiled_logprob_tiles,
+                                                     matmul=self.logits_matmul)
                     if rl.entropy_coeff == 0:
                         entropy = entropy.detach()  # a metric only: no backward through it
                     loss, metrics = actor_loss(logp, entropy)

@@ -19,7 +19,8 @@ from megatron.core.transformer.module import Float16Module
 from mindrl.models.builder import ModelPlan, build_model
 from mindrl.models.lora import LoRASpec, apply_lora
 from mindrl.models.fused_loss import output_loss as fused_output_loss
-from mindrl.models.logprobs import output_log_probs_and_entropy, token_log_probs_and_entropy
+from mindrl.models.logprobs import TileMatmul, output_log_probs_and_entropy, token_log_probs_and_entropy
+from mindrl.models.workspace import reuse_workspace
 
 
 @dataclass
@@ -114,9 +115,10 @@ def forward_backward(model: MegatronModel, micro_batches: list[dict[str, torch.T
         for chunk in model.chunks:
             chunk.zero_grad_buffer()
         model.optimizer.zero_grad()
-    return get_forward_backward_func()(
-        forward_step_func=step, data_iterator=iterators, model=model.chunks, num_microbatches=len(micro_batches),
-        seq_length=seq, micro_batch_size=batch, forward_only=forward_only)
+    with reuse_workspace():  # the fused output layer's big scratch buffers serve every micro-batch
+        return get_forward_backward_func()(
+            forward_step_func=step, data_iterator=iterators, model=model.chunks,
+            num_microbatches=len(micro_batches), seq_length=seq, micro_batch_size=batch, forward_only=forward_only)
 
 
 def _gpt_model(chunk: torch.nn.Module) -> torch.nn.Module:
@@ -168,17 +170,17 @@ def gpt_forward(chunk: torch.nn.Module, batch: dict[str, torch.Tensor], *, hidde
 
 def output_log_probs(chunk: torch.nn.Module, output: torch.Tensor, labels: torch.Tensor, vocab_size: int, *,
                      select: torch.Tensor | None = None, temperature: float = 1.0, compiled: bool = False,
-                     entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     entropy: bool = True, matmul: TileMatmul | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log-probs, entropy) [b, s] at `select`ed positions (0 elsewhere) from the last stage's
     `gpt_forward(chunk, batch, hidden_states=True)` output: the chunk's output layer fused with the
     chunked vocab-parallel log-softmax (mindrl.models.logprobs.output_log_probs_and_entropy; `compiled`:
     its tiles' elementwise work in compiled kernels). `entropy=False`: None in the entropy's place where
-    the fused path can skip it."""
+    the fused path can skip it. `matmul`: the backend's kernel for the logits tiles (`Backend.logits_matmul`)."""
     model = _gpt_model(chunk)
     if _returns_hidden(model):
         return output_log_probs_and_entropy(output, _output_weight(model), labels, vocab_size, select=select,
                                             temperature=temperature, compiled=compiled, entropy=entropy,
-                                            sequence_parallel=model.output_layer.sequence_parallel)
+                                            sequence_parallel=model.output_layer.sequence_parallel, matmul=matmul)
     # Logits (an MTP model): the unfused path.
     logp, ent = token_log_probs_and_entropy(output, labels, vocab_size, temperature=temperature)
     if select is not None:
@@ -188,16 +190,23 @@ def output_log_probs(chunk: torch.nn.Module, output: torch.Tensor, labels: torch
 
 def output_loss(chunk: torch.nn.Module, output: torch.Tensor, labels: torch.Tensor, vocab_size: int,
                 loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, select: torch.Tensor | None = None,
-                temperature: float = 1.0, compiled: bool = False, entropy_grad: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                temperature: float = 1.0, compiled: bool = False, entropy_grad: bool = False, upstream: float = 1.0,
+                matmul: TileMatmul | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, log-probs, entropy): `output_log_probs` with the loss `loss_of(logp, entropy)` fused in, its output
     layer's gradient computed in the forward (mindrl.models.fused_loss.output_loss); log-probs and entropy [b, s]
-    detached, for metrics. `entropy_grad`: the loss depends on the entropy."""
+    detached, for metrics. `entropy_grad`: the loss depends on the entropy. `upstream`: the gradient megatron's
+    schedule will bring to the returned loss; under DDP the weight's gradient goes straight into its main_grad
+    (megatron's gradient-accumulation-fusion convention)."""
     model = _gpt_model(chunk)
     if _returns_hidden(model):
-        return fused_output_loss(output, _output_weight(model), labels, vocab_size, loss_of, select=select,
+        weight = _output_weight(model)
+        # the tied embedding on this stage also gets the lookup's gradient: DDP's hook must still add that one
+        tied_here = bool(model.share_embeddings_and_output_weights and model.pre_process)
+        return fused_output_loss(output, weight, labels, vocab_size, loss_of, select=select,
                                  temperature=temperature, compiled=compiled, entropy_grad=entropy_grad,
-                                 sequence_parallel=model.output_layer.sequence_parallel)
+                                 sequence_parallel=model.output_layer.sequence_parallel,
+                                 main_grad=getattr(weight, "main_grad", None), upstream=upstream,
+                                 dummy_grad=not tied_here, matmul=matmul)
     logp, ent = output_log_probs(chunk, output, labels, vocab_size, select=select, temperature=temperature)
     return loss_of(logp, ent if entropy_grad else ent.detach()), logp.detach(), ent.detach()
 

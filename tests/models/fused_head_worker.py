@@ -99,6 +99,14 @@ def head_vs_float64(result: dict, rank: int, tp: int) -> None:
         for elements, columns in ((None, 7), (40, 7)) if has_cxx_compiler() else ():
             _op_errors(result, f"compiled_tile{elements}x{columns}_T{temperature}", ref, hidden, weight, labels, None,
                        rows, temperature, chunk_elements=elements, chunk_columns=columns, compiled=True)
+    # The backend's kernel for the logits tiles (Backend.logits_matmul; CPU: oneDNN's inner product), where it has
+    # one: the forward works on its fresh tiles, the backward copies them into its scratch.
+    from mindrl.backends import get_backend
+    matmul = get_backend("cpu").logits_matmul(torch.float32)
+    for elements, columns in ((None, 7), (40, 7)) if matmul is not None else ():
+        _op_errors(result, f"backend_tile{elements}x{columns}", _op_reference(hidden, weight, labels, None, T),
+                   hidden, weight, labels, None, rows, T, chunk_elements=elements, chunk_columns=columns,
+                   matmul=matmul)
     ref = _op_reference(hidden, weight, labels, None, T, entropy_grad=False)  # log-prob gradient only
     _op_errors(result, "op_tile40x7_lponly", ref, hidden, weight, labels, None, rows, T, entropy_grad=False,
                chunk_elements=40, chunk_columns=7)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from mindrl.models.logprob_tiles import has_cxx_compiler
 from tests.tp_worker import tp_worker_results
@@ -40,6 +41,21 @@ def test_fused_op_equals_float64_reference(results, run):
         assert r[k] <= 2e-5, f"{run} {k}: {r[k]}"
     assert r["op_grad_scale"] > 0.1  # the gradients compared are not all ~0
     assert r["op_label_chunks"] == 36  # the labels fall in every one of the 7-column chunks (250 = 35 x 7 + 5)
+
+
+@pytest.mark.parametrize("run", ["tp1_rank0", "tp2_rank0", "tp2_rank1"])
+def test_backend_logits_matmul_equals_float64_reference(results, run):
+    """The CPU backend's kernel for the logits tiles (oneDNN's inner product, Backend.logits_matmul): the same
+    log-probs, entropy and gradients as float64 autograd (ragged column chunks, several row blocks)."""
+    from mindrl.backends import get_backend
+
+    if get_backend("cpu").logits_matmul(torch.float32) is None:
+        pytest.skip("torch has no oneDNN here: the CPU backend gives no logits kernel (torch.mm is used)")
+    r = results[run]
+    checked = [k for k in r if k.startswith("backend_") and k.endswith(("_logp", "_entropy", "_hgrad", "_wgrad"))]
+    assert len(checked) == 2 * 4
+    for k in checked:
+        assert r[k] <= 2e-5, f"{run} {k}: {r[k]}"
 
 
 @pytest.mark.parametrize("run", ["tp1_rank0", "tp2_rank0", "tp2_rank1"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from mindrl.models.logprob_tiles import has_cxx_compiler
 from tests.models.test_fused_head import expected_model_cases
@@ -35,8 +36,12 @@ def test_fused_loss_equals_float64_reference(results, run):
     r = results[run]
     cases = sorted({k.rsplit("_", 1)[0] for k in r if k.startswith("op_") and k.endswith("_separable")})
     compiled = 2 if has_cxx_compiler() else 1
-    # losses x temperatures x (3 block sizes + 7-column tiles) (x compiled) + 2
-    assert len(cases) == 4 * 2 * 4 * compiled + 2
+    # losses x temperatures x (3 block sizes + 7-column tiles) (x compiled) + 2 + 3 into main_grad + 2 "tail"
+    # + 3 on the backend's logits kernel (where it has one)
+    from mindrl.backends import get_backend
+    onednn = 3 if get_backend("cpu").logits_matmul(torch.float32) is not None else 0
+    assert len(cases) == 4 * 2 * 4 * compiled + 2 + 3 + 2 + onednn
+    assert r["main_grad_mismatch_refused"] == 1.0, run
     for case in cases:
         for what in ("loss", "logp", "entropy", "hgrad"):
             assert r[f"{case}_{what}"] <= 2e-5, (run, case, what, r[f"{case}_{what}"])
@@ -45,11 +50,19 @@ def test_fused_loss_equals_float64_reference(results, run):
         else:
             assert r[f"{case}_wgrad"] <= 2e-5, (run, case, r[f"{case}_wgrad"])
         assert r[f"{case}_grad_scale"] > 0.01, (run, case)  # the gradients compared are not all ~0
+        if "_main_dummy" in case or "_main_none" in case:
+            assert r[f"{case}_returned"] == 1.0, (run, case)
         # Token-separable losses use the gradients computed block by block; the sequence-level one cannot, unless
         # one block holds every token (the default budget here: the per-block gradient is then the whole one).
         several_blocks = "_bNone" not in case
-        assert r[f"{case}_separable"] == (0.0 if case.startswith("op_sequence") and several_blocks else 1.0), \
-            (run, case)
+        coupled = case.startswith(("op_sequence", "op_tail")) and several_blocks
+        assert r[f"{case}_separable"] == (0.0 if coupled else 1.0), (run, case)
+        # what was kept: every token where separable, none where the first block's tokens are coupled to later
+        # ones (sequence), the blocks before the coupled half (tail)
+        if case.startswith("op_tail"):
+            assert 0.0 < r[f"{case}_kept"] < 1.0, (run, case, r[f"{case}_kept"])
+        else:
+            assert r[f"{case}_kept"] == (0.0 if coupled else 1.0), (run, case, r[f"{case}_kept"])
 
 
 @pytest.mark.parametrize("run", RUNS)
