@@ -68,6 +68,10 @@ class Backend(Protocol):
         tokens, hidden] x [thousands of vocab rows, hidden].T, mindrl.models.logprobs), where this hardware has
         a faster kernel for it than torch.mm in `dtype`; None: torch.mm."""
 
+    def sparse_embedding_grad(self) -> bool:
+        """Whether training models' word embeddings take a sparse weight gradient (the looked-up rows only,
+        mindrl.models.sparse_embedding) where it is deterministic and cheaper than megatron's dense one."""
+
 
 @dataclass
 class BackendBase:
@@ -98,6 +102,10 @@ class BackendBase:
     def logits_matmul(self, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
         """None: torch.mm is this hardware's fast path for the output layer's logits tiles."""
         return None
+
+    def sparse_embedding_grad(self) -> bool:
+        """False: megatron's dense word-embedding gradient (sparse adds are atomics, not deterministic, on GPUs)."""
+        return False
 
     def device(self, local_rank: int = 0) -> torch.device:
         return torch.device(self.device_type, local_rank)

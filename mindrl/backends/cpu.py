@@ -73,5 +73,10 @@ class CpuBackend(BackendBase):
 
         return onednn_matmul if onednn_supports(dtype) else None
 
+    def sparse_embedding_grad(self) -> bool:
+        """True: a dense [vocab, hidden] gradient per micro-batch is a fresh, page-faulted buffer here, and the
+        sparse one's add into main_grad is deterministic on the CPU (mindrl.models.sparse_embedding)."""
+        return True
+
     def local_device_count(self) -> int | None:
         return None  # ranks are processes, not devices

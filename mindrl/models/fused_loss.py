@@ -60,8 +60,12 @@ def block_rows(n: int, local: int, chunk_elements: int | None) -> int:
     inside the three chunks the planner allows the log-probs (plan.ranks.logprob_chunk_bytes). Measured at
     hidden 256 x 151,936 (docs/benchmarks.md, issue 21): the logits matmul runs well from ~200 rows, and bigger
     blocks raised the update's peak RSS. From `local`, the padded vocab slice, equal on every TP rank: every
-    rank runs the same blocks and all-reduces."""
-    return max(1, min(n, 2 * (chunk_elements or CHUNK_ELEMENTS) // max(local, 1)))
+    rank runs the same blocks and all-reduces. Balanced: as many blocks as that bound needs, of equal size (512
+    tokens: 3 x 171, not 220 + 220 + 72, whose small last block streams the whole weight for a third of the
+    rows, and its matmuls run slower)."""
+    most = max(1, min(n, 2 * (chunk_elements or CHUNK_ELEMENTS) // max(local, 1)))
+    blocks = -(-n // most)
+    return max(1, -(-n // blocks)) if n else most
 
 
 def _loss_grads(loss_of: FlatLoss, logp: torch.Tensor, entropy: torch.Tensor, entropy_grad: bool
@@ -177,7 +181,8 @@ class _FusedLinearLoss(torch.autograd.Function):
                                    first=s == 0 and sink is None)
                     del z, gz
         block = exps = None
-        release("fused_loss.block")  # freed before a recompute (and not kept past the pass: it is the biggest)
+        if not separable and (want_h or want_w):
+            release("fused_loss.block")  # freed before a recompute (else kept for the pass's next micro-batch)
         # The last evaluation saw every real value: the per-block gradients were checked against it above. Past
         # `done` the recompute path adds the tokens left (from the true values); where even the tokens before
         # `done` got other values than the true ones (a loss the probe above missed), everything is recomputed.

@@ -86,7 +86,7 @@ def build_policy(spec: PolicySpec, backend: BackendBase, *, train: bool = True,
     init_distributed(backend, tp=spec.layout.tp, pp=spec.layout.pp, ep=spec.layout.ep,
                      vpp=plan.config.virtual_pipeline_model_parallel_size, seed=spec.seed, **dist_kwargs)
     return setup_model(plan, backend.core_attention_cls(), train=train, optim=optim, lora=spec.lora,
-                       lora_seed=spec.seed)
+                       lora_seed=spec.seed, sparse_embedding_grad=backend.sparse_embedding_grad())
 
 
 def frozen_copy(model: MegatronModel, backend: BackendBase) -> MegatronModel:

@@ -20,6 +20,7 @@ from mindrl.models.builder import ModelPlan, build_model
 from mindrl.models.lora import LoRASpec, apply_lora
 from mindrl.models.fused_loss import output_loss as fused_output_loss
 from mindrl.models.logprobs import TileMatmul, output_log_probs_and_entropy, token_log_probs_and_entropy
+from mindrl.models.sparse_embedding import use_sparse_embedding_grad
 from mindrl.models.workspace import reuse_workspace
 
 
@@ -53,11 +54,16 @@ class MegatronModel:
 
 
 def setup_model(plan: ModelPlan, core_attention: type, *, train: bool = True,
-                optim: OptimConfig | None = None, lora: LoRASpec | None = None, lora_seed: int = 0) -> MegatronModel:
+                optim: OptimConfig | None = None, lora: LoRASpec | None = None, lora_seed: int = 0,
+                sparse_embedding_grad: bool = False) -> MegatronModel:
     """Build this rank's chunks; for training wrap them in megatron DDP and make the optimizer.
     `lora` (rank > 0): the base is frozen and fp32 adapters are added (mindrl.models.lora) after the
-    half-precision wrapping and before DDP, so DDP's buffers and the optimizer hold adapters only."""
+    half-precision wrapping and before DDP, so DDP's buffers and the optimizer hold adapters only.
+    `sparse_embedding_grad` (the backend's choice): the word embedding's weight gradient holds the looked-up
+    rows only (mindrl.models.sparse_embedding)."""
     chunks: list[torch.nn.Module] = build_model(plan, core_attention)
+    if train and sparse_embedding_grad:
+        use_sparse_embedding_grad(chunks)
     config = plan.config
     if config.bf16 or config.fp16:
         chunks = [Float16Module(config, c) for c in chunks]

@@ -209,6 +209,19 @@ def model_fused_loss_vs_logprobs(result: dict, tp: int, tied: bool, sp: bool, co
         reported = forward_backward(model, [c, c], forward)
         runs[loss_name, fused_loss] = (reported[0], {n: p.main_grad.clone() for n, p in params})
     key = model_key(tied, sp, compiled)
+    # The CPU backend's sparse word-embedding gradient (mindrl.models.sparse_embedding) against megatron's dense
+    # one: the last run again with the embedding switched back.
+    from megatron.core.tensor_parallel.layers import VocabParallelEmbedding
+
+    from mindrl.models.sparse_embedding import SparseGradVocabParallelEmbedding
+    sparse = [m for chunk in model.chunks for m in chunk.modules() if type(m) is SparseGradVocabParallelEmbedding]
+    result[key + "_sparse_embeddings"] = float(len(sparse))
+    for m in sparse:
+        m.__class__ = VocabParallelEmbedding
+    forward_backward(model, [c, c], forward)
+    dense: dict = {}
+    compare_grads(dense, key, runs["grpo", True][1], {n: p.main_grad.clone() for n, p in params})
+    result[key + "_dense_embedding_diff"] = dense[key + "_grad"]
     for loss_name in ("grpo_bonus", "grpo"):
         (r0, g0), (r1, g1) = runs[loss_name, False], runs[loss_name, True]
         one: dict = {}

@@ -84,3 +84,6 @@ def test_fused_loss_through_megatron_equals_logprob_backward(results, run):
         assert r[key + "_loss"] <= 1e-5 and r[key + "_logp"] <= 1e-5, (run, case)
         assert r[key + "_grad"] <= 1e-5, (run, case, r[key + "_grad"])
         assert r[key + "_nonzero_grads"] == 1.0, (run, case)
+        # the CPU backend's sparse word-embedding gradient: in use, and equal to megatron's dense one
+        assert r[key + "_sparse_embeddings"] >= 1.0, (run, case)
+        assert r[key + "_dense_embedding_diff"] <= 1e-6, (run, case, r[key + "_dense_embedding_diff"])
