@@ -13,7 +13,9 @@ also times the current code at other vocab-tile widths (`chunk_columns`); `--com
 again with its tiles' elementwise work compiled (mindrl/models/logprob_tiles.py). `--fused-loss`: also the
 update's output layer with the loss fused in (mindrl/models/fused_loss.py, actor_config.head_grad_in_forward;
 forward + backward only, with compiled tiles too under `--compiled`), on the same weighted sum of log-probs and
-entropies. `--check` prints the largest differences of log-probs, entropy and both gradients from the baseline.
+entropies and on the log-probs' alone (GRPO's default: the softmax-weighted path), each with torch.mm and its own
+gradient buffer and, as the trainer runs it, with the backend's logits kernel (`Backend.logits_matmul`) and the
+weight gradient added into a main_grad buffer. Every call runs inside one `reuse_workspace()` pass, as the engine's. `--check` prints the largest differences of log-probs, entropy and both gradients from the baseline.
 
 `--phases`: instead, the reference forward and the update of `benchmarks.train_switches`' batch and
 model (eager; `--prompts` x 8 samples, micro-batches of 8 rows, `PolicyWorker.log_probs` / `update`),
@@ -34,6 +36,8 @@ import types
 import warnings
 
 import torch
+
+from mindrl.models.workspace import reuse_workspace
 
 
 def _load_revision(rev: str) -> types.ModuleType:
@@ -157,20 +161,35 @@ def main() -> None:
     if args.compiled:  # every current variant again with its tiles' elementwise work compiled
         for name, (fn, extra) in list(variants.items())[1:]:
             variants[name + ", compiled tiles"] = (fn, (extra[0], True))
+    # The CPU backend's kernel for the logits tiles (Backend.logits_matmul: oneDNN), as the trainer passes it.
+    from mindrl.backends import get_backend
+    matmul = get_backend("cpu").logits_matmul(torch.float32)
+    if matmul is not None:
+        variants["current, backend kernel"] = (new._FusedLinearLogProbEntropy, (None, False, True, matmul))
+    main_grad = torch.zeros(v, hd)  # what megatron DDP gives the weight (the trainer's fused loss adds into it)
     if args.fused_loss:
         from mindrl.models.fused_loss import _FusedLinearLoss
-        for compiled in (False, True) if args.compiled else (False,):
-            variants["fused loss" + (", compiled tiles" if compiled else "")] = (_FusedLinearLoss, (compiled,))
+        # GRPO's default loss has no entropy term (the softmax-weighted path, eager); with one, the other path
+        for compiled, ent in [(c, e) for c in ((False, True) if args.compiled else (False,)) for e in (False, True)]:
+            name = f"fused loss, {'+ entropy' if ent else 'log-probs only'}{', compiled tiles' if compiled else ''}"
+            variants[name + " (torch.mm, own gradient)"] = (_FusedLinearLoss, (compiled, None, None, ent))
+            if matmul is not None:  # the trainer's: the backend's kernel, the weight gradient into main_grad
+                variants[name + " (backend kernel, into main_grad)"] = (
+                    _FusedLinearLoss, (compiled, matmul, main_grad, ent))
 
     def run(fn, extra, backward: bool):
         h = hidden.clone().requires_grad_(backward)
         w = weight.clone().requires_grad_(backward)
         if fn.__name__ == "_FusedLinearLoss":  # the loss inside: its gradients are computed in the forward
-            loss, lp, ent = fn.apply(h, w, labels, v, inv_temp, None, None, *extra,
-                                     lambda a, b: (w_lp * a).sum() + (w_h * b).sum(), True)
+            compiled, mm, mg, with_ent = extra
+            if mg is not None:
+                mg.zero_()  # as DDP's zero_grad_buffer does once a step
+            loss_of = (lambda a, b: (w_lp * a).sum() + (w_h * b).sum()) if with_ent else (lambda a, b: (w_lp * a).sum())
+            loss, lp, ent = fn.apply(h, w, labels, v, inv_temp, None, None, compiled, loss_of, with_ent, mg, 1.0,
+                                     True, mm)
             if backward:
                 loss.backward()
-            return lp, ent, h.grad, w.grad
+            return lp, ent, h.grad, w.grad if mg is None else mg
         with torch.enable_grad() if backward else torch.no_grad():
             lp, ent = fn.apply(h, w, labels, v, inv_temp, None, *extra)
             if backward:
@@ -181,11 +200,17 @@ def main() -> None:
         ref = run(*variants[f"baseline {args.baseline}"], True)
         for name, (fn, extra) in list(variants.items())[1:]:
             out = run(fn, extra, True)
+            if "log-probs only" in name:  # another loss: only the values compare
+                out, ref_ = out[:2], ref[:2]
+            else:
+                ref_ = ref
             print(name, "max |diff| vs baseline: logp, entropy, grad hidden, grad weight =",
-                  ["%.2e" % (a - b).abs().max().item() for a, b in zip(out, ref)])
+                  ["%.2e" % (a - b).abs().max().item() for a, b in zip(out, ref_)])
 
     print(f"{n} tokens x {v} vocab x {hd} hidden, fp32, {args.threads} thread(s), load {_load()}")
     times: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    pass_ = reuse_workspace()  # as the engine runs a pass: big scratch buffers kept between calls
+    pass_.__enter__()
     for name, (fn, extra) in variants.items():  # warm-up (and the compiled tiles' compile)
         run(fn, extra, False)
         run(fn, extra, True)
@@ -197,6 +222,7 @@ def main() -> None:
                 c0, w0 = time.process_time(), time.perf_counter()
                 run(fn, extra, backward)
                 times.setdefault((phase, name), []).append((time.process_time() - c0, time.perf_counter() - w0))
+    pass_.__exit__(None, None, None)
     print(f"load after {_load()}")
     print("| phase | variant | CPU s (best, median) | wall s (best, median) |")
     print("|---|---|---:|---:|")
