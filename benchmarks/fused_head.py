@@ -85,7 +85,10 @@ def phases(args, old: types.ModuleType) -> None:
     flops = {"reference": fwd, "update": 3 * fwd}
     rl = RLConfig(use_kl_loss=True, kl_coef=KL)
     params = [q for chunk in actor.chunks for q in chunk.parameters()]
-    variants = {f"baseline {args.baseline}": old.output_log_probs_and_entropy,
+
+    def baseline(*a, matmul=None, **k):  # the baseline's signature may predate `matmul` (this worker passes None)
+        return old.output_log_probs_and_entropy(*a, **k)
+    variants = {f"baseline {args.baseline}": baseline,
                 "current": new.output_log_probs_and_entropy}
     times: dict[tuple[str, str], list[tuple[float, float]]] = {}
     outputs = {}

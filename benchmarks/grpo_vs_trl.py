@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -91,6 +92,9 @@ def run_mindrl(workdir: Path, prompts_per_step: int, steps: int, out: Path, extr
     from mindrl.cli.train_grpo import main as train_main
 
     run_dir = out / "mindrl_run"
+    # A fresh run: an earlier run's directory would be resumed (its final checkpoint already at train_iters, so
+    # no step runs) and its metrics.jsonl reported again as this run's.
+    shutil.rmtree(run_dir, ignore_errors=True)
     rows = prompts_per_step * N
     # Micro-batches of 8 sequences: [rows, length, 151,936] fp32 logits of all 64 rows at once would
     # be ~8 GiB (TRL bounds its own by computing logits of completion positions only, `logits_to_keep`).
