@@ -45,9 +45,9 @@ from typing import Callable
 
 import torch
 
-from mindrl.models.logprobs import (CHUNK_COLUMNS, CHUNK_ELEMENTS, TileMatmul, _chunk_grad, _matmul_input,
-                                    _online_statistics, _Scratch, _tp, _valid_columns, add_tile_grads, combine_ranks,
-                                    recompute_grads, selected_rows, unselect)
+from mindrl.models.logprobs import (CHUNK_COLUMNS, CHUNK_ELEMENTS, TileMatmul, _chunk_grad, _logits_into,
+                                    _matmul_input, _online_statistics, _Scratch, _tp, _valid_columns, add_tile_grads,
+                                    combine_ranks, recompute_grads, selected_rows, unselect)
 from mindrl.models.workspace import release, workspace
 
 # (log-probs [n], entropies [n]) of the selected tokens -> the scalar loss
@@ -181,12 +181,11 @@ class _FusedLinearLoss(torch.autograd.Function):
                                    first=s == 0 and sink is None)
                     del z, gz
         block = exps = None
-        if not separable and (want_h or want_w):
-            release("fused_loss.block")  # freed before a recompute (else kept for the pass's next micro-batch)
         # The last evaluation saw every real value: the per-block gradients were checked against it above. Past
         # `done` the recompute path adds the tokens left (from the true values); where even the tokens before
         # `done` got other values than the true ones (a loss the probe above missed), everything is recomputed.
         if not separable and (want_h or want_w):
+            release("fused_loss.block")  # freed before the recompute (else kept for the pass's next micro-batch)
             kept = torch.equal(full_lp[:done], g_lp[:done]) and (g_h is None or torch.equal(full_h[:done], g_h[:done]))
             if not kept and sink is not None:
                 raise RuntimeError("fused output loss: the loss's gradient at earlier tokens changed with later "
@@ -258,7 +257,7 @@ def _weighted_statistics(hidden: torch.Tensor, w: torch.Tensor, local_lab: torch
     for c0 in range(0, n_valid, cols):
         c1 = min(n_valid, c0 + cols)
         # the backend's kernel gives a fresh tile: its exponentials then go to the kept one, no copy
-        z = torch.mm(hidden, w[c0:c1].t(), out=tile_out(c0, c1)) if matmul is None else matmul(hidden, w[c0:c1])
+        z = _logits_into(tile_out(c0, c1) if matmul is None else None, hidden, w[c0:c1], matmul)
         lab = local_lab - c0
         inside = (lab >= 0) & (lab < c1 - c0)
         picked = torch.where(inside, z.gather(1, lab.clamp(0, c1 - c0 - 1)[:, None])[:, 0], picked)

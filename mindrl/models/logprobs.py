@@ -87,13 +87,17 @@ class _Scratch:
 TileMatmul = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _logits_into(out: torch.Tensor, hidden: torch.Tensor, w: torch.Tensor, matmul: TileMatmul | None = None
+def _logits_into(out: torch.Tensor | None, hidden: torch.Tensor, w: torch.Tensor, matmul: TileMatmul | None = None
                  ) -> torch.Tensor:
     """out[rows, n_valid] = hidden @ w.T (in the weight's dtype, as megatron's output layer), as fp32; by
-    `matmul` where given (its result copied into `out`)."""
+    `matmul` where given (its result copied into `out`). `out=None`: a new fp32 tensor (with `matmul`: its own
+    result, no copy)."""
     h = hidden.to(w.dtype)
-    if matmul is not None:
-        return out.copy_(matmul(h, w))
+    z = matmul(h, w) if matmul is not None else None
+    if out is None:
+        return (h @ w.t() if z is None else z).float()
+    if z is not None:
+        return out.copy_(z)
     if w.dtype == torch.float32:
         return torch.mm(h, w.t(), out=out)
     return out.copy_(h @ w.t())
@@ -270,8 +274,7 @@ def _online_statistics(hidden: torch.Tensor, w: torch.Tensor, local_lab: torch.T
     for c0 in range(0, n_valid, cols):
         c1 = min(n_valid, c0 + cols)
         # `matmul`'s fresh tile is used as it is where the caller keeps nothing (no copy into `tile_out`)
-        z = (_logits_into(tile_out(c0, c1), hidden, w[c0:c1], matmul) if keep or matmul is None
-             else matmul(hidden.to(w.dtype), w[c0:c1]).float())
+        z = _logits_into(None if matmul is not None and not keep else tile_out(c0, c1), hidden, w[c0:c1], matmul)
         if inv_temp != 1.0 and w.dtype != torch.float32:  # fp32: folded into `hidden` by the caller
             z *= inv_temp
         lab = local_lab - c0

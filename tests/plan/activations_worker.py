@@ -18,6 +18,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
+def dense_embedding_cpu():
+    """The CPU backend with megatron's dense word-embedding gradient, as the planner counts it (and as CUDA / NPU
+    run it): torch's MemTracker cannot read the storage of the CPU backend's sparse one (smaller anyway)."""
+    from mindrl.backends.cpu import CpuBackend
+
+    class DenseEmbeddingCpu(CpuBackend):
+        def sparse_embedding_grad(self) -> bool:
+            return False
+    return DenseEmbeddingCpu()
+
+
 def random_batch(vocab: int, rows: int, seq: int, response: int) -> tuple:
     """Random tokens and labels of `rows` x `seq`, the last `response` positions of each row selected for the
     log-probs: (labels, select, the forward's batch)."""
@@ -33,19 +44,12 @@ def real(cases: list[dict]) -> list[int]:
     import torch
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    from mindrl.backends.cpu import CpuBackend
     from mindrl.config import load_config
     from mindrl.workers.bringup import PolicySpec, build_policy, optim_config
     from mindrl.workers.megatron_engine import gpt_forward, output_log_probs
 
     cfg = load_config("grpo_tiny_cpu", cases[0]["overrides"])
-    # megatron's dense word-embedding gradient, as the planner counts it (and as CUDA / NPU run it): torch's
-    # MemTracker cannot read a sparse tensor's storage, and the CPU backend's sparse one is smaller anyway
-
-    class DenseEmbeddingCpu(CpuBackend):
-        def sparse_embedding_grad(self) -> bool:
-            return False
-    model = build_policy(PolicySpec.from_config(cfg), DenseEmbeddingCpu(), optim=optim_config(cfg))
+    model = build_policy(PolicySpec.from_config(cfg), dense_embedding_cpu(), optim=optim_config(cfg))
     chunk = model.chunks[0].module  # inside DDP (which only calls it)
     vocab = model.plan.vocab_size
     peaks = []

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.plan.activations_worker import random_batch  # noqa: E402
+from tests.plan.activations_worker import dense_embedding_cpu, random_batch  # noqa: E402
 
 
 def rank_main(job: dict) -> None:
@@ -31,19 +31,12 @@ def rank_main(job: dict) -> None:
     from megatron.core import parallel_state as ps
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    from mindrl.backends.cpu import CpuBackend
     from mindrl.config import load_config
     from mindrl.workers.bringup import PolicySpec, build_policy, optim_config
     from mindrl.workers.megatron_engine import gpt_forward, output_log_probs
 
     cfg = load_config(job["config"], job["overrides"])
-    # megatron's dense word-embedding gradient, as the planner counts it (and as CUDA / NPU run it): torch's
-    # MemTracker cannot read a sparse tensor's storage, and the CPU backend's sparse one is smaller anyway
-
-    class DenseEmbeddingCpu(CpuBackend):
-        def sparse_embedding_grad(self) -> bool:
-            return False
-    model = build_policy(PolicySpec.from_config(cfg), DenseEmbeddingCpu(), optim=optim_config(cfg))
+    model = build_policy(PolicySpec.from_config(cfg), dense_embedding_cpu(), optim=optim_config(cfg))
     chunk = model.chunks[0].module  # inside DDP (which only calls it)
     gpt = model.unwrapped[0]
     vocab = model.plan.vocab_size
